@@ -1,0 +1,20 @@
+"""autocompress: search how to compress a PyTorch model under a measured hardware budget."""
+
+from autocompress.errors import AutocompressError
+from autocompress.inventory import LayerInfo, LayerInventory, build_inventory
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.tasks import Task, load_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutocompressError",
+    "CompressionPolicy",
+    "LayerInfo",
+    "LayerInventory",
+    "LayerPolicy",
+    "Task",
+    "__version__",
+    "build_inventory",
+    "load_task",
+]

@@ -1,0 +1,46 @@
+"""``autocompress inspect``: list the compressible layers of a task's model."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from autocompress.cli.app import TASK_HELP, OutputFormat, app, console
+from autocompress.cli.common import task_and_inventory
+
+
+@app.command()
+def inspect(
+    task: str = typer.Option("digits", "--task", "-t", help=TASK_HELP),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+    data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
+) -> None:
+    """List every Conv2d/Linear layer: kind, shapes, MACs, params and pruning group."""
+    _task, inventory = task_and_inventory(task, data_dir, checkpoint)
+    if format == OutputFormat.json:
+        print(json.dumps(inventory.to_records(), indent=2))
+        return
+    table = Table(title=f"{task}: {len(inventory)} compressible layers", title_justify="left")
+    for col in ("fqn", "kind", "in", "out", "kernel", "output", "MACs", "params", "group"):
+        table.add_column(col, justify="right" if col in ("in", "out", "MACs", "params") else "left")
+    for layer in inventory:
+        table.add_row(
+            layer.fqn, layer.kind, str(layer.in_channels), str(layer.out_channels),
+            "x".join(map(str, layer.kernel_size)) if layer.kind != "Linear" else "",
+            "x".join(map(str, layer.output_shape[1:])),
+            f"{layer.macs:,}", f"{layer.params:,}",
+            layer.group if layer.prunable else "(not prunable)",
+        )
+    console.print(table)
+    pct = 100 * sum(layer.macs for layer in inventory) / max(inventory.total_macs, 1)
+    console.print(
+        f"total: {inventory.total_macs:,} MACs ({pct:.1f}% in these layers), "
+        f"{inventory.total_params:,} params, {len(inventory.groups)} pruning groups, "
+        f"fingerprint {inventory.sha256[:12]}"
+    )
+    if inventory.unsupported_ops:
+        ops = ", ".join(f"{k} x{v}" for k, v in inventory.unsupported_ops.items())
+        console.print(f"[yellow]not counted by fvcore (not zero):[/] {ops}")

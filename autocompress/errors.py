@@ -1,0 +1,50 @@
+"""One exception tree for everything autocompress reports to a user.
+
+Every error carries a one-line message that says what was expected, what was
+given and how to fix it. The CLI prints ``error: <message>`` and exits with
+code 2 for any :class:`AutocompressError` (no traceback).
+"""
+
+from __future__ import annotations
+
+
+class AutocompressError(Exception):
+    """Root of every error autocompress raises on bad input or an impossible request."""
+
+    exit_code: int = 2
+
+
+class TaskError(AutocompressError):
+    """An unknown task name, a task factory that cannot be imported, or bad task data."""
+
+
+class CheckpointError(AutocompressError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class InputFileError(AutocompressError):
+    """A file the user named is missing or cannot be parsed."""
+
+
+class PolicyError(AutocompressError):
+    """A compression policy that does not fit the model or has out-of-range values."""
+
+
+class SpaceError(AutocompressError):
+    """A search-space YAML file that is malformed or names layers the model lacks."""
+
+
+class BudgetError(AutocompressError):
+    """A budget string that does not follow the grammar, or a budget no policy can meet."""
+
+
+class TargetError(AutocompressError):
+    """A latency target (runtime, threads, batch) that is unknown or unusable."""
+
+
+class MethodError(AutocompressError):
+    """A compression method that cannot be applied to a layer."""
+
+
+class ConfigError(AutocompressError):
+    """A run configuration (CLI flags or --config YAML) that is invalid."""

@@ -1,0 +1,295 @@
+"""Model -> LayerInventory: every Conv2d and Linear by FQN, with MACs and pruning groups.
+
+MACs come from fvcore (one multiply-add counts as one MAC); the coupled
+pruning groups come from Torch-Pruning's dependency graph: layers whose
+output channels must be removed together because of residual adds, concats
+or depthwise convs share one ``group`` (named after its first member).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+LOG = logging.getLogger(__name__)
+
+KINDS = ("Conv2d", "DepthwiseConv2d", "Linear")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One compressible layer.
+
+    ``in_groups`` maps a pruning group to how many of this layer's input
+    features it feeds, so the effect of pruning on consumers is known without
+    building the pruned model.
+    """
+
+    fqn: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    params: int
+    has_bias: bool
+    group: str | None
+    prunable: bool
+    in_groups: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weight_matrix_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the weight as SVD sees it: (out, in/groups * kh * kw)."""
+        kh, kw = self.kernel_size
+        return self.out_channels, self.in_channels // self.groups * kh * kw
+
+    @property
+    def max_rank(self) -> int:
+        """The largest meaningful low-rank factorisation rank: min(out, in*kh*kw)."""
+        return min(self.weight_matrix_shape)
+
+    @property
+    def output_positions(self) -> int:
+        """Number of output positions per sample (H*W for convs, tokens for Linear)."""
+        n = 1
+        for d in self.output_shape[1:-1] if self.kind == "Linear" else self.output_shape[2:]:
+            n *= int(d)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kernel_size"] = list(self.kernel_size)
+        d["stride"] = list(self.stride)
+        d["input_shape"] = list(self.input_shape)
+        d["output_shape"] = list(self.output_shape)
+        return d
+
+
+@dataclass
+class LayerInventory:
+    """All compressible layers of a model, in module order.
+
+    >>> from autocompress.models import DigitsCNN
+    >>> inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    >>> [l.fqn for l in inv]
+    ['features.0', 'features.2', 'classifier.1', 'classifier.3']
+    >>> inv["features.0"].macs
+    18432
+    """
+
+    layers: list[LayerInfo]
+    total_macs: int
+    total_params: int
+    unsupported_ops: dict[str, int] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __contains__(self, fqn: object) -> bool:
+        return any(layer.fqn == fqn for layer in self.layers)
+
+    def __getitem__(self, fqn: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.fqn == fqn:
+                return layer
+        raise KeyError(fqn)
+
+    @property
+    def fqns(self) -> list[str]:
+        return [layer.fqn for layer in self.layers]
+
+    def group_members(self, group: str) -> list[LayerInfo]:
+        """Layers whose output channels are pruned together in ``group``."""
+        return [layer for layer in self.layers if layer.group == group]
+
+    @property
+    def groups(self) -> list[str]:
+        """Pruning group names in module order."""
+        seen: dict[str, None] = {}
+        for layer in self.layers:
+            if layer.group is not None:
+                seen.setdefault(layer.group, None)
+        return list(seen)
+
+    @property
+    def sha256(self) -> str:
+        """Fingerprint of the architecture (names, kinds, shapes): policies are checked against it."""
+        arch = [
+            [l.fqn, l.kind, l.in_channels, l.out_channels, list(l.kernel_size), l.groups]
+            for l in self.layers
+        ]
+        return hashlib.sha256(json.dumps(arch).encode()).hexdigest()
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [layer.to_dict() for layer in self.layers]
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """'Conv2d', 'DepthwiseConv2d', 'Linear' or None for anything else."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels:
+            return "DepthwiseConv2d"
+        return "Conv2d"
+    if isinstance(module, nn.Linear):
+        return "Linear"
+    return None
+
+
+def compressible_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """FQN -> module for every Conv2d and Linear, in module order."""
+    return {name: m for name, m in model.named_modules() if layer_kind(m) is not None}
+
+
+def _shapes(model: nn.Module, example_input: torch.Tensor, modules: dict[str, nn.Module]):
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for name, m in modules.items():
+        def hook(mod, inp, out, name=name):
+            shapes.setdefault(name, (tuple(inp[0].shape), tuple(out.shape)))
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, int], dict[str, int]]:
+    """fvcore MACs per module FQN ('' is the total) and the ops fvcore could not count."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    analysis = FlopCountAnalysis(model, example_input)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    by_module = {k: int(v) for k, v in analysis.by_module().items()}
+    unsupported = dict(analysis.unsupported_ops())
+    model.train(was_training)
+    return by_module, unsupported
+
+
+def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """Layers whose output is a model output: their channels are classes, never pruned."""
+    modules = compressible_modules(model)
+    outs: dict[int, nn.Module] = {}
+    hooks = []
+    for m in modules.values():
+        def hook(mod, inp, out):
+            outs[id(out)] = mod
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            result = model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    results = result if isinstance(result, (tuple, list)) else [result]
+    found = [outs[id(r)] for r in results if id(r) in outs]
+    if not found:
+        # The output passed through an op after the last layer; fall back to the last Linear.
+        linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
+        found = linears[-1:]
+    return found
+
+
+def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInventory:
+    """List every Conv2d/Linear of ``model`` with shapes, fvcore MACs, params and pruning group."""
+    model = model.eval()
+    modules = compressible_modules(model)
+    shapes = _shapes(model, example_input, modules)
+    macs, unsupported = count_macs(model, example_input)
+    groups, in_groups = pruning_groups(model, example_input)
+    layers = []
+    for name, m in modules.items():
+        if name not in shapes:
+            LOG.warning("layer %s is never called by the example input; it is left out", name)
+            continue
+        kind = layer_kind(m)
+        assert kind is not None
+        if isinstance(m, nn.Conv2d):
+            in_ch, out_ch = m.in_channels, m.out_channels
+            ks, st, g = tuple(m.kernel_size), tuple(m.stride), m.groups
+        else:
+            in_ch, out_ch, ks, st, g = m.in_features, m.out_features, (1, 1), (1, 1), 1
+        layers.append(
+            LayerInfo(
+                fqn=name, kind=kind, in_channels=in_ch, out_channels=out_ch,
+                kernel_size=ks, stride=st, groups=g,  # type: ignore[arg-type]
+                input_shape=shapes[name][0], output_shape=shapes[name][1],
+                macs=macs.get(name, 0),
+                params=sum(p.numel() for p in m.parameters(recurse=False)),
+                has_bias=getattr(m, "bias", None) is not None,
+                group=groups.get(name), prunable=name in groups,
+                in_groups=in_groups.get(name, {}),
+            )
+        )
+    return LayerInventory(
+        layers=layers,
+        total_macs=macs.get("", sum(layer.macs for layer in layers)),
+        total_params=sum(p.numel() for p in model.parameters()),
+        unsupported_ops=unsupported,
+    )
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``model``."""
+    import torch_pruning as tp
+
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def pruning_groups(
+    model: nn.Module, example_input: torch.Tensor
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Torch-Pruning coupled groups.
+
+    Returns ``(group_of, in_groups)``: ``group_of[fqn]`` names the group whose
+    pruning removes ``fqn``'s output channels (absent when the layer must keep
+    them, like the classifier); ``in_groups[fqn][group]`` counts the input
+    features of ``fqn`` that pruning ``group`` can remove.
+    """
+    modules = compressible_modules(model)
+    name_of = {id(m): n for n, m in modules.items()}
+    ignored = output_layers(model, example_input)
+    dg = dependency_graph(model, example_input)
+    group_of: dict[str, str] = {}
+    in_groups: dict[str, dict[str, int]] = {}
+    order = {n: i for i, n in enumerate(modules)}
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        outs: list[str] = []
+        ins: dict[str, int] = {}
+        for dep, idxs in group:
+            name = name_of.get(id(dep.target.module))
+            if name is None:
+                continue
+            handler = getattr(dep.handler, "__name__", str(dep.handler))
+            if "out_channels" in handler:
+                outs.append(name)
+            elif "in_channels" in handler:
+                ins[name] = ins.get(name, 0) + len(idxs)
+        outs = sorted(set(outs), key=order.__getitem__)
+        if not outs:
+            continue
+        key = outs[0]
+        for name in outs:
+            group_of.setdefault(name, key)
+        for name, n in ins.items():
+            if name in outs:  # depthwise convs list both sides; they follow the group
+                continue
+            in_groups.setdefault(name, {})[key] = n
+    return group_of, in_groups

@@ -1,0 +1,75 @@
+"""The Task: a model with its example input, data and metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+Metric = Callable[[nn.Module, DataLoader], float]
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of ``model`` over ``loader`` (batches of ``(inputs, labels)``).
+
+    >>> from torch.utils.data import TensorDataset
+    >>> m = nn.Linear(2, 2); _ = m.weight.data.copy_(torch.eye(2)); _ = m.bias.data.zero_()
+    >>> dl = DataLoader(TensorDataset(torch.eye(2), torch.tensor([0, 1])))
+    >>> top1_accuracy(m, dl)
+    1.0
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for inputs, labels in loader:
+        pred = model(inputs).argmax(dim=1)
+        correct += int((pred == labels).sum())
+        total += int(labels.numel())
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+@dataclass
+class Task:
+    """Everything a search needs to know about one model.
+
+    ``target_batch_size`` is the batch at which latency is measured by
+    default: tiny models must be measured where compute, not per-call
+    overhead, dominates (DESIGN.md section 8).
+
+    >>> from torch.utils.data import TensorDataset
+    >>> dl = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
+    >>> t = Task(name="toy", model=nn.Linear(2, 2), example_input=torch.zeros(1, 2),
+    ...          train_loader=dl, val_loader=dl, metric=top1_accuracy)
+    >>> t.metric_name
+    'accuracy'
+    """
+
+    name: str
+    model: nn.Module
+    example_input: torch.Tensor
+    train_loader: DataLoader | None
+    val_loader: DataLoader | None
+    metric: Metric
+    higher_is_better: bool = True
+    metric_name: str = "accuracy"
+    target_batch_size: int = 1
+    baseline_metric: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, model: nn.Module | None = None) -> float:
+        """The task metric of ``model`` (default: the task's own model) on the validation data."""
+        if self.val_loader is None:
+            raise ValueError(f"task {self.name!r} has no validation data")
+        return float(self.metric(self.model if model is None else model, self.val_loader))
+
+    def batch_input(self, batch_size: int | None = None) -> torch.Tensor:
+        """The example input repeated to ``batch_size`` rows (default: ``target_batch_size``)."""
+        n = batch_size or self.target_batch_size
+        x = self.example_input[:1]
+        return x.expand(n, *x.shape[1:]).contiguous()

@@ -1,0 +1,129 @@
+"""The embedded default tasks: scikit-learn's bundled 8x8 handwritten digits.
+
+The data ships inside scikit-learn (1,797 images, no download). The
+uncompressed baseline is trained once (a few seconds on a CPU) and cached
+with its accuracy under the cache directory (``$AUTOCOMPRESS_CACHE`` or
+``~/.cache/autocompress``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from autocompress.models import DigitsCNN, DigitsMLP
+from autocompress.tasks.base import Task, top1_accuracy
+
+TRAIN_EPOCHS = 40
+SPLIT_SEED = 0
+VAL_FRACTION = 0.2
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are cached (``$AUTOCOMPRESS_CACHE`` or ``~/.cache/autocompress``)."""
+    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def digits_tensors() -> tuple[TensorDataset, TensorDataset]:
+    """A fixed train/validation split of the digits data as ``(N, 1, 8, 8)`` float tensors.
+
+    >>> train, val = digits_tensors()
+    >>> len(train), len(val)
+    (1438, 359)
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    n_val = int(round(len(y) * VAL_FRACTION))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+
+
+def train_classifier(
+    model: nn.Module, loader: DataLoader, epochs: int, lr: float = 2e-3, seed: int = 0
+) -> nn.Module:
+    """Plain cross-entropy training with Adam (used once per baseline)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
+    model.train()
+    for _ in range(epochs):
+        for inputs, labels in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model
+
+
+def _cached_baseline(name: str, build: Callable[[], nn.Module], train: TensorDataset,
+                     val_loader: DataLoader) -> tuple[nn.Module, float]:
+    weights = cache_dir() / f"{name}-baseline-v1.pt"
+    meta = weights.with_suffix(".json")
+    torch.manual_seed(0)
+    model = build()
+    if weights.is_file() and meta.is_file():
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            model.eval()
+            return model, float(json.loads(meta.read_text())["accuracy"])
+        except Exception:  # a stale or corrupt cache is rebuilt, never trusted
+            torch.manual_seed(0)
+            model = build()
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    loader = DataLoader(train, batch_size=64, shuffle=True, generator=generator)
+    train_classifier(model, loader, TRAIN_EPOCHS)
+    acc = top1_accuracy(model, val_loader)
+    tmp = weights.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, weights)  # atomic: parallel workers never read half a file
+    meta.write_text(json.dumps({"accuracy": acc, "epochs": TRAIN_EPOCHS}))
+    return model, acc
+
+
+def _digits_task(name: str, build: Callable[[], nn.Module], checkpoint: str | None) -> Task:
+    from autocompress.tasks.checkpoint import load_checkpoint
+
+    train, val = digits_tensors()
+    val_loader = DataLoader(val, batch_size=256)
+    if checkpoint:
+        model = load_checkpoint(build(), checkpoint).eval()
+        baseline = top1_accuracy(model, val_loader)
+    else:
+        model, baseline = _cached_baseline(name, build, train, val_loader)
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    return Task(
+        name=name,
+        model=model,
+        example_input=val.tensors[0][:1].clone(),
+        train_loader=DataLoader(train, batch_size=64, shuffle=True, generator=generator),
+        val_loader=val_loader,
+        metric=top1_accuracy,
+        target_batch_size=64,
+        baseline_metric=baseline,
+        info={"dataset": "sklearn.datasets.load_digits", "train": len(train), "val": len(val)},
+    )
+
+
+def digits_task(checkpoint: str | None = None) -> Task:
+    """The ``digits`` task: a small CNN on the 8x8 digits (the embedded default)."""
+    return _digits_task("digits", DigitsCNN, checkpoint)
+
+
+def digits_mlp_task(checkpoint: str | None = None) -> Task:
+    """The ``digits-mlp`` task: a Linear-only MLP on the same data."""
+    return _digits_task("digits-mlp", DigitsMLP, checkpoint)
