@@ -1,13 +1,17 @@
-"""``autocompress`` command line: one module per command, all thin over the Python API."""
+"""``autocompress`` command line: one module per command (``*_cmd.py``), thin over the API.
 
-from autocompress.cli import inspect_cmd  # noqa: F401  (registers commands)
+Each command module registers itself on :data:`autocompress.cli.app.app`
+when imported; this package imports every ``*_cmd`` module it holds.
+"""
+
+import importlib
+import pkgutil
+
 from autocompress.cli.app import app, run
 
-try:  # commands added by later stages register themselves when present
-    from autocompress.cli import apply_cmd  # noqa: F401
-except ImportError as _exc:  # pragma: no cover - only while a stage is missing
-    if "apply_cmd" not in str(_exc):
-        raise
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.endswith("_cmd"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 main = run
 

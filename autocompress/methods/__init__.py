@@ -1,0 +1,1 @@
+"""Compression methods, one module each, behind a registry keyed by method name."""
