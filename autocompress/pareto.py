@@ -1,0 +1,175 @@
+"""The Pareto front of a study (metric vs cost) and the pick under the budget.
+
+A trial is *feasible* when it is COMPLETE, has a metric, all its Optuna
+constraints are <= 0 (``trial.set_constraint``; the search contract) and its
+``feasible`` user attribute is not False. Infeasible trials carry the worst
+metric as their objective value so that samplers learn from them; they are
+never on the front and never picked.
+
+- :func:`pareto_front`: in ``pareto`` mode (several objectives) Optuna's own
+  :attr:`optuna.Study.best_trials` (which already drops infeasible trials);
+  in ``constrained`` mode (one objective) the feasible trials not dominated on
+  (metric, cost), where cost is the predicted latency, or the MACs when a
+  study has no latency predictions.
+- :func:`pick_best`: the best metric among feasible trials; ties go to the
+  lower predicted latency, then the lower MACs, then the earlier trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+COST_KEYS = ("predicted_latency_ms", "macs")
+
+
+def trial_metric(trial: FrozenTrial) -> float | None:
+    """The task metric of a trial: the ``metric`` user attribute, else its first objective value.
+
+    >>> from optuna.trial import create_trial
+    >>> trial_metric(create_trial(value=0.9, user_attrs={"metric": 0.91}))
+    0.91
+    """
+    if "metric" in trial.user_attrs:
+        value = trial.user_attrs["metric"]
+        return None if value is None else float(value)
+    if trial.values:
+        return float(trial.values[0])
+    return None
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """True for a COMPLETE trial with a metric that meets every budget clause.
+
+    >>> from optuna.trial import create_trial
+    >>> is_feasible(create_trial(value=0.9, constraints={"latency": -0.1}))
+    True
+    >>> is_feasible(create_trial(value=0.0, constraints={"latency": 0.2}))
+    False
+    """
+    if trial.state != TrialState.COMPLETE:
+        return False
+    if trial.user_attrs.get("feasible") is False:
+        return False
+    if any(v > 0.0 for v in trial.constraints.values()):
+        return False
+    metric = trial_metric(trial)
+    return metric is not None and not math.isnan(metric)
+
+
+def feasible_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The feasible trials of ``trials`` (see :func:`is_feasible`), in trial order."""
+    return [t for t in trials if is_feasible(t)]
+
+
+def metric_direction(study: optuna.Study) -> StudyDirection:
+    """The direction of the task metric: the study's first objective (the contract)."""
+    return study.directions[0]
+
+
+def cost_key(trials: Sequence[FrozenTrial]) -> str:
+    """The cost the front is drawn against: predicted latency when every trial has one, else MACs.
+
+    >>> from optuna.trial import create_trial
+    >>> cost_key([create_trial(value=1.0, user_attrs={"macs": 10, "predicted_latency_ms": None})])
+    'macs'
+    """
+    for key in COST_KEYS:
+        if trials and all(_number(t.user_attrs.get(key)) is not None for t in trials):
+            return key
+    return "macs"
+
+
+def non_dominated(
+    points: Sequence[Sequence[float]], directions: Sequence[StudyDirection | str]
+) -> list[int]:
+    """Indices of the points no other point dominates (duplicates all kept).
+
+    A point dominates another when it is at least as good in every objective
+    and strictly better in one; ``directions`` says per objective whether
+    bigger ("maximize") or smaller ("minimize") is better.
+
+    >>> non_dominated([(0.9, 2.0), (0.8, 1.0), (0.7, 3.0), (0.9, 2.0)], ["maximize", "minimize"])
+    [0, 1, 3]
+    """
+    if len(points) == 0:
+        return []
+    signs = np.array([-1.0 if _is_max(d) else 1.0 for d in directions])
+    # Turn every objective into "smaller is better" so one comparison covers both directions.
+    loss = np.asarray(points, dtype=float) * signs
+    keep = []
+    for i, p in enumerate(loss):
+        no_worse = np.all(loss <= p, axis=1)
+        better = np.any(loss < p, axis=1)
+        if not np.any(no_worse & better):
+            keep.append(i)
+    return keep
+
+
+def pareto_front(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """Feasible non-dominated trials, sorted by cost (cheapest first).
+
+    Several objectives (``pareto`` mode): Optuna's :attr:`~optuna.Study.best_trials`.
+    One objective (``constrained`` mode): non-dominated on (metric, :func:`cost_key`).
+    """
+    all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
+    feasible = feasible_trials(all_trials)
+    if not feasible:
+        return []
+    key = cost_key(feasible)
+    if len(study.directions) > 1 and trials is None:
+        # Optuna's own front over the study's objectives; constraints already honoured.
+        front = [t for t in study.best_trials if is_feasible(t)]
+    else:
+        points = [(trial_metric(t), _number(t.user_attrs.get(key)) or 0.0) for t in feasible]
+        idx = non_dominated(points, [metric_direction(study), StudyDirection.MINIMIZE])
+        front = [feasible[i] for i in idx]
+    return sorted(front, key=lambda t: (_number(t.user_attrs.get(key)) or 0.0, t.number))
+
+
+def pick_best(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> FrozenTrial | None:
+    """The best feasible trial, or None when no trial met the budget.
+
+    Best metric first (in the study's direction); ties go to the lower
+    predicted latency, then the lower MACs, then the earlier trial. The best
+    metric is always on the front, so this is also the pick in ``pareto`` mode.
+    """
+    all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
+    feasible = feasible_trials(all_trials)
+    if not feasible:
+        return None
+    sign = -1.0 if _is_max(metric_direction(study)) else 1.0
+
+    def rank(t: FrozenTrial) -> tuple[float, float, float, int]:
+        lat = _number(t.user_attrs.get("predicted_latency_ms"))
+        macs = _number(t.user_attrs.get("macs"))
+        return (
+            sign * float(trial_metric(t) or 0.0),
+            math.inf if lat is None else lat,
+            math.inf if macs is None else macs,
+            t.number,
+        )
+
+    return min(feasible, key=rank)
+
+
+def _is_max(direction: StudyDirection | str) -> bool:
+    if isinstance(direction, StudyDirection):
+        return direction == StudyDirection.MAXIMIZE
+    return str(direction).lower() in ("maximize", "max")
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
