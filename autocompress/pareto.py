@@ -112,7 +112,9 @@ def non_dominated(
     return keep
 
 
-def pareto_front(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+def pareto_front(
+    study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+) -> list[FrozenTrial]:
     """Feasible non-dominated trials, sorted by cost (cheapest first).
 
     Several objectives (``pareto`` mode): Optuna's :attr:`~optuna.Study.best_trials`.
@@ -133,7 +135,9 @@ def pareto_front(study: optuna.Study, trials: Sequence[FrozenTrial] | None = Non
     return sorted(front, key=lambda t: (_number(t.user_attrs.get(key)) or 0.0, t.number))
 
 
-def pick_best(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> FrozenTrial | None:
+def pick_best(
+    study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
+) -> FrozenTrial | None:
     """The best feasible trial, or None when no trial met the budget.
 
     Best metric first (in the study's direction); ties go to the lower
