@@ -129,7 +129,10 @@ def pareto_front(
         # Optuna's own front over the study's objectives; constraints already honoured.
         front = [t for t in study.best_trials if is_feasible(t)]
     else:
-        points = [(trial_metric(t), _number(t.user_attrs.get(key)) or 0.0) for t in feasible]
+        points = [
+            (float(trial_metric(t) or 0.0), _number(t.user_attrs.get(key)) or 0.0)
+            for t in feasible
+        ]
         idx = non_dominated(points, [metric_direction(study), StudyDirection.MINIMIZE])
         front = [feasible[i] for i in idx]
     return sorted(front, key=lambda t: (_number(t.user_attrs.get(key)) or 0.0, t.number))
