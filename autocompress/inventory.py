@@ -128,8 +128,8 @@ class LayerInventory:
     def sha256(self) -> str:
         """Fingerprint of the architecture (names, kinds, shapes): policies are checked against it."""
         arch = [
-            [l.fqn, l.kind, l.in_channels, l.out_channels, list(l.kernel_size), l.groups]
-            for l in self.layers
+            [x.fqn, x.kind, x.in_channels, x.out_channels, list(x.kernel_size), x.groups]
+            for x in self.layers
         ]
         return hashlib.sha256(json.dumps(arch).encode()).hexdigest()
 
@@ -202,7 +202,7 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     found = [outs[id(r)] for r in results if id(r) in outs]
     if not found:
         # The output passed through an op after the last layer; fall back to the last Linear.
-        linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
+        linears: list[nn.Module] = [m for m in modules.values() if isinstance(m, nn.Linear)]
         found = linears[-1:]
     return found
 
@@ -221,11 +221,14 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
             continue
         kind = layer_kind(m)
         assert kind is not None
+        in_ch: int
+        out_ch: int
         if isinstance(m, nn.Conv2d):
             in_ch, out_ch = m.in_channels, m.out_channels
             ks, st, g = tuple(m.kernel_size), tuple(m.stride), m.groups
         else:
-            in_ch, out_ch, ks, st, g = m.in_features, m.out_features, (1, 1), (1, 1), 1
+            in_ch, out_ch = int(m.in_features), int(m.out_features)  # type: ignore[arg-type]
+            ks, st, g = (1, 1), (1, 1), 1
         layers.append(
             LayerInfo(
                 fqn=name, kind=kind, in_channels=in_ch, out_channels=out_ch,

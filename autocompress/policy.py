@@ -88,19 +88,19 @@ class CompressionPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["autocompress.policy"] = FORMAT
-    schema_version: Literal[1] = SCHEMA_VERSION
+    format: Literal["autocompress.policy"] = "autocompress.policy"
+    schema_version: Literal[1] = 1
     model: dict[str, Any] | None = None
     budget: dict[str, Any] | None = None
-    order: list[str] | None = None
+    order: list[str] = Field(default_factory=lambda: list(ORDER))
     layers: dict[str, LayerPolicy]
     metrics: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None
 
     @field_validator("order")
     @classmethod
-    def _order(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and list(v) != list(ORDER):
+    def _order(cls, v: list[str]) -> list[str]:
+        if list(v) != list(ORDER):
             raise ValueError(f"order is fixed to {list(ORDER)}, got {v}")
         return v
 
@@ -110,7 +110,7 @@ class CompressionPolicy(BaseModel):
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"format": self.format, "schema_version": self.schema_version}
+        d: dict[str, Any] = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
         for key in ("model", "budget"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)

@@ -32,7 +32,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             (example_input,),
-            buf,
+            buf,  # type: ignore[arg-type]  # file-like objects are accepted
             input_names=["input"],
             output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},

@@ -32,11 +32,10 @@ class LocalCIFAR10(CIFAR10):
     meta = {"filename": "batches.meta", "key": "label_names", "md5": None}
 
     def __init__(self, root: str, train: bool, transform=None) -> None:
-        if train:
-            # Use whichever training batches exist (a subset is a valid copy).
-            base = Path(root) / self.base_folder
-            present = [e for e in self.train_list if (base / e[0]).is_file()]
-            self.train_list = present or self.train_list
+        # Use whichever training batches exist (a subset is a valid copy).
+        base = Path(root) / self.base_folder
+        present = [e for e in self.train_list if (base / e[0]).is_file()]
+        self.train_list = present or self.train_list
         super().__init__(root, train=train, transform=transform, download=False)
 
 
@@ -72,7 +71,7 @@ def cifar_task(depth: int, data_dir: str | None, checkpoint: str | None = None) 
         load_checkpoint(model, checkpoint)
     model.eval()
     generator = torch.Generator().manual_seed(0)
-    val_loader = DataLoader(val, batch_size=256)
+    val_loader: DataLoader = DataLoader(val, batch_size=256)
     return Task(
         name=name,
         model=model,

@@ -1,0 +1,61 @@
+"""LayerInventory: kinds, hand-computed MACs/params, coupled pruning groups, fingerprint."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autocompress.inventory import build_inventory
+from autocompress.models import DigitsCNN, resnet20
+
+
+def test_digits_cnn_macs_and_params_by_hand():
+    inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    assert inv.fqns == ["features.0", "features.2", "classifier.1", "classifier.3"]
+    # conv: out * in * kh * kw * H * W (padding keeps 8x8)
+    assert inv["features.0"].macs == 32 * 1 * 9 * 64
+    assert inv["features.2"].macs == 64 * 32 * 9 * 64
+    assert inv["classifier.1"].macs == 1024 * 128
+    assert inv["classifier.3"].macs == 128 * 10
+    assert inv["features.2"].params == 64 * 32 * 9 + 64
+    assert inv.total_macs == 18432 + 1179648 + 131072 + 1280
+    assert inv.total_params == 320 + 18496 + 131200 + 1290
+
+
+def test_classifier_is_not_prunable_and_consumers_know_their_producers():
+    inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    assert not inv["classifier.3"].prunable and inv["classifier.3"].group is None
+    assert inv["features.0"].prunable
+    # flatten: each of the 64 channels of features.2 feeds 16 inputs of classifier.1
+    assert inv["classifier.1"].in_groups == {"features.2": 1024}
+    assert inv["features.2"].in_groups == {"features.0": 32}
+
+
+def test_resnet20_residual_layers_share_one_group():
+    inv = build_inventory(resnet20(), torch.zeros(1, 3, 32, 32))
+    stage1 = {m.fqn for m in inv.group_members("conv1")}
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} == stage1
+    stage2 = {m.fqn for m in inv.group_members("layer2.0.conv2")}
+    assert "layer2.0.shortcut.0" in stage2 and "layer2.2.conv2" in stage2
+    # block-internal convs are free to prune on their own
+    assert inv["layer1.0.conv1"].group == "layer1.0.conv1"
+    assert len(inv.groups) == 1 + 9 + 2  # stem/stage groups + one per block-internal conv
+
+
+def test_depthwise_conv_joins_its_producer_group():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+        nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 5 * 5, 2),
+    )
+    inv = build_inventory(model, torch.zeros(1, 3, 5, 5))
+    assert inv["2"].kind == "DepthwiseConv2d"
+    assert inv["2"].group == inv["0"].group == "0"
+    assert inv["2"].macs == 8 * 9 * 25  # one 3x3 filter per channel
+
+
+def test_fingerprint_tracks_architecture_not_weights():
+    a = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    b = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    c = build_inventory(DigitsCNN(num_classes=5), torch.zeros(1, 1, 8, 8))
+    assert a.sha256 == b.sha256 != c.sha256
