@@ -1,0 +1,253 @@
+"""Whole-model latency on a target, and the fingerprint of the machine that measured it.
+
+A measurement warms the model up, fixes the thread count, then times at
+least 30 runs and reports their median, p90 and spread (interquartile
+range). Very short calls are timed in groups: one "run" is ``k``
+back-to-back calls with ``k`` chosen so a run lasts at least ``min_run_ms``,
+and every number is reported per call. This keeps timer resolution and
+Python overhead out of sub-millisecond measurements.
+
+Runtimes live in a registry (:data:`RUNNERS`, keyed by ``Target.runtime``):
+each turns ``(model, input, threads)`` into a zero-argument callable that
+runs one inference the way the target runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.cost.target import Target
+
+Call = Callable[[], Any]
+RunnerFactory = Callable[[nn.Module, torch.Tensor, int], Call]
+
+DEFAULT_RUNS = 30
+DEFAULT_WARMUP = 5
+DEFAULT_MIN_RUN_MS = 1.0
+
+# CPU flags that decide which kernels a runtime picks; only these enter the
+# fingerprint hash so that cosmetic hypervisor flags do not split a LUT.
+_ISA_FLAG = re.compile(r"^(sse\d.*|ssse3|avx.*|fma.*|f16c|amx.*|.*vnni.*|neon|asimd.*|sve.*|.*bf16.*)$")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency statistics of one measurement, in milliseconds.
+
+    ``spread_ms`` is the interquartile range of the runs; ``calls_per_run``
+    says how many back-to-back calls each timed run held.
+    """
+
+    median_ms: float
+    p90_ms: float
+    spread_ms: float
+    min_ms: float
+    mean_ms: float
+    runs: int
+    calls_per_run: int
+    target: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- timing ------------------------------------------------------------------------
+
+
+def time_call(
+    fn: Call,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    min_run_ms: float = DEFAULT_MIN_RUN_MS,
+) -> tuple[list[float], int]:
+    """Time ``fn``: per-call milliseconds of ``runs`` runs, and the calls per run.
+
+    >>> times, k = time_call(lambda: sum(range(100)), runs=5, warmup=1)
+    >>> len(times), k >= 1, min(times) > 0
+    (5, True, True)
+    """
+    for _ in range(max(warmup, 1)):
+        fn()
+    # One more call sizes the group; take the faster of two to skip a cold outlier.
+    single = min(_one(fn), _one(fn))
+    k = max(1, int(min_run_ms / 1e3 / max(single, 1e-7)))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        for _ in range(k):
+            fn()
+        times.append((time.perf_counter_ns() - t0) / k / 1e6)
+    return times, k
+
+
+def _one(fn: Call) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summarize(times: list[float], calls_per_run: int, target: str = "") -> LatencyStats:
+    """Median, p90, IQR, min and mean of per-call times (ms)."""
+    arr = np.asarray(times, dtype=float)
+    q25, q50, q75, q90 = np.percentile(arr, [25, 50, 75, 90])
+    return LatencyStats(
+        median_ms=float(q50), p90_ms=float(q90), spread_ms=float(q75 - q25),
+        min_ms=float(arr.min()), mean_ms=float(arr.mean()), runs=len(times),
+        calls_per_run=calls_per_run, target=target,
+    )
+
+
+# ---- runtimes ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)``; the previous value is restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call:
+    model = model.eval()
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return call
+
+
+def _ort_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call:
+    from autocompress.runtime.onnx import export_onnx, ort_session
+
+    sess = ort_session(export_onnx(model, x[:1]), threads)
+    name = sess.get_inputs()[0].name
+    feed = {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+
+    def call() -> Any:
+        return sess.run(None, feed)
+
+    return call
+
+
+RUNNERS: dict[str, RunnerFactory] = {"torch": _torch_runner, "ort": _ort_runner}
+
+
+def make_runner(model: nn.Module, x: torch.Tensor, target: Target) -> Call:
+    """A callable running one inference of ``model`` on the batch ``x`` as ``target`` runs it.
+
+    Torch threads are not set here; call it inside :func:`torch_threads`.
+    """
+    return RUNNERS[target.runtime](model, x, target.threads)
+
+
+def batched(example_input: torch.Tensor, batch: int) -> torch.Tensor:
+    """``example_input``'s first sample repeated to ``batch`` rows (contiguous)."""
+    x = example_input[:1]
+    return x.expand(batch, *x.shape[1:]).contiguous()
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    target: Target,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    min_run_ms: float = DEFAULT_MIN_RUN_MS,
+) -> LatencyStats:
+    """Latency of ``model`` on ``target`` at ``target.batch`` (default: the input's batch).
+
+    The model is put in eval mode for the measurement (and restored after);
+    the torch thread count is restored after as well.
+
+    >>> from autocompress.cost.target import parse_target
+    >>> s = measure_latency(nn.Linear(8, 8), torch.zeros(1, 8), parse_target("torch-1t-b4"))
+    >>> s.median_ms > 0 and s.p90_ms >= s.median_ms and s.runs == 30
+    True
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    batch = target.batch or int(example_input.shape[0])
+    x = batched(example_input, batch)
+    was_training = model.training
+    try:
+        with torch_threads(target.threads):
+            call = make_runner(model, x, target)
+            times, k = time_call(call, runs=runs, warmup=warmup, min_run_ms=min_run_ms)
+    finally:
+        model.train(was_training)
+    return summarize(times, k, target=Target(target.runtime, target.threads, batch).name)
+
+
+# ---- environment fingerprint -------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> dict[str, Any]:
+    """CPU model, architecture, core count and flags (py-cpuinfo; cached per process)."""
+    try:
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+    except Exception:  # cpuinfo can fail in odd sandboxes; the platform module still answers
+        info = {}
+    return {
+        "cpu": info.get("brand_raw") or platform.processor() or "unknown",
+        "arch": info.get("arch") or platform.machine(),
+        "cores": os.cpu_count(),
+        "flags": sorted(info.get("flags", [])),
+    }
+
+
+def env_fingerprint(target: Target) -> dict[str, Any]:
+    """Everything that decides a latency number: CPU, ISA flags, library versions, target.
+
+    ``fingerprint["hash"]`` is a short stable hash of the parts that matter
+    (CPU model, SIMD flags, torch/onnxruntime versions, runtime, threads, batch);
+    latency tables are keyed by it.
+
+    >>> from autocompress.cost.target import parse_target
+    >>> fp = env_fingerprint(parse_target("ort-cpu-1t-b8"))
+    >>> fp["threads"], fp["batch"], len(fp["hash"])
+    (1, 8, 12)
+    """
+    import onnxruntime
+
+    cpu = cpu_description()
+    isa = [f for f in cpu["flags"] if _ISA_FLAG.match(f)]
+    fp: dict[str, Any] = {
+        "cpu": cpu["cpu"],
+        "arch": cpu["arch"],
+        "cores": cpu["cores"],
+        "isa_flags": isa,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "runtime": target.runtime,
+        "threads": target.threads,
+        "batch": target.batch,
+        "target": target.name,
+    }
+    keyed = {k: fp[k] for k in ("cpu", "arch", "isa_flags", "torch", "onnxruntime", "runtime",
+                                "threads", "batch")}
+    fp["hash"] = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+    fp["flags"] = cpu["flags"]
+    return fp
