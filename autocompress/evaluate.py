@@ -1,0 +1,385 @@
+"""Evaluation of a candidate: apply the policy, a short KD fine-tune, the metric on fixed data.
+
+The fine-tune is a fixed number of optimizer *steps* (not epochs) cycling a
+seeded shuffle of the task's training data; the loss mixes knowledge
+distillation from the uncompressed model,
+``KL(softmax(teacher/T) || softmax(student/T)) * T^2``, with cross-entropy on
+the labels when the batches carry integer labels (weight ``alpha`` on KD).
+The score is the task metric on a fixed validation subset. Everything is
+deterministic for a given ``seed`` (``torch.manual_seed`` plus a seeded
+generator for the data order) on a fixed thread count.
+
+Quantisation is post-training here: :func:`compress_and_score` applies the
+structural part of the policy (prune -> lowrank -> sparsity) with
+:func:`~autocompress.methods.apply_policy`, fine-tunes that float model while
+keeping the sparsity zeros at zero (the mask is re-imposed after every step),
+and only then runs the registered ``quantize`` method on the fine-tuned
+weights (the same method ``apply_policy`` runs last). The result has exactly
+the structure ``apply_policy(model, policy)`` builds, so MACs, params and size
+of ``autocompress apply`` match the search's numbers; only the weights differ
+(fine-tuned). Intermediate metrics reported to a pruner are measured on a
+quantised copy, so they describe the same model the final score does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from autocompress.errors import TaskError
+from autocompress.inventory import LayerInventory
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.tasks.base import Task
+
+Report = Callable[[int, float], bool]  # (step, metric) -> should_stop
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """How every candidate is fine-tuned and scored (the same for every trial of a run).
+
+    ``val_samples``: size of the fixed validation subset (None = all of it);
+    ``report_every``: steps between intermediate metrics for a pruner (0 = never);
+    ``calibration_batches``: training batches that set 8-bit activation ranges.
+
+    >>> FinetuneSettings(steps=10).steps
+    10
+    """
+
+    steps: int = 150
+    lr: float = 1e-3
+    temperature: float = 4.0
+    alpha: float = 0.7
+    seed: int = 0
+    report_every: int = 50
+    val_samples: int | None = 512
+    calibration_batches: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did: steps run, whether ``report`` stopped it, seconds, last loss."""
+
+    steps: int
+    stopped: bool
+    seconds: float
+    last_loss: float | None
+    reports: list[tuple[int, float]]
+
+
+@dataclass
+class EvalResult:
+    """One evaluated candidate: the fine-tuned, quantised model, its metric and timings (s).
+
+    ``stopped_at`` is the step at which ``report`` asked to stop (a pruned
+    trial; ``metric`` is then the last intermediate value), else None.
+    """
+
+    model: nn.Module
+    metric: float
+    apply_s: float
+    finetune_s: float
+    eval_s: float
+    stopped_at: int | None = None
+    reports: list[tuple[int, float]] | None = None
+
+
+# ---------------------------------------------------------------- data helpers
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, labels)`` from a batch; labels only when they are integer class ids."""
+    if isinstance(batch, (tuple, list)):
+        inputs = batch[0]
+        labels = batch[1] if len(batch) > 1 else None
+        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.dim() == 1:
+            return inputs, labels
+        return inputs, None
+    return batch, None
+
+
+def seeded_loader(loader: DataLoader, seed: int) -> DataLoader:
+    """The loader's dataset with the same batch size, shuffled by a generator seeded ``seed``.
+
+    An iterable dataset cannot be reshuffled; its loader is returned as is.
+    """
+    dataset = loader.dataset
+    if isinstance(dataset, IterableDataset):
+        return loader
+    return DataLoader(
+        dataset, batch_size=loader.batch_size or 1, shuffle=True,
+        generator=torch.Generator().manual_seed(seed), collate_fn=loader.collate_fn,
+    )
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise TaskError("the training loader yields no batches; a fine-tune needs data")
+
+
+def val_subset(task: Task, n: int | None = 512, seed: int = 0) -> DataLoader:
+    """A FIXED validation subset: the first ``n`` samples of a permutation seeded ``seed``.
+
+    The same subset scores every trial of a run; ``n=None`` (or ``n`` >= the
+    validation size) uses the task's whole validation loader.
+    """
+    if task.val_loader is None:
+        raise TaskError(
+            f"task {task.name!r} has no validation data; a search scores candidates on it"
+        )
+    loader = task.val_loader
+    dataset = loader.dataset
+    if n is None or isinstance(dataset, IterableDataset) or n >= len(dataset):  # type: ignore[arg-type]
+        return loader
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    sub: Dataset = Subset(dataset, order[:n].tolist())
+    return DataLoader(sub, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
+
+
+def evaluate(model: nn.Module, task: Task, val_subset: DataLoader | None = None) -> float:
+    """The task metric of ``model`` on ``val_subset`` (default: the task's validation loader).
+
+    >>> from torch.utils.data import TensorDataset
+    >>> from autocompress.tasks.base import top1_accuracy
+    >>> dl = DataLoader(TensorDataset(torch.eye(2), torch.tensor([0, 1])))
+    >>> m = nn.Linear(2, 2); _ = m.weight.data.copy_(torch.eye(2)); _ = m.bias.data.zero_()
+    >>> t = Task("toy", m, torch.zeros(1, 2), dl, dl, top1_accuracy)
+    >>> evaluate(m, t)
+    1.0
+    """
+    loader = val_subset if val_subset is not None else task.val_loader
+    if loader is None:
+        raise TaskError(f"task {task.name!r} has no validation data")
+    was_training = model.training
+    model.eval()
+    try:
+        return float(task.metric(model, loader))
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------- fine-tune
+def kd_loss(
+    student_out: torch.Tensor,
+    teacher_out: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """``alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE(student, labels)``.
+
+    Outputs that are not class scores (one column) use MSE to the teacher instead of KL.
+
+    >>> s = torch.tensor([[2.0, 0.0]]); round(float(kd_loss(s, s, None, 4.0, 1.0)), 4)
+    0.0
+    """
+    if student_out.dim() >= 2 and student_out.shape[-1] > 1:
+        t = temperature
+        kd = F.kl_div(
+            F.log_softmax(student_out / t, dim=-1), F.softmax(teacher_out / t, dim=-1),
+            reduction="batchmean",
+        ) * (t * t)
+    else:
+        kd = F.mse_loss(student_out, teacher_out)
+    if labels is None or alpha >= 1.0:
+        return kd
+    ce = F.cross_entropy(student_out, labels)
+    return alpha * kd + (1.0 - alpha) * ce
+
+
+def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Boolean non-zero masks of every Conv2d/Linear weight that holds exact zeros.
+
+    Re-imposing them after each optimizer step keeps a sparsified model sparse.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = module.weight.detach()
+            if bool((w == 0).any()):
+                masks[name] = w != 0
+    return masks
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    train_loader: DataLoader,
+    steps: int,
+    lr: float = 1e-3,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    seed: int = 0,
+    report: Report | None = None,
+    report_every: int = 50,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``student`` in place for ``steps`` Adam steps with KD from ``teacher``.
+
+    Every ``report_every`` steps (before the last), ``eval_fn(student)`` is
+    passed to ``report(step, metric)``; a True answer stops the fine-tune
+    (an Optuna pruner's verdict). ``masks`` (``{module name: bool mask}``)
+    are re-imposed on the weights after every step.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> _ = torch.manual_seed(0); teacher = nn.Linear(4, 3); student = nn.Linear(4, 3)
+    >>> dl = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,))), batch_size=8)
+    >>> r = finetune(student, teacher, dl, steps=20, lr=1e-2, seed=0)
+    >>> r.steps, r.stopped
+    (20, False)
+    """
+    t0 = time.perf_counter()
+    reports: list[tuple[int, float]] = []
+    if steps <= 0:
+        return FinetuneResult(0, False, 0.0, None, reports)
+    if report is not None and eval_fn is None:
+        raise ValueError("finetune: report needs eval_fn to measure the intermediate metric")
+    torch.manual_seed(seed)
+    teacher.eval()
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    mask_modules = {name: student.get_submodule(name) for name in (masks or {})}
+    batches = _cycle(seeded_loader(train_loader, seed))
+    last = None
+    done = 0
+    stopped = False
+    for step in range(1, steps + 1):
+        inputs, labels = _split_batch(next(batches))
+        with torch.no_grad():
+            t_out = teacher(inputs)
+        loss = kd_loss(student(inputs), t_out, labels, temperature, alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if masks:
+            with torch.no_grad():
+                for name, module in mask_modules.items():
+                    module.weight.mul_(masks[name])  # type: ignore[operator]
+        last = float(loss.detach())
+        done = step
+        if report is not None and report_every > 0 and step % report_every == 0 and step < steps:
+            assert eval_fn is not None
+            metric = float(eval_fn(student))
+            student.train()
+            reports.append((step, metric))
+            if report(step, metric):
+                stopped = True
+                break
+    student.eval()
+    return FinetuneResult(done, stopped, time.perf_counter() - t0, last, reports)
+
+
+# ---------------------------------------------------------------- the candidate pipeline
+def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
+    """``policy`` without its quantisation knobs (``bits``, ``act_bits``)."""
+    layers = {
+        fqn: LayerPolicy(prune=lp.prune, rank=lp.rank, sparsity=lp.sparsity)
+        for fqn, lp in policy.layers.items()
+    }
+    return policy.model_copy(update={"layers": {f: lp for f, lp in layers.items()
+                                                if not lp.is_empty()}})
+
+
+def quantizes(policy: CompressionPolicy) -> bool:
+    """True when the policy fake-quantises any weights or activations."""
+    return any((lp.bits is not None and lp.bits <= 8) or lp.act_bits == 8
+               for lp in policy.layers.values())
+
+
+def quantize(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    inventory: LayerInventory,
+    example_input: torch.Tensor,
+    calibration: list[torch.Tensor] | None = None,
+) -> nn.Module:
+    """Run the registered ``quantize`` method (the last step of ``apply_policy``) in place."""
+    from autocompress.methods import METHODS
+
+    return METHODS["quantize"].apply(model, policy, inventory, example_input, calibration).eval()
+
+
+def calibration_batches(task: Task, n: int) -> list[torch.Tensor] | None:
+    """The first ``n`` training batches in dataset order (activation ranges for act_bits 8)."""
+    if task.train_loader is None or n <= 0:
+        return None
+    loader = task.train_loader
+    ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1,
+                         collate_fn=loader.collate_fn)
+    out: list[torch.Tensor] = []
+    for batch in ordered:
+        out.append(_split_batch(batch)[0])
+        if len(out) >= n:
+            break
+    return out
+
+
+def compress_and_score(
+    task: Task,
+    policy: CompressionPolicy,
+    settings: FinetuneSettings,
+    inventory: LayerInventory,
+    teacher: nn.Module | None = None,
+    val_loader: DataLoader | None = None,
+    report: Report | None = None,
+) -> EvalResult:
+    """Apply ``policy`` to ``task.model``, KD fine-tune it, quantise it, score it.
+
+    This is the whole evaluation of one search candidate; the export calls it
+    again with the same settings to rebuild the best model (deterministic).
+    ``report(step, metric) -> should_stop`` receives intermediate metrics.
+    """
+    from autocompress.methods import apply_policy
+
+    teacher = teacher if teacher is not None else task.model
+    loader = val_loader if val_loader is not None else val_subset(task, settings.val_samples)
+    calibration = calibration_batches(task, settings.calibration_batches) if any(
+        lp.act_bits == 8 for lp in policy.layers.values()) else None
+    t0 = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    student = apply_policy(task.model, structural_policy(policy), task.example_input, inventory)
+    apply_s = time.perf_counter() - t0
+    has_quant = quantizes(policy)
+
+    def scored(model: nn.Module) -> float:
+        if not has_quant:
+            return evaluate(model, task, loader)
+        q = quantize(copy.deepcopy(model), policy, inventory, task.example_input, calibration)
+        return evaluate(q, task, loader)
+
+    result = FinetuneResult(0, False, 0.0, None, [])
+    if settings.steps > 0 and task.train_loader is not None:
+        masks = weight_masks(student) if any(lp.sparsity for lp in policy.layers.values()) else None
+        result = finetune(
+            student, teacher, task.train_loader, settings.steps, lr=settings.lr,
+            temperature=settings.temperature, alpha=settings.alpha, seed=settings.seed,
+            report=report, report_every=settings.report_every,
+            eval_fn=scored if report is not None else None, masks=masks,
+        )
+    t1 = time.perf_counter()
+    if has_quant:
+        student = quantize(student, policy, inventory, task.example_input, calibration)
+    # A pruned trial keeps its last intermediate value (measured on the quantised copy).
+    metric = result.reports[-1][1] if result.stopped else evaluate(student, task, loader)
+    eval_s = time.perf_counter() - t1
+    return EvalResult(
+        model=student.eval(), metric=metric, apply_s=apply_s, finetune_s=result.seconds,
+        eval_s=eval_s, stopped_at=result.steps if result.stopped else None,
+        reports=result.reports,
+    )
