@@ -1,0 +1,374 @@
+"""Export a finished study into its results folder (DESIGN.md section 4).
+
+:func:`export_results` writes ``trials.csv``, ``pareto.csv``,
+``best_policy.json``, ``policies/``, ``model_best.pt``, ``model_best.onnx``
+(+ ``model_best.int8.onnx`` when some layer has bits <= 8), ``report.html`` and
+``summary.json``. The best model is rebuilt from the task's model with
+``apply_policy`` and fine-tuned again with the study's own settings and seed,
+so it reproduces the trial; then it and the uncompressed model are measured
+afresh on the target, and ``meets_budget`` is decided on that measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from autocompress.errors import MethodError
+from autocompress.export.int8 import calibration_batches, export_int8, needs_int8
+from autocompress.export.results import (
+    pareto_frame,
+    provenance,
+    trial_policy,
+    trials_frame,
+    write_policies,
+    write_tables,
+)
+from autocompress.export.summary import ExportSummary
+from autocompress.inventory import LayerInventory, build_inventory
+from autocompress.pareto import feasible_trials, pick_best, trial_metric
+from autocompress.policy import CompressionPolicy
+from autocompress.tasks import Task
+
+__all__ = [
+    "ExportSummary",
+    "export_results",
+    "pareto_frame",
+    "rebuild_best_model",
+    "trials_frame",
+    "write_policies",
+    "write_tables",
+]
+
+FILES = {
+    "trials": "trials.csv",
+    "pareto": "pareto.csv",
+    "best_policy": "best_policy.json",
+    "model_pt": "model_best.pt",
+    "model_onnx": "model_best.onnx",
+    "model_int8_onnx": "model_best.int8.onnx",
+    "report": "report.html",
+    "summary": "summary.json",
+}
+
+
+def export_results(
+    study: optuna.Study,
+    task: Task,
+    out_dir: str | Path,
+    *,
+    target: Any,
+    budget: Any,
+    lut_path: Path | None = None,
+    measure: bool = True,
+    finetune: int | None = None,
+) -> ExportSummary:
+    """Write the results folder of ``study`` into ``out_dir`` and return its summary.
+
+    ``target`` / ``budget``: a :class:`~autocompress.cost.Target` / ``Budget`` or
+    their strings (the study's own ones when the search calls this).
+    ``finetune``: fine-tune steps for rebuilding the best model; None = the
+    study's ``finetune_steps`` (what the trial used), 0 = no fine-tune.
+    ``measure=False`` skips the fresh latency measurement (``meets_budget``
+    then rests on the predicted latency; ``meets_budget_basis`` says so).
+    ``lut_path`` is recorded in the summary for reference only: the fresh
+    measurement never reads the latency table.
+
+    No feasible trial: ``trials.csv``, ``pareto.csv``, ``report.html`` and
+    ``summary.json`` (best_* None, ``meets_budget`` False) are still written.
+    """
+    from autocompress.cost import analytic_costs, parse_budget, parse_target
+    from autocompress.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: dict[str, Any] = dict(study.user_attrs.get("autocompress", {}))
+    base: dict[str, Any] = dict(study.user_attrs.get("baseline", {}))
+    tgt = parse_target(target).with_batch(task.target_batch_size)
+    bud = parse_budget(budget) if isinstance(budget, str) else budget
+    trials = list(study.get_trials(deepcopy=False))
+
+    summary = ExportSummary(
+        metric_name=str(base.get("metric_name") or task.metric_name),
+        budget=_budget_text(budget, bud),
+        target=tgt.name,
+        higher_is_better=bool(base.get("higher_is_better", task.higher_is_better)),
+        baseline_metric=_num(base.get("metric"), task.baseline_metric),
+        baseline_latency_study_ms=_num(base.get("latency_ms")),
+        n_trials=len(trials),
+        n_complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        n_feasible=len(feasible_trials(trials)),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        study_name=study.study_name,
+    )
+    if lut_path is not None:
+        summary.files["latency_lut"] = str(lut_path)
+    write_tables(study, out)
+    summary.files.update(trials=FILES["trials"], pareto=FILES["pareto"])
+
+    inventory = build_inventory(task.model, task.example_input)
+    baseline_costs = analytic_costs(None, inventory)
+    summary.baseline_macs = baseline_costs.macs
+    summary.baseline_size_bytes = baseline_costs.size_bytes
+
+    best = pick_best(study, trials)
+    if best is None:
+        summary.notes.append(
+            f"no trial met the budget {summary.budget!r} ({summary.n_complete} complete trials); "
+            "loosen the budget, widen the space or run more trials"
+        )
+        summary.budget_limits = _budget_limits(
+            bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
+        )
+        return _finish(study, out, summary, write_report)
+
+    # ---- the best policy, rebuilt into a model ----------------------------------------------
+    summary.best_trial = best.number
+    summary.trial_metric = trial_metric(best)
+    summary.predicted_latency_ms = _num(best.user_attrs.get("predicted_latency_ms"))
+    policy = trial_policy(best, study)
+    policy.validate_against(inventory, source=f"trial {best.number} policy")
+    write_policies(study, out)
+    model, metric, settings = rebuild_best_model(task, policy, inventory, cfg, finetune)
+    steps = int(settings.steps)
+    summary.finetuned = steps > 0 and task.train_loader is not None
+    summary.finetune_steps = steps
+    summary.best_metric = metric  # on the trials' fixed validation subset: comparable
+    summary.best_metric_full_val = float(task.evaluate(model))
+
+    costs = analytic_costs(policy, inventory)
+    summary.macs, summary.bops = costs.macs, costs.bops
+    summary.params, summary.size_bytes = costs.params, costs.size_bytes
+
+    # ---- files: .pt, .onnx, int8 .onnx, each checked in ONNX Runtime ------------------------
+    torch.save(model, out / FILES["model_pt"])
+    summary.files["model_pt"] = FILES["model_pt"]
+    summary.onnx_max_abs_diff = export_checked_onnx(model, task, out / FILES["model_onnx"])
+    summary.files["model_onnx"] = FILES["model_onnx"]
+    int8_path: Path | None = None
+    if needs_int8(policy):
+        int8_path = out / FILES["model_int8_onnx"]
+        batches = calibration_batches(
+            task.train_loader, task.example_input, tgt.require_batch()
+        )
+        export_int8(model, task.example_input, int8_path, batches)
+        summary.int8_metric = onnx_metric(task, int8_path, tgt.threads)
+        summary.files["model_int8_onnx"] = FILES["model_int8_onnx"]
+
+    # ---- fresh measurement: baseline and best in the same session, on the target ------------
+    if measure:
+        lat = fresh_latencies(task, model, tgt, int8_path)
+        summary.baseline_latency_ms = lat["baseline"].median_ms
+        summary.measured_latency_ms = lat["best"].median_ms
+        summary.measured_latency_p90_ms = lat["best"].p90_ms
+        if "int8" in lat:
+            summary.measured_latency_int8_ms = lat["int8"].median_ms
+        summary.speedup = summary.baseline_latency_ms / summary.measured_latency_ms
+        if summary.measured_latency_int8_ms:
+            summary.speedup_int8 = summary.baseline_latency_ms / summary.measured_latency_int8_ms
+        latency, base_latency = summary.measured_latency_ms, summary.baseline_latency_ms
+    else:
+        summary.meets_budget_basis = "predicted"
+        latency, base_latency = summary.predicted_latency_ms, summary.baseline_latency_study_ms
+    ok, violations = bud.check(
+        costs.with_latency(latency), baseline_costs.with_latency(base_latency)
+    )
+    summary.meets_budget = bool(ok)
+    summary.violations = {str(k): float(v) for k, v in dict(violations).items()}
+    summary.budget_limits = _budget_limits(bud, baseline_costs.with_latency(base_latency))
+    if not ok:
+        summary.notes.append(
+            f"trial {best.number} was predicted feasible but the exported model misses the "
+            f"budget when re-measured: {summary.violations}"
+        )
+
+    # ---- best_policy.json: the policy with its budget, measured metrics and provenance ------
+    final = policy.model_copy(update={
+        "budget": {"spec": summary.budget, "target": tgt.name, "limits": summary.budget_limits},
+        "metrics": {
+            **(policy.metrics or {}),
+            "metric": summary.best_metric,
+            summary.metric_name: summary.best_metric,
+            "trial_metric": summary.trial_metric,
+            "predicted_latency_ms": summary.predicted_latency_ms,
+            "measured_latency_ms": summary.measured_latency_ms,
+            "macs": costs.macs, "params": costs.params, "size_bytes": costs.size_bytes,
+            "bops": costs.bops,
+        },
+        "provenance": {**provenance(best, study), "finetune": settings.to_dict()},
+    })
+    final.save(out / FILES["best_policy"])
+    summary.files["best_policy"] = FILES["best_policy"]
+    return _finish(study, out, summary, write_report)
+
+
+def _finish(
+    study: optuna.Study, out: Path, summary: ExportSummary, write_report: Any
+) -> ExportSummary:
+    summary.files["report"] = FILES["report"]
+    summary.files["summary"] = FILES["summary"]
+    write_report(study, out / FILES["report"], summary)
+    summary.write(out / FILES["summary"])
+    return summary
+
+
+def finetune_settings(cfg: dict[str, Any], finetune: int | None = None) -> Any:
+    """The fine-tune settings of the study (``cfg`` = ``study.user_attrs["autocompress"]``).
+
+    ``cfg["finetune"]`` (a ``FinetuneSettings.to_dict()``) when the search stored
+    it, else the defaults with ``cfg["finetune_steps"]`` and ``cfg["seed"]``;
+    ``finetune`` overrides the number of steps.
+    """
+    from autocompress.evaluate import FinetuneSettings
+
+    stored = cfg.get("finetune")
+    if isinstance(stored, dict):
+        known = {k: v for k, v in stored.items() if k in FinetuneSettings.__dataclass_fields__}
+        settings = FinetuneSettings(**known)
+    else:
+        kwargs: dict[str, Any] = {}
+        if cfg.get("finetune_steps") is not None:
+            kwargs["steps"] = int(cfg["finetune_steps"])
+        if cfg.get("seed") is not None:
+            kwargs["seed"] = int(cfg["seed"])
+        settings = FinetuneSettings(**kwargs)
+    if finetune is not None:
+        settings = replace(settings, steps=int(finetune))
+    return replace(settings, report_every=0)  # no pruner here: run every step
+
+
+def rebuild_best_model(
+    task: Task,
+    policy: CompressionPolicy,
+    inventory: LayerInventory,
+    cfg: dict[str, Any],
+    finetune: int | None = None,
+) -> tuple[nn.Module, float, Any]:
+    """The best policy rebuilt exactly as its trial was: ``(model, metric, settings)``.
+
+    Runs the search's own evaluation (:func:`autocompress.evaluate.compress_and_score`:
+    apply the structure, KD fine-tune with the study's settings and seed, quantise,
+    score on the same fixed validation subset), so the model reproduces the trial's metric.
+    """
+    from autocompress.evaluate import compress_and_score
+
+    settings = finetune_settings(cfg, finetune)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = compress_and_score(task, policy, settings, inventory)
+    return result.model.eval(), float(result.metric), settings
+
+
+def export_checked_onnx(model: nn.Module, task: Task, path: Path) -> float:
+    """Export ``model`` to ONNX at ``path``; check ONNX Runtime runs it and agrees with PyTorch.
+
+    Returns the largest absolute output difference on a validation batch.
+    """
+    from autocompress.runtime.onnx import export_onnx, run_onnx
+
+    data = export_onnx(model, task.example_input, path)
+    x = _check_batch(task)
+    with torch.no_grad():
+        ref = model(x).detach().cpu().numpy()
+    got = run_onnx(data, x.numpy())
+    if got.shape != ref.shape or not np.all(np.isfinite(got)):
+        raise MethodError(
+            f"{path.name}: ONNX Runtime gives output {got.shape} (finite: "
+            f"{bool(np.all(np.isfinite(got)))}), PyTorch {ref.shape}; the export is broken"
+        )
+    return float(np.abs(got - ref).max())
+
+
+class _OrtModule(nn.Module):
+    """An ONNX file behind an ``nn.Module`` face, so the task metric can score it."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        from autocompress.runtime.onnx import ort_session
+
+        self.sess = ort_session(path, threads)
+        self.input_name = self.sess.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.sess.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(out[0])
+
+
+def onnx_metric(task: Task, path: Path, threads: int) -> float:
+    """The task metric of an ONNX file run by ONNX Runtime (proves the file runs, and how well)."""
+    value = float(task.evaluate(_OrtModule(path, threads)))
+    if not math.isfinite(value):
+        raise MethodError(f"{path.name}: ONNX Runtime gives a non-finite {task.metric_name}")
+    return value
+
+
+def fresh_latencies(task: Task, model: nn.Module, target: Any, int8_path: Path | None) -> dict:
+    """Median/p90 latency of the baseline and the best model (and the int8 file), measured now.
+
+    Baseline and best are measured back to back in this call with fresh
+    sessions, so their ratio is honest; the int8 file is timed with ONNX
+    Runtime at the target's threads and batch.
+    """
+    from autocompress.cost.latency import batched, measure_latency, summarize, time_call
+    from autocompress.runtime.onnx import ort_session
+
+    out = {
+        "baseline": measure_latency(task.model, task.example_input, target),
+        "best": measure_latency(model, task.example_input, target),
+    }
+    if int8_path is not None:
+        sess = ort_session(int8_path, target.threads)
+        feed = {sess.get_inputs()[0].name: batched(task.example_input, target.require_batch())
+                .numpy().astype(np.float32)}
+        times, k = time_call(lambda: sess.run(None, feed))
+        out["int8"] = summarize(times, k, target=f"ort-int8-{target.threads}t-b{target.batch}")
+    return out
+
+
+def _check_batch(task: Task) -> torch.Tensor:
+    if task.val_loader is not None:
+        batch = next(iter(task.val_loader), None)
+        if batch is not None:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            return x[:64].float()
+    return task.example_input.float()
+
+
+def _budget_text(given: Any, parsed: Any) -> str:
+    if isinstance(given, str):
+        return given
+    for attr in ("text", "spec", "source"):
+        if isinstance(getattr(parsed, attr, None), str):
+            return str(getattr(parsed, attr))
+    return str(parsed)
+
+
+def _budget_limits(budget: Any, baseline: Any) -> dict[str, float]:
+    """Each budget clause's limit in absolute units (e.g. ``latency_ms``), for the report."""
+    limits = getattr(budget, "limits", None)
+    if callable(limits):
+        try:
+            return {str(k): float(v) for k, v in limits(baseline).items() if v is not None}
+        except Exception:  # a relative clause with no baseline number has no absolute limit
+            return {}
+    return {}
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f

@@ -1,0 +1,421 @@
+"""``report.html``: one self-contained page with the evidence of a search.
+
+Three plotly charts (plotly.js inlined once, so the page opens offline) and
+two tables:
+
+- ``pareto-plot``: task metric vs predicted latency (or MACs when the study
+  has no latency predictions) for every trial, feasible and infeasible
+  coloured apart, the front, the budget line, the uncompressed baseline and,
+  for the best trial, its re-measured latency next to the prediction;
+- ``policy-plot``: the best policy per layer (prune ratio, weight bits, rank
+  fraction, sparsity);
+- ``progress-plot``: the best feasible metric so far vs trial number;
+- a table of the top trials and the summary numbers (``summary.json``).
+
+Infeasible trials are never fine-tuned (the search contract) so they have no
+metric; they are drawn on the bottom edge of the Pareto plot at their cost.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+from plotly.subplots import make_subplots
+
+from autocompress.pareto import (
+    cost_key,
+    feasible_trials,
+    is_feasible,
+    metric_direction,
+    pareto_front,
+    pick_best,
+    trial_metric,
+)
+
+PLOT_IDS = ("pareto-plot", "policy-plot", "progress-plot")
+TITLES = {
+    "pareto-plot": "Pareto front: metric vs latency",
+    "policy-plot": "Best policy per layer",
+    "progress-plot": "Search progress: best feasible metric so far",
+}
+COST_LABELS = {"predicted_latency_ms": "latency (ms, predicted)", "macs": "MACs"}
+TOP_N = 15
+
+
+def write_report(
+    study: optuna.Study,
+    out_path: str | Path,
+    summary: Mapping[str, Any] | Any | None = None,
+) -> Path:
+    """Write ``report.html`` for ``study`` to ``out_path`` and return the path.
+
+    ``summary`` is the export summary (an ``ExportSummary`` or the dict of
+    ``summary.json``); without it the page still shows every chart, from the
+    study alone (that is what ``autocompress report`` regenerates from).
+    """
+    summ = _as_dict(summary)
+    trials = list(study.get_trials(deepcopy=False))
+    best = _best_trial(study, trials, summ)
+    figures = {
+        "pareto-plot": pareto_figure(study, trials, summ, best),
+        "policy-plot": policy_figure(best),
+        "progress-plot": progress_figure(study, trials),
+    }
+    parts = []
+    for i, (div_id, fig) in enumerate(figures.items()):
+        parts.append(
+            fig.to_html(
+                full_html=False,
+                include_plotlyjs=(i == 0),  # inline once: the page must open with no network
+                div_id=div_id,
+                config={"displaylogo": False},
+            )
+        )
+    cfg = study.user_attrs.get("autocompress", {})
+    title = f"autocompress report: {cfg.get('task', study.study_name)}"
+    page = _PAGE.format(
+        title=html.escape(title),
+        heading=html.escape(title),
+        subtitle=html.escape(_subtitle(study, cfg)),
+        summary=_summary_table(study, trials, summ, best),
+        pareto=parts[0],
+        policy=parts[1],
+        progress=parts[2],
+        top=_top_table(study, trials),
+    )
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# ---- charts ---------------------------------------------------------------------------------
+
+
+def pareto_figure(
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    summary: Mapping[str, Any],
+    best: FrozenTrial | None,
+) -> go.Figure:
+    """Metric vs cost: feasible / infeasible trials, the front, budget line, baseline, best."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    key = cost_key(done) if done else "predicted_latency_ms"
+    label = COST_LABELS.get(key, key)
+    metric_name = _metric_name(study, summary)
+    baseline = study.user_attrs.get("baseline", {})
+    fig = go.Figure()
+
+    feas = feasible_trials(done)
+    fig.add_trace(go.Scatter(
+        x=[_num(t.user_attrs.get(key)) for t in feas],
+        y=[trial_metric(t) for t in feas],
+        mode="markers", name="feasible", marker={"color": "#1f77b4", "size": 8},
+        text=[f"trial {t.number}" for t in feas], hovertemplate="%{text}<br>%{x}, %{y}",
+    ))
+    infeas = [t for t in done if not is_feasible(t)]
+    if infeas:
+        metrics = [trial_metric(t) for t in feas] + [_num(baseline.get("metric"))]
+        known = [m for m in metrics if m is not None]
+        floor = min(known) if known else 0.0
+        ys = [trial_metric(t) if trial_metric(t) is not None else floor for t in infeas]
+        fig.add_trace(go.Scatter(
+            x=[_num(t.user_attrs.get(key)) for t in infeas], y=ys, mode="markers",
+            name="infeasible (over budget; not fine-tuned, drawn at the bottom)",
+            marker={"color": "#d62728", "symbol": "x", "size": 8},
+            text=[_violations_text(t) for t in infeas], hovertemplate="%{text}<br>%{x}",
+        ))
+    front = pareto_front(study, done) if len(study.directions) == 1 else pareto_front(study)
+    if front:
+        fig.add_trace(go.Scatter(
+            x=[_num(t.user_attrs.get(key)) for t in front], y=[trial_metric(t) for t in front],
+            mode="lines+markers", name="Pareto front", line={"color": "#2ca02c", "shape": "hv"},
+            marker={"size": 10, "symbol": "circle-open"},
+        ))
+    base_x = _num(baseline.get("latency_ms" if key == "predicted_latency_ms" else "macs"))
+    if base_x is not None and _num(baseline.get("metric")) is not None:
+        fig.add_trace(go.Scatter(
+            x=[base_x], y=[baseline["metric"]], mode="markers", name="uncompressed baseline",
+            marker={"color": "black", "symbol": "star", "size": 14},
+        ))
+    if best is not None:
+        px = _num(best.user_attrs.get(key))
+        fig.add_trace(go.Scatter(
+            x=[px], y=[trial_metric(best)], mode="markers",
+            name=f"best (trial {best.number}), predicted",
+            marker={"color": "#ff7f0e", "symbol": "diamond", "size": 14},
+        ))
+        measured = _num(summary.get("measured_latency_ms"))
+        best_metric = _num(summary.get("best_metric"))
+        if key == "predicted_latency_ms" and measured is not None:
+            fig.add_trace(go.Scatter(
+                x=[measured], y=[best_metric if best_metric is not None else trial_metric(best)],
+                mode="markers", name="best, re-measured after export",
+                marker={"color": "#ff7f0e", "symbol": "diamond-open", "size": 16,
+                        "line": {"width": 2}},
+            ))
+    limit = _budget_limit(key, summary)
+    if limit is not None:
+        fig.add_vline(
+            x=limit, line_dash="dash", line_color="#d62728",
+            annotation_text=f"budget {summary.get('budget') or ''}".strip(),
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        title=TITLES["pareto-plot"] if key == "predicted_latency_ms"
+        else "Pareto front: metric vs MACs",
+        xaxis_title=label, yaxis_title=metric_name, template="plotly_white", height=480,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def policy_figure(best: FrozenTrial | None) -> go.Figure:
+    """Bars per layer of the best policy: prune ratio, bits, rank fraction, sparsity."""
+    rows = policy_rows(best) if best is not None else []
+    knobs = [("prune", "prune ratio"), ("bits", "weight bits"),
+             ("rank_fraction", "rank fraction"), ("sparsity", "sparsity")]
+    fig = make_subplots(rows=len(knobs), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[k[1] for k in knobs])
+    layers = [r["layer"] for r in rows]
+    for i, (knob, label) in enumerate(knobs, start=1):
+        fig.add_trace(go.Bar(x=layers, y=[r[knob] for r in rows], name=label,
+                             text=[_fmt(r[knob]) for r in rows], textposition="auto"),
+                      row=i, col=1)
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_yaxes(range=[0, 33], row=2, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=3, col=1)
+    fig.update_yaxes(range=[0, 1], row=4, col=1)
+    title = TITLES["policy-plot"] + (f" (trial {best.number})" if best is not None else
+                                     " (no feasible trial)")
+    fig.update_layout(title=title, showlegend=False, template="plotly_white",
+                      height=200 + 160 * len(knobs))
+    return fig
+
+
+def policy_rows(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """One row per layer of the trial's policy, knobs as plotted (untouched -> neutral value).
+
+    The rank fraction is the searched ``<fqn>/rank`` parameter (the space
+    searches fractions); without it, the policy's absolute rank over the
+    layer's full rank when the trial stored it, else blank.
+    """
+    policy = trial.user_attrs.get("policy") or {}
+    layers: dict[str, dict[str, Any]] = policy.get("layers", {})
+    names = list(layers)
+    for p in trial.params:
+        fqn = p.rsplit("/", 1)[0]
+        if "/" in p and fqn not in names:
+            names.append(fqn)
+    rows = []
+    for fqn in names:
+        lp = layers.get(fqn, {})
+        frac = trial.params.get(f"{fqn}/rank")
+        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or frac > 1:
+            frac = None
+        rows.append({
+            "layer": fqn,
+            "prune": float(lp.get("prune") or 0.0),
+            "bits": int(lp.get("bits") or 32),
+            "rank_fraction": (
+                float(frac) if frac is not None else (1.0 if "rank" not in lp else None)
+            ),
+            "rank": lp.get("rank"),
+            "sparsity": float(lp.get("sparsity") or 0.0),
+        })
+    return rows
+
+
+def progress_figure(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure:
+    """Every feasible trial's metric and the best feasible metric so far, vs trial number."""
+    maximize = metric_direction(study) == optuna.study.StudyDirection.MAXIMIZE
+    xs, best_ys, pts_x, pts_y = [], [], [], []
+    best: float | None = None
+    for t in sorted(trials, key=lambda t: t.number):
+        if is_feasible(t):
+            m = float(trial_metric(t) or 0.0)
+            pts_x.append(t.number)
+            pts_y.append(m)
+            if best is None or (m > best if maximize else m < best):
+                best = m
+        if best is not None:
+            xs.append(t.number)
+            best_ys.append(best)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=pts_x, y=pts_y, mode="markers", name="feasible trial",
+                             marker={"color": "#1f77b4", "size": 6, "opacity": 0.6}))
+    fig.add_trace(go.Scatter(x=xs, y=best_ys, mode="lines", name="best so far",
+                             line={"shape": "hv", "color": "#ff7f0e", "width": 3}))
+    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in trials:
+        if t.state.name in counts:
+            counts[t.state.name] += 1
+    fig.update_layout(
+        title=f"{TITLES['progress-plot']} ({len(trials)} trials: "
+        + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()) + ")",
+        xaxis_title="trial number", yaxis_title=_metric_name(study, {}),
+        template="plotly_white", height=400,
+    )
+    return fig
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+
+def top_trials_frame(
+    study: optuna.Study, trials: list[FrozenTrial], n: int = TOP_N
+) -> pd.DataFrame:
+    """The best ``n`` feasible trials: number, metric, predicted latency, MACs, size, times."""
+    feas = feasible_trials(trials)
+    reverse = metric_direction(study) == optuna.study.StudyDirection.MAXIMIZE
+    feas.sort(key=lambda t: float(trial_metric(t) or 0.0), reverse=reverse)
+    rows = []
+    for t in feas[:n]:
+        ua = t.user_attrs
+        rows.append({
+            "trial": t.number,
+            _metric_name(study, {}): trial_metric(t),
+            "predicted latency (ms)": ua.get("predicted_latency_ms"),
+            "MACs": ua.get("macs"),
+            "params": ua.get("params"),
+            "size (bytes)": ua.get("size_bytes"),
+            "fine-tune (s)": ua.get("finetune_s"),
+            "strategy": ua.get("strategy"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _top_table(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    df = top_trials_frame(study, trials)
+    if df.empty:
+        return "<p>No feasible trial: no policy met the budget.</p>"
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="",
+                      classes="table", border=0, table_id="top-trials")
+
+
+def _summary_table(
+    study: optuna.Study, trials: list[FrozenTrial], summary: Mapping[str, Any],
+    best: FrozenTrial | None,
+) -> str:
+    rows: dict[str, Any] = {}
+    if summary:
+        for k, v in summary.items():
+            if isinstance(v, (dict, list)):
+                v = json.dumps(v)
+            rows[k] = v
+    else:
+        cfg = study.user_attrs.get("autocompress", {})
+        base = study.user_attrs.get("baseline", {})
+        rows = {
+            "budget": cfg.get("budget"), "target": cfg.get("target"),
+            "best_trial": best.number if best is not None else None,
+            "best_metric": trial_metric(best) if best is not None else None,
+            "predicted_latency_ms": best.user_attrs.get("predicted_latency_ms") if best else None,
+            "baseline_latency_ms": base.get("latency_ms"), "baseline_metric": base.get("metric"),
+            "n_trials": len(trials), "n_feasible": len(feasible_trials(trials)),
+            "note": "regenerated from the study; run export for re-measured latency",
+        }
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in rows.items()
+    )
+    return f'<table class="table" id="summary">{body}</table>'
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _best_trial(
+    study: optuna.Study, trials: list[FrozenTrial], summary: Mapping[str, Any]
+) -> FrozenTrial | None:
+    number = summary.get("best_trial")
+    if isinstance(number, int):
+        for t in trials:
+            if t.number == number:
+                return t
+    return pick_best(study, trials)
+
+
+def _budget_limit(key: str, summary: Mapping[str, Any]) -> float | None:
+    """The budget limit on the plotted cost axis, from the summary's resolved limits."""
+    limits = summary.get("budget_limits") or {}
+    wanted = "latency_ms" if key == "predicted_latency_ms" else key
+    return _num(limits.get(wanted))
+
+
+def _metric_name(study: optuna.Study, summary: Mapping[str, Any]) -> str:
+    return str(summary.get("metric_name")
+               or study.user_attrs.get("baseline", {}).get("metric_name") or "metric")
+
+
+def _subtitle(study: optuna.Study, cfg: Mapping[str, Any]) -> str:
+    parts = [f"study {study.study_name}"]
+    for k in ("budget", "target", "mode", "strategy", "seed", "finetune_steps"):
+        if cfg.get(k) is not None:
+            parts.append(f"{k} {cfg[k]}")
+    return " | ".join(parts)
+
+
+def _violations_text(t: FrozenTrial) -> str:
+    v = t.user_attrs.get("violations") or t.constraints
+    over = ", ".join(f"{k} +{float(x):.3g}" for k, x in v.items() if float(x) > 0)
+    return f"trial {t.number}: over budget ({over})" if over else f"trial {t.number}"
+
+
+def _as_dict(summary: Any) -> dict[str, Any]:
+    if summary is None:
+        return {}
+    if isinstance(summary, Mapping):
+        return dict(summary)
+    if hasattr(summary, "to_dict"):
+        return dict(summary.to_dict())
+    raise TypeError(f"summary must be a mapping or have to_dict(), got {type(summary).__name__}")
+
+
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+h1 {{ margin-bottom: 0.2em; }} .sub {{ color: #666; margin-top: 0; }}
+table.table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+table.table th, table.table td {{ padding: 3px 10px; border-bottom: 1px solid #ddd;
+  text-align: left; }}
+section {{ margin: 2em 0; }}
+</style></head>
+<body>
+<h1>{heading}</h1>
+<p class="sub">{subtitle}</p>
+<section><h2>Summary</h2>{summary}</section>
+<section>{pareto}</section>
+<section>{policy}</section>
+<section>{progress}</section>
+<section><h2>Top trials</h2>{top}</section>
+</body></html>
+"""
