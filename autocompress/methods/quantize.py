@@ -13,6 +13,13 @@ the example input). The layer is wrapped as
 ``Sequential(ActFakeQuant, layer)``, so it sits at ``<fqn>.1`` (its low-rank
 factors at ``<fqn>.1.0``/``<fqn>.1.1``) and exports to ONNX
 QuantizeLinear/DequantizeLinear.
+
+Where a layer has both quantised weights and 8-bit inputs, the module that
+reads the quantised input (the layer, or its first factor) also carries its
+weight scales and exports its weight as int8 QuantizeLinear/DequantizeLinear
+(:class:`QDQConv2d`, :class:`QDQLinear`). ONNX Runtime then fuses it into an
+integer kernel with exactly these weights; with a bare float weight it would
+re-quantise the weight itself (per tensor) and disagree with PyTorch.
 """
 
 from __future__ import annotations
@@ -31,6 +38,18 @@ from autocompress.policy import CompressionPolicy
 QUANT_BITS = range(2, 9)  # bits that fake-quantise; 16 and 32 stay float
 
 
+def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale ``max|w_c| / (2^(bits-1) - 1)`` (1.0 for an all-zero channel).
+
+    >>> weight_scale(torch.tensor([[0.5, -1.4], [0.0, 0.0]]), 8)
+    tensor([0.0110, 1.0000])
+    """
+    qmax = 2 ** (bits - 1) - 1
+    amax = weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1)
+    # any scale represents an all-zero channel; 1.0 keeps int32 bias scales in range
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
 def quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel fake-quantisation of ``weight`` (dim 0 = output channels).
 
@@ -43,11 +62,49 @@ def quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """
     qmax = 2 ** (bits - 1) - 1
     w = weight.detach()
-    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
-    scale = (amax / qmax).clamp_min(torch.finfo(w.dtype).tiny)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    s = scale.reshape(shape)
+    s = weight_scale(w, bits).reshape((-1,) + (1,) * (w.dim() - 1))
     return torch.clamp(torch.round(w / s), -qmax, qmax) * s
+
+
+class _WeightQDQ:
+    """Fake-quantises the (already quantised) weight with fixed per-channel scales in forward.
+
+    The values do not change (they are on the grid already); the point is the
+    ONNX graph: the weight becomes int8 + DequantizeLinear, as ONNX Runtime
+    needs to run the layer as an integer kernel with exactly these weights.
+    """
+
+    weight: nn.Parameter
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+
+    def qdq_weight(self) -> torch.Tensor:
+        return torch.fake_quantize_per_channel_affine(
+            self.weight, self.weight_scale, self.weight_zero_point, 0, -128, 127
+        )
+
+
+class QDQConv2d(_WeightQDQ, nn.Conv2d):
+    """A Conv2d whose weight exports as int8 QuantizeLinear/DequantizeLinear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.qdq_weight(), self.bias)
+
+
+class QDQLinear(_WeightQDQ, nn.Linear):
+    """A Linear whose weight exports as int8 QuantizeLinear/DequantizeLinear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.qdq_weight(), self.bias)
+
+
+def attach_weight_qdq(module: nn.Conv2d | nn.Linear, scale: torch.Tensor) -> None:
+    """Turn ``module`` into a :class:`QDQConv2d`/:class:`QDQLinear` in place (same parameters)."""
+    module.register_buffer("weight_scale", scale.detach().float().clone())
+    module.register_buffer(
+        "weight_zero_point", torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    )
+    module.__class__ = QDQConv2d if isinstance(module, nn.Conv2d) else QDQLinear
 
 
 class ActFakeQuant(nn.Module):
@@ -132,11 +189,15 @@ class Quantize:
         example_input: torch.Tensor,
         calibration: Iterable[torch.Tensor] | None,
     ) -> nn.Module:
+        scales: dict[str, torch.Tensor] = {}  # fqn -> scales of the module reading its input
         with torch.no_grad():
             for fqn, lp in policy.layers.items():
-                if lp.bits is not None and lp.bits in QUANT_BITS:
-                    for _name, module in weight_modules(model, fqn):
-                        module.weight.copy_(quantize_weight(module.weight, lp.bits))
+                if lp.bits is None or lp.bits not in QUANT_BITS:
+                    continue
+                for i, (_name, module) in enumerate(weight_modules(model, fqn)):
+                    if i == 0:
+                        scales[fqn] = weight_scale(module.weight, lp.bits)
+                    module.weight.copy_(quantize_weight(module.weight, lp.bits))
         act = [fqn for fqn, lp in policy.layers.items() if lp.act_bits == 8]
         if act:
             # Observed on the weight-quantised model, all layers in one pass (as torch.ao's
@@ -145,6 +206,8 @@ class Quantize:
             for fqn in act:
                 scale, zero_point = observers[fqn].calculate_qparams()
                 layer = model.get_submodule(fqn)
+                if fqn in scales:
+                    attach_weight_qdq(weight_modules(model, fqn)[0][1], scales[fqn])
                 quant = ActFakeQuant(float(scale), int(zero_point)).to(example_input.device)
                 replace_module(model, fqn, nn.Sequential(quant, layer))
         return model
