@@ -348,8 +348,12 @@ def _best_trial(
 def _budget_limit(key: str, summary: Mapping[str, Any]) -> float | None:
     """The budget limit on the plotted cost axis, from the summary's resolved limits."""
     limits = summary.get("budget_limits") or {}
-    wanted = "latency_ms" if key == "predicted_latency_ms" else key
-    return _num(limits.get(wanted))
+    # Budget.limits() names clauses by budget metric ("latency", "macs", ...).
+    wanted = ("latency", "latency_ms") if key == "predicted_latency_ms" else (key,)
+    for name in wanted:
+        if _num(limits.get(name)) is not None:
+            return _num(limits.get(name))
+    return None
 
 
 def _metric_name(study: optuna.Study, summary: Mapping[str, Any]) -> str:
