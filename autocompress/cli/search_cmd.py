@@ -1,0 +1,84 @@
+"""``autocompress search``: search a per-layer compression policy under a budget (resumable)."""
+
+from __future__ import annotations
+
+import typer
+
+from autocompress.cli.app import TASK_HELP, app, console, err_console
+
+
+@app.command()
+def search(
+    task: str = typer.Option(None, "--task", "-t", help=TASK_HELP + " [default: digits]"),
+    space: str = typer.Option(
+        None, "--space", "-s",
+        help="search space YAML (or embedded:<name>); default: the task's embedded space"),
+    budget: str = typer.Option(
+        None, "--budget", "-b",
+        help='e.g. "latency<=0.5x", "macs<=40%", "size<=1.5MB" (commas join) '
+             "[default: latency<=0.5x]"),
+    target: str = typer.Option(
+        None, "--target", help="where latency is measured: ort|torch[-<N>t][-b<B>] [default: ort "
+        "at the task's target batch]"),
+    trials: int = typer.Option(None, "--trials", "-n",
+                               help="total trials wanted; a resumed run counts finished ones "
+                                    "[default: 30]"),
+    out: str = typer.Option(None, "--out", "-o",
+                            help="results folder (holds study.log) [default: results/<task>]"),
+    strategy: str = typer.Option(None, "--strategy",
+                                 help="tpe|nsga2|random|uniform|greedy [default: tpe]"),
+    mode: str = typer.Option(None, "--mode", help="constrained|pareto [default: constrained]"),
+    seed: int = typer.Option(None, "--seed", help="[default: 0]"),
+    finetune_steps: int = typer.Option(None, "--finetune-steps",
+                                       help="KD fine-tune steps per trial [default: 150]"),
+    config: str = typer.Option(None, "--config", "-c",
+                               help="YAML file with these settings (flags override it)"),
+    data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
+    storage: str = typer.Option(None, "--storage",
+                                help="Optuna storage URL [default: journal file <out>/study.log]"),
+    study_name: str = typer.Option(None, "--study-name", help="[default: autocompress]"),
+    export: bool = typer.Option(None, "--export/--no-export",
+                                help="write the results folder at the end [default: export]"),
+) -> None:
+    """Search per-layer prune/rank/sparsity/bits under a budget; resumes from <out>/study.log.
+
+    Exit codes: 0 a policy meets the budget, 3 no trial met it, 2 bad input.
+    """
+    from autocompress.search.api import run
+    from autocompress.search.config import SearchConfig
+
+    cfg = SearchConfig.build(config, {
+        "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
+        "out": out, "strategy": strategy, "mode": mode, "seed": seed,
+        "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
+        "storage": storage, "study_name": study_name, "export": export,
+    })
+
+    def say(msg: str) -> None:
+        err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+
+    result = run(cfg, progress=True, log=say)
+    s = result.summary
+    if result.best_trial is None:
+        console.print(
+            f"no trial met the budget {cfg.budget!r} ({len(result.trials)} trials); "
+            f"results in {result.out}", highlight=False)
+        raise typer.Exit(result.exit_status)
+    line = (f"best trial {result.best_trial}: {result.config.task} "
+            f"metric {result.best_metric:.4f}")
+    if s is not None:
+        pred = getattr(s, "predicted_latency_ms", None)
+        meas = getattr(s, "measured_latency_ms", None)
+        base = getattr(s, "baseline_latency_ms", None)
+        if meas is not None:
+            line += f", latency {meas:.4g} ms measured"
+            if pred is not None:
+                line += f" ({pred:.4g} predicted)"
+            if base:
+                line += f" vs {base:.4g} ms uncompressed"
+        if getattr(s, "meets_budget", None) is False:
+            line += " - MISSES the budget when re-measured"
+    console.print(line, highlight=False)
+    console.print(f"results in {result.out} ({result.seconds:.0f} s)", highlight=False)
+    raise typer.Exit(result.exit_status)

@@ -1,0 +1,443 @@
+"""``ac.search(...)``: the whole search run, the same function the CLI calls.
+
+>>> import autocompress as ac                                     # doctest: +SKIP
+>>> result = ac.search("digits", budget="latency<=0.5x", trials=30, out="results/digits")
+>>> result.best_policy, result.trials.shape, result.exit_status  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import torch
+import yaml
+
+from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
+from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
+from autocompress.inventory import LayerInventory, build_inventory
+from autocompress.policy import CompressionPolicy
+from autocompress.search.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
+from autocompress.search.config import SearchConfig
+from autocompress.search.objective import Objective, TrialOutcome
+from autocompress.search.optuna_backend import (
+    STUDY_FILE,
+    best_feasible,
+    fail_dead_trials,
+    make_pruner,
+    make_sampler,
+    n_done,
+    open_study,
+    quiet_optuna,
+    run_trials,
+    storage_for,
+)
+from autocompress.space import ResolvedSpace, SearchSpace, default_space
+from autocompress.tasks import Task, load_task
+
+LOG = logging.getLogger("autocompress.search")
+EXIT_OK = 0
+EXIT_NO_FEASIBLE = 3
+LUT_FILE = "latency_lut.json"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SearchResult:
+    """What a search run produced.
+
+    ``exit_status``: 0 when some trial met the budget, 3 when none did (the
+    CLI's exit code). ``summary`` is the export's summary (None without export).
+    """
+
+    best_policy: CompressionPolicy | None
+    best_metric: float | None
+    best_trial: int | None
+    trials: pd.DataFrame
+    out: Path
+    exit_status: int
+    study: optuna.Study
+    config: SearchConfig
+    summary: Any | None = None
+    seconds: float = 0.0
+
+    @property
+    def feasible(self) -> bool:
+        return self.exit_status == EXIT_OK
+
+
+def search(
+    task: Task | str = "digits",
+    space: str | Path | None = None,
+    budget: str | None = None,
+    target: str | None = None,
+    trials: int | None = None,
+    out: str | Path | None = None,
+    *,
+    strategy: str | None = None,
+    mode: str | None = None,
+    seed: int | None = None,
+    finetune_steps: int | None = None,
+    config: str | Path | None = None,
+    progress: bool = False,
+    log: Log | None = None,
+    **settings: Any,
+) -> SearchResult:
+    """Search a per-layer compression policy for ``task`` under ``budget`` (DESIGN.md section 1).
+
+    ``task`` is a :class:`Task` or a task name; arguments left ``None`` come
+    from ``config`` (a YAML file) or the defaults of :class:`SearchConfig`;
+    ``settings`` takes any other :class:`SearchConfig` key (``lr``,
+    ``val_samples``, ``storage``, ``export``, ...). Re-running with the same
+    ``out`` resumes the study there.
+    """
+    overrides: dict[str, Any] = {
+        "task": task if isinstance(task, str) else task.name,
+        "space": str(space) if space is not None else None,
+        "budget": budget, "target": target, "trials": trials,
+        "out": str(out) if out is not None else None, "strategy": strategy, "mode": mode,
+        "seed": seed, "finetune_steps": finetune_steps, **settings,
+    }
+    cfg = SearchConfig.build(config, overrides)
+    return run(cfg, task=None if isinstance(task, str) else task, progress=progress, log=log)
+
+
+def run(
+    cfg: SearchConfig,
+    task: Task | None = None,
+    progress: bool = False,
+    log: Log | None = None,
+) -> SearchResult:
+    """Run (or resume) the search ``cfg`` describes; see :func:`search`."""
+    t_start = time.perf_counter()
+    quiet_optuna()
+    say: Log = log or LOG.warning
+    # Cheap checks first: a bad budget, target or space fails before any model is loaded.
+    budget = parse_budget(cfg.budget)
+    target0 = parse_target(cfg.target)
+    space = SearchSpace.load(cfg.space) if cfg.space else None
+    if task is None:
+        task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
+    if space is None:
+        space = default_space(task.name)
+    target = target0.with_batch(task.target_batch_size)
+    inventory = build_inventory(task.model, task.example_input)
+    resolved = space.resolve(inventory)
+    cfg = cfg.model_copy(update={"task": task.name, "space": space.source})
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    settings = FinetuneSettings(
+        steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
+        seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
+    )
+    from autocompress import __version__
+
+    resolved_cfg = {
+        **cfg.model_dump(), "version": __version__, "budget": budget.text,
+        "target": target.name, "space_sha256": space.sha256, "finetune": settings.to_dict(),
+    }
+    _write_run_files(out, resolved_cfg, target)
+
+    where = str(out / STUDY_FILE) if not cfg.storage else cfg.storage
+    study, created = open_study(
+        storage_for(out, cfg.storage), cfg.study_name, _directions(task, cfg.mode),
+        make_sampler(cfg.strategy, cfg.mode, cfg.seed, cfg.trials),
+        make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
+        resolved_cfg, where,
+    )
+    val_loader = val_subset(task, settings.val_samples)
+    baseline = _baseline(study, task, inventory, target, val_loader, say)
+
+    latency_fn = None
+    lut = None
+    if budget.needs_latency:
+        from autocompress.cost.lut import LatencyLUT
+
+        lut_path = _seed_lut(out / LUT_FILE)
+        lut = LatencyLUT(lut_path, target)
+        model, x = task.model, task.example_input
+
+        def latency_fn(policy: CompressionPolicy) -> float:
+            return float(lut.predict(policy, inventory, model, x))
+
+        with _status(progress, f"measuring the latency table on {target.name} ..."):
+            latency_fn(CompressionPolicy(layers={}))
+
+    objective = Objective(
+        task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
+        mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
+        budget_section=budget.to_dict(baseline, target.name),
+    )
+    with _status(progress, "checking the budget against the smallest policy ..."):
+        _warn_out_of_reach(objective, resolved, budget, say)
+
+    planner = _planner(cfg, study, objective, resolved, task, inventory, val_loader, progress)
+    failed = fail_dead_trials(study, requeue=planner is None)
+    if failed:
+        say(f"resuming: trial(s) {', '.join(map(str, failed))} of a killed run marked FAIL "
+            "and run again")
+    done_before = n_done(study)
+    if done_before and not created:
+        say(f"resuming {where}: {done_before} of {cfg.trials} trials already finished")
+
+    bar = _Progress(progress, cfg.trials, done_before, objective)
+    with bar:
+        run_trials(study, objective, cfg.trials, planner=planner, on_trial=bar.update,
+                   provenance={"backend": "optuna"})
+    if lut is not None:
+        lut.save()
+        _share_lut(out / LUT_FILE)
+
+    best = best_feasible(study, task.higher_is_better)
+    summary = None
+    if cfg.export:
+        from autocompress.export import export_results
+
+        with _status(progress, "exporting the best model and the report ..."):
+            summary = export_results(
+                study, task, out, target=target, budget=budget,
+                lut_path=(out / LUT_FILE) if lut is not None else None,
+            )
+    best_policy = None
+    if best is not None:
+        best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],
+                                                  source=f"trial {best.number}")
+    return SearchResult(
+        best_policy=best_policy,
+        best_metric=float(best.user_attrs["metric"]) if best is not None else None,
+        best_trial=best.number if best is not None else None,
+        trials=study.trials_dataframe(),
+        out=out,
+        exit_status=EXIT_OK if best is not None else EXIT_NO_FEASIBLE,
+        study=study,
+        config=cfg,
+        summary=summary,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+# ---------------------------------------------------------------- pieces of a run
+def _directions(task: Task, mode: str) -> list[str]:
+    first = "maximize" if task.higher_is_better else "minimize"
+    return [first] if mode == "constrained" else [first, "minimize"]
+
+
+def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target) -> None:
+    """``config.resolved.yaml`` and ``env.json`` (versions, CPU, threads, target)."""
+    from autocompress.cost import env_fingerprint
+
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_cfg, sort_keys=False))
+    env = env_fingerprint(target)
+    env.update({"optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
+                "autocompress": resolved_cfg["version"]})
+    (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+
+
+def _baseline(
+    study: optuna.Study,
+    task: Task,
+    inventory: LayerInventory,
+    target: Target,
+    val_loader: Any,
+    say: Log,
+) -> Costs:
+    """The uncompressed model's costs with its latency, measured once per study and stored."""
+    from autocompress.cost import measure_latency
+
+    stored = study.user_attrs.get("baseline")
+    costs = analytic_costs(None, inventory, include_layers=False)
+    if stored is None:
+        latency = measure_latency(task.model, task.example_input, target).median_ms
+        stored = {
+            "metric": evaluate(task.model, task, val_loader),
+            "metric_name": task.metric_name,
+            "higher_is_better": task.higher_is_better,
+            "latency_ms": float(latency),
+            "macs": int(costs.macs), "params": int(costs.params),
+            "size_bytes": int(costs.size_bytes), "bops": int(costs.bops),
+            "target": target.name,
+        }
+        study.set_user_attr("baseline", stored)
+        study.set_user_attr("inventory_sha256", inventory.sha256)
+    elif study.user_attrs.get("inventory_sha256") not in (None, inventory.sha256):
+        from autocompress.errors import ConfigError
+
+        raise ConfigError(
+            "the study was made for a different model (inventory fingerprint differs); "
+            "use a new --out for this model"
+        )
+    return costs.with_latency(float(stored["latency_ms"]))
+
+
+def _warn_out_of_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
+                       say: Log) -> None:
+    costs = objective.predict(resolved.smallest_policy())
+    ok, violations = objective.check(costs)
+    if ok:
+        return
+    worst = max(violations, key=violations.__getitem__)
+    have = costs.value(worst)
+    limit = budget.limits(objective.baseline)[worst]
+    say(f"warning: budget {budget.text!r} looks out of reach: the smallest policy in the space "
+        f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
+        "exits 3 if no trial meets it (loosen the budget or widen the space)")
+
+
+def _fmt(v: float | None) -> str:
+    return "?" if v is None else f"{v:.4g}"
+
+
+def _planner(
+    cfg: SearchConfig,
+    study: optuna.Study,
+    objective: Objective,
+    resolved: ResolvedSpace,
+    task: Task,
+    inventory: LayerInventory,
+    val_loader: Any,
+    progress: bool,
+) -> Callable[[], Any] | None:
+    """The candidate generator of a baseline strategy (None for sampled strategies)."""
+    if cfg.strategy == "uniform":
+        return lambda: uniform_candidates(resolved, objective.feasible_params)
+    if cfg.strategy != "greedy":
+        return None
+    table = study.user_attrs.get("greedy_sensitivity")
+    if table is None:
+        from autocompress.methods import apply_policy
+
+        def score(policy: CompressionPolicy) -> float:
+            model = apply_policy(task.model, policy, task.example_input, inventory)
+            return evaluate(model, task, val_loader)
+
+        with _status(progress, "greedy: scoring each knob of each layer alone ..."):
+            table = greedy_sensitivity(resolved, score)
+        study.set_user_attr("greedy_sensitivity", table)
+    return lambda: greedy_candidates(resolved, table, objective.feasible_params,
+                                     task.higher_is_better)
+
+
+def _seed_lut(path: Path) -> Path:
+    """Start the run's latency table from the shared cache (same machine, same targets)."""
+    from autocompress.cost.lut import default_lut_path
+
+    shared = default_lut_path()
+    if not path.exists() and shared.is_file():
+        with contextlib.suppress(OSError):
+            shutil.copyfile(shared, path)
+    return path
+
+
+def _share_lut(path: Path) -> None:
+    """Merge the run's latency table into the shared cache so later runs reuse it."""
+    from autocompress.cost.lut import default_lut_path
+
+    shared = default_lut_path()
+    try:
+        run = json.loads(path.read_text())
+        data = json.loads(shared.read_text()) if shared.is_file() else {
+            k: v for k, v in run.items() if k != "targets"} | {"targets": {}}
+        for key, entry in run.get("targets", {}).items():
+            dst = data.setdefault("targets", {}).setdefault(key, {})
+            dst["env"] = entry.get("env", dst.get("env"))
+            for section in ("layers", "models"):
+                dst.setdefault(section, {}).update(entry.get(section, {}))
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=shared.name, suffix=".tmp", dir=shared.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, shared)
+    except (OSError, ValueError) as exc:  # a cache is an optimisation; never fail a run for it
+        LOG.info("could not update the shared latency table %s: %s", shared, exc)
+
+
+class _status:
+    """A rich spinner on stderr while a slow step runs (nothing when progress is off)."""
+
+    def __init__(self, enabled: bool, text: str) -> None:
+        self.enabled, self.text, self._cm = enabled, text, None
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            from rich.console import Console
+
+            self._cm = Console(stderr=True).status(self.text)  # type: ignore[assignment]
+            self._cm.__enter__()  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+class _Progress:
+    """The search progress bar (stderr): trials done / total, best feasible metric and its cost."""
+
+    def __init__(self, enabled: bool, total: int, done: int, objective: Objective) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.done = done
+        self.objective = objective
+        self.best: tuple[float, float | None] | None = None
+        self.infeasible = 0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+            console=Console(stderr=True), transient=False,
+        )
+        self._progress.__enter__()
+        self._task = self._progress.add_task("search", total=self.total, completed=self.done,
+                                             info=self._info())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def _info(self) -> str:
+        obj = self.objective
+        if self.best is None:
+            return f"no feasible trial yet ({self.infeasible} over budget)"
+        metric, cost = self.best
+        unit = "ms (predicted)" if obj.cost_metric == "latency" else obj.cost_metric
+        cost_s = "" if cost is None else f" at {cost:.4g} {unit}"
+        return f"best {obj.task.metric_name} {metric:.4f}{cost_s}"
+
+    def update(self, frozen: Any, outcome: TrialOutcome | None) -> None:
+        if outcome is not None:
+            self.done += 1
+            if not outcome.feasible:
+                self.infeasible += 1
+            elif outcome.metric is not None and not outcome.pruned and (
+                self.best is None or self.objective.is_better(outcome.metric, self.best[0])
+            ):
+                self.best = (outcome.metric, outcome.costs.value(self.objective.cost_metric))
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, info=self._info())

@@ -1,0 +1,207 @@
+"""Baseline strategies that the search must beat, run through the same objective and budget.
+
+- ``uniform``: one setting for every layer. For each combination of the
+  non-prune knobs (bits, rank fraction, sparsity, act bits; least compressing
+  first), the smallest uniform prune ratio that meets the budget is found by
+  bisection on the predicted cost; each such point is one trial.
+- ``greedy``: per-layer sensitivity, allocated under the budget, as AIMET's
+  greedy compression-ratio selection does. Each knob of each layer is set
+  alone to each of its values and the model is scored without fine-tuning;
+  for a metric threshold ``tau`` every knob takes its most compressing value
+  that still scores ``>= tau`` (``<=`` for lower-is-better metrics); ``tau``
+  is bisected to the strictest value whose policy meets the budget, and
+  successive looser thresholds give the next candidates.
+- ``random`` is Optuna's ``RandomSampler`` (see the backend).
+
+Both produce parameter dicts (``{<fqn>/<knob>: value}``) lazily; the backend
+enqueues them as trials, so a baseline trial is fine-tuned exactly like a
+sampled one. Everything is a pure function of the space, the feasibility
+predicate and the sensitivity scores, so a resumed run regenerates the same
+sequence and skips what is done.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from autocompress.policy import CompressionPolicy
+from autocompress.space import ResolvedSpace
+
+Params = dict[str, Any]
+Feasible = Callable[[Params], bool]
+NON_PRUNE = ("bits", "rank", "sparsity", "act_bits")
+MAX_LEVELS = 8  # sensitivity points per knob (evenly spaced over its values)
+
+
+def params_key(params: Params) -> tuple[tuple[str, Any], ...]:
+    """A hashable, float-noise-free identity of a parameter dict."""
+    return tuple(sorted((k, round(float(v), 6)) for k, v in params.items()))
+
+
+def _bisect_first_true(n: int, pred: Callable[[int], bool]) -> int | None:
+    """Smallest index in ``range(n)`` where the monotone ``pred`` holds, or None."""
+    if n == 0 or not pred(n - 1):
+        return None
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# ---------------------------------------------------------------- uniform
+def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
+    """Values of ``knob`` over all layers, least compressing first (as the layers order them)."""
+    params = [p for p in space.params.values() if p.knob == knob]
+    if not params:
+        return []
+    values = sorted({float(v) for p in params for v in p.levels()})
+    return sorted(values, reverse=knob in ("bits", "rank", "act_bits"))
+
+
+def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
+    """Uniform settings that meet the budget, least compressing first (lazy).
+
+    Pass 0 yields, per combination of the other knobs, the smallest feasible
+    uniform prune ratio (by bisection); pass ``k`` yields the ratio ``k``
+    steps above it, so the sequence never runs dry before the space does.
+
+    >>> import torch
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsCNN
+    >>> from autocompress.space import SearchSpace
+    >>> inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    >>> sp = SearchSpace.from_yaml("defaults: {prune: {low: 0, high: 0.5, step: 0.25}}").resolve(inv)
+    >>> first = next(uniform_candidates(sp, lambda p: p["features.0/prune"] >= 0.25))
+    >>> first["features.0/prune"], first["features.2/prune"]
+    (0.25, 0.25)
+    """
+    prune_levels = _union_levels(space, "prune")
+    other = {k: _union_levels(space, k) for k in NON_PRUNE}
+    other = {k: v for k, v in other.items() if v}
+    names = list(other)
+    combos = list(itertools.product(*(range(len(other[k])) for k in names)))
+    combos.sort(key=lambda idx: (sum(i / max(len(other[k]) - 1, 1)
+                                     for i, k in zip(idx, names, strict=True)), idx))
+
+    def params_for(prune_i: int | None, combo: tuple[int, ...]) -> Params:
+        kw: dict[str, Any] = {("rank_fraction" if k == "rank" else k): other[k][i]
+                              for k, i in zip(names, combo, strict=True)}
+        if prune_i is not None:
+            kw["prune"] = prune_levels[prune_i]
+        return space.uniform_params(**kw)
+
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    start: dict[tuple[int, ...], int] = {}
+    for combo in combos:
+        if prune_levels:
+            first = _bisect_first_true(len(prune_levels),
+                                       lambda i, c=combo: feasible(params_for(i, c)))
+            if first is None:
+                continue
+            start[combo] = first
+            params = params_for(first, combo)
+        else:
+            params = params_for(None, combo)
+            if not feasible(params):
+                continue
+            start[combo] = 0
+        key = params_key(params)
+        if key not in seen:
+            seen.add(key)
+            yield params
+    for k in range(1, len(prune_levels)):
+        for combo, first in start.items():
+            if first + k < len(prune_levels):
+                params = params_for(first + k, combo)
+                key = params_key(params)
+                if key not in seen:
+                    seen.add(key)
+                    yield params
+
+
+# ---------------------------------------------------------------- greedy
+def sensitivity_points(space: ResolvedSpace) -> dict[str, list[Any]]:
+    """The values each knob is scored at alone (its compressing values, at most MAX_LEVELS)."""
+    out: dict[str, list[Any]] = {}
+    for name, p in space.params.items():
+        levels = p.levels()[1:]
+        if len(levels) > MAX_LEVELS:
+            step = (len(levels) - 1) / (MAX_LEVELS - 1)
+            levels = [levels[round(i * step)] for i in range(MAX_LEVELS)]
+        out[name] = levels
+    return out
+
+
+def greedy_sensitivity(
+    space: ResolvedSpace,
+    score: Callable[[CompressionPolicy], float],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{param: {str(value): metric}}``: the metric with only that knob set (no fine-tune).
+
+    The uncompressed value of every knob scores ``score`` of the identity policy.
+    """
+    identity = space.identity_params()
+    base = score(space.policy_from_params(identity))
+    points = sensitivity_points(space)
+    total = sum(len(v) for v in points.values())
+    table: dict[str, dict[str, float]] = {}
+    done = 0
+    for name, values in points.items():
+        row = {repr(float(space.params[name].levels()[0])): base}
+        for v in values:
+            params = dict(identity)
+            params[name] = v
+            row[repr(float(v))] = float(score(space.policy_from_params(params)))
+            done += 1
+            if progress:
+                progress(done, total)
+        table[name] = row
+    return table
+
+
+def greedy_candidates(
+    space: ResolvedSpace,
+    sensitivity: dict[str, dict[str, float]],
+    feasible: Feasible,
+    higher_is_better: bool = True,
+) -> Iterator[Params]:
+    """Greedy allocations under the budget: the strictest feasible threshold first (lazy)."""
+    identity = space.identity_params()
+
+    def ok(metric: float, tau: float) -> bool:
+        return metric >= tau if higher_is_better else metric <= tau
+
+    def allocate(tau: float) -> Params:
+        params = dict(identity)
+        for name, row in sensitivity.items():
+            p = space.params.get(name)
+            if p is None:
+                continue
+            for level in reversed(p.levels()):  # most compressing first
+                m = row.get(repr(float(level)))
+                if m is not None and ok(m, tau):
+                    params[name] = level
+                    break
+        return params
+
+    taus = sorted({m for row in sensitivity.values() for m in row.values()},
+                  reverse=higher_is_better)  # strictest (least compression) first
+    first = _bisect_first_true(len(taus), lambda i: feasible(allocate(taus[i])))
+    if first is None:
+        return
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    for tau in taus[first:]:
+        params = allocate(tau)
+        key = params_key(params)
+        if key in seen:
+            continue
+        seen.add(key)
+        if feasible(params):
+            yield params

@@ -1,0 +1,213 @@
+"""The search objective, free of any backend: policy -> costs -> (feasible?) -> fine-tune -> score.
+
+For each candidate policy:
+
+1. predict its costs (analytic MACs/BOPs/params/size, plus the latency
+   table's prediction when the budget limits latency);
+2. check the budget; an infeasible candidate is recorded with its costs and
+   constraint values and gets the worst metric (0.0 for accuracy-like
+   metrics) WITHOUT being applied or fine-tuned;
+3. otherwise apply it, fine-tune it with KD from the uncompressed model
+   (:func:`autocompress.evaluate.compress_and_score`), passing intermediate
+   metrics to ``report`` (a pruner may stop it), and score it on the fixed
+   validation subset.
+
+The Optuna backend (and the Ray backend) turn a :class:`TrialOutcome` into
+trial values, ``set_constraint`` calls and user attributes (the names are the
+search <-> export contract).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from autocompress.cost import Budget, Costs, analytic_costs
+from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, val_subset
+from autocompress.inventory import LayerInventory
+from autocompress.policy import CompressionPolicy
+from autocompress.space import ResolvedSpace
+from autocompress.tasks.base import Task
+
+LatencyFn = Callable[[CompressionPolicy], float]
+COST_KEYS = ("macs", "bops", "params", "size_bytes")
+
+
+@dataclass
+class TrialOutcome:
+    """Everything one evaluated candidate produced.
+
+    ``values`` are the objective values (constrained: ``[metric]``; pareto:
+    ``[metric, cost]``); ``constraints`` one value per budget metric
+    (``<= 0`` = met); ``user_attrs`` the contract's per-trial attributes.
+    """
+
+    policy: CompressionPolicy
+    costs: Costs
+    feasible: bool
+    constraints: dict[str, float]
+    metric: float | None
+    values: list[float]
+    pruned: bool = False
+    intermediate: list[tuple[int, float]] = field(default_factory=list)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective:
+    """Scores candidate policies for one run; holds everything that stays fixed across trials.
+
+    ``baseline`` is the uncompressed model's :class:`Costs` with its measured
+    latency (relative budgets are fractions of it); ``latency_fn`` predicts a
+    policy's latency in ms on the target (the per-layer table) and is only
+    called when the budget limits latency.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        inventory: LayerInventory,
+        space: ResolvedSpace,
+        budget: Budget,
+        settings: FinetuneSettings,
+        baseline: Costs,
+        latency_fn: LatencyFn | None = None,
+        mode: str = "constrained",
+        strategy: str = "tpe",
+        cost_fn: Callable[[CompressionPolicy, LayerInventory], Costs] | None = None,
+        val_loader: DataLoader | None = None,
+        budget_section: dict[str, Any] | None = None,
+    ) -> None:
+        if budget.needs_latency and latency_fn is None:
+            raise ValueError("the budget limits latency, so Objective needs a latency_fn")
+        self.task = task
+        self.inventory = inventory
+        self.space = space
+        self.budget = budget
+        self.settings = settings
+        self.baseline = baseline
+        self.latency_fn = latency_fn
+        self.mode = mode
+        self.strategy = strategy
+        self.cost_fn = cost_fn or (lambda p, inv: analytic_costs(p, inv, include_layers=False))
+        self.val_loader = val_loader if val_loader is not None else val_subset(
+            task, settings.val_samples)
+        self.budget_section = budget_section or budget.to_dict(baseline)
+
+    # ---- what the study optimises ------------------------------------------
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task.higher_is_better
+
+    @property
+    def worst_metric(self) -> float:
+        """The value infeasible candidates get: 0.0 for accuracy-like metrics, else a huge one."""
+        return 0.0 if self.higher_is_better else 1e12
+
+    @property
+    def cost_metric(self) -> str:
+        """The cost the pareto mode trades off: latency when budgeted, else the first clause's."""
+        return "latency" if self.budget.needs_latency else self.budget.metrics[0]
+
+    @property
+    def directions(self) -> list[str]:
+        first = "maximize" if self.higher_is_better else "minimize"
+        return [first] if self.mode == "constrained" else [first, "minimize"]
+
+    def is_better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    # ---- stages --------------------------------------------------------------
+    def predict(self, policy: CompressionPolicy) -> Costs:
+        """Analytic costs, plus predicted latency when the budget needs it (no training)."""
+        costs = self.cost_fn(policy, self.inventory)
+        if self.budget.needs_latency:
+            assert self.latency_fn is not None
+            costs = costs.with_latency(self.latency_fn(policy))
+        return costs
+
+    def check(self, costs: Costs) -> tuple[bool, dict[str, float]]:
+        """``(feasible, {metric: cost / limit - 1})`` (``<= 0`` = within budget)."""
+        return self.budget.check(costs, self.baseline)
+
+    def feasible_params(self, params: dict[str, Any]) -> bool:
+        """Whether the policy of a parameter dict meets the budget (prediction only)."""
+        return self.check(self.predict(self.space.policy_from_params(params)))[0]
+
+    def __call__(
+        self,
+        policy: CompressionPolicy,
+        report: Report | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> TrialOutcome:
+        """Evaluate one candidate (see the module docstring)."""
+        t0 = time.perf_counter()
+        costs = self.predict(policy)
+        feasible, constraints = self.check(costs)
+        cost_s = time.perf_counter() - t0
+        timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": cost_s}
+        metric: float | None = None
+        pruned = False
+        intermediate: list[tuple[int, float]] = []
+        if feasible:
+            use_report = report if self.mode == "constrained" else None
+            result = compress_and_score(
+                self.task, policy, self.settings, self.inventory,
+                val_loader=self.val_loader, report=use_report,
+            )
+            metric = float(result.metric)
+            pruned = result.stopped_at is not None
+            intermediate = list(result.reports or [])
+            timings.update(apply_s=result.apply_s, finetune_s=result.finetune_s,
+                           eval_s=result.eval_s)
+            del result  # the fine-tuned model is not kept: the export rebuilds the best one
+        value = metric if metric is not None else self.worst_metric
+        values = [value] if self.mode == "constrained" else [value, self._cost_value(costs)]
+        timings["total_s"] = time.perf_counter() - t0
+        full_policy = self._annotate(policy, costs, metric, provenance)
+        attrs: dict[str, Any] = {
+            "policy": full_policy.to_dict(),
+            "feasible": bool(feasible),
+            "violations": {k: float(v) for k, v in constraints.items()},
+            **{k: int(getattr(costs, k)) for k in COST_KEYS},
+            "predicted_latency_ms": costs.latency_ms,
+            "metric": metric,
+            **{k: round(float(v), 6) for k, v in timings.items()},
+            "strategy": self.strategy,
+        }
+        return TrialOutcome(
+            policy=full_policy, costs=costs, feasible=feasible, constraints=constraints,
+            metric=metric, values=values, pruned=pruned, intermediate=intermediate,
+            user_attrs=attrs,
+        )
+
+    # ---- helpers ---------------------------------------------------------------
+    def _cost_value(self, costs: Costs) -> float:
+        v = costs.value(self.cost_metric)
+        return float(v) if v is not None else float("inf")
+
+    def _annotate(
+        self,
+        policy: CompressionPolicy,
+        costs: Costs,
+        metric: float | None,
+        provenance: dict[str, Any] | None,
+    ) -> CompressionPolicy:
+        """The policy as exported: fingerprint, task, budget, predicted metrics, provenance."""
+        metrics: dict[str, Any] = {k: getattr(costs, k) for k in COST_KEYS}
+        if costs.latency_ms is not None:
+            metrics["latency_ms"] = costs.latency_ms
+        if metric is not None:
+            metrics[self.task.metric_name] = metric
+        from autocompress import __version__
+
+        prov = {"backend": "optuna", "seed": self.settings.seed, "strategy": self.strategy,
+                "autocompress": __version__, "torch": torch.__version__}
+        prov.update(provenance or {})
+        return policy.with_fingerprint(self.inventory, self.task.name).model_copy(
+            update={"budget": self.budget_section, "metrics": metrics, "provenance": prov}
+        )

@@ -1,0 +1,251 @@
+"""The Optuna controller: a resumable study in a journal file, samplers, pruner, trial loop.
+
+The study lives in ``<out>/study.log`` (``JournalStorage`` +
+``JournalFileBackend``) unless a storage URL is given. Re-running the same
+command after a kill loads it: finished trials are kept, trials left RUNNING
+by a dead process on this host are marked FAIL (and their parameters queued
+again), and trials are run until ``trials`` are finished (COMPLETE + PRUNED).
+A different configuration for an existing study is a :class:`ConfigError`.
+
+Baselines (``uniform``, ``greedy``) enqueue their candidates
+(``study.enqueue_trial``) and go through the same ask/tell loop and objective.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.errors import ConfigError, MethodError
+from autocompress.search.baselines import params_key
+from autocompress.search.config import RESUME_KEYS
+from autocompress.search.objective import Objective, TrialOutcome
+
+LOG = logging.getLogger(__name__)
+STUDY_FILE = "study.log"
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILURES_IN_A_ROW = 3
+
+Planner = Callable[[], Iterator[dict[str, Any]]]
+OnTrial = Callable[[FrozenTrial | None, TrialOutcome | None], None]
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO and warns about experimental options; the CLI has a bar."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def storage_for(out_dir: Path, url: str | None = None) -> str | BaseStorage:
+    """``url`` as given, or a journal file ``<out_dir>/study.log``."""
+    if url:
+        return url
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(out_dir / STUDY_FILE)))
+
+
+def make_sampler(strategy: str, mode: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler of a strategy. Constraints come from ``trial.set_constraint`` (Optuna 5).
+
+    Baselines enqueue fixed parameters; their sampler (random) only fills
+    parameters a candidate leaves out, which ours never do.
+    """
+    if strategy == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=min(10, max(3, trials // 3)),
+        )
+    if strategy == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 3)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(kind: str, mode: str, strategy: str, report_every: int) -> optuna.pruners.BasePruner:
+    """Median pruning of fine-tunes in constrained mode for sampled strategies, else none.
+
+    Baselines are not pruned: each of their few candidates is a planned point.
+    """
+    if kind == "none" or mode != "constrained" or strategy in ("uniform", "greedy"):
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(report_every, 1))
+
+
+def open_study(
+    storage: str | BaseStorage,
+    study_name: str,
+    directions: list[str],
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    config: dict[str, Any],
+    where: str,
+) -> tuple[optuna.Study, bool]:
+    """Load the study (checking it was made by the same configuration) or create it.
+
+    Returns ``(study, created)``. ``config`` is stored as the ``autocompress``
+    user attribute on creation.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                    pruner=pruner, directions=directions, load_if_exists=True)
+    stored = study.user_attrs.get("autocompress")
+    if stored is None:
+        if study.trials:
+            raise ConfigError(
+                f"study {study_name!r} in {where} was not made by autocompress search "
+                "(no configuration stored); use a new --out or --study-name"
+            )
+        study.set_user_attr("autocompress", config)
+        return study, True
+    diff = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"{where} already holds a study made with {k}={stored.get(k)!r}, not {config.get(k)!r}; "
+            "re-run with the same settings to resume it, or use a new --out for a new search"
+        )
+    return study, False
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
+    """Mark RUNNING trials of dead processes on this host FAIL; queue their params again.
+
+    A trial records ``worker = host:pid`` when it starts; a RUNNING trial
+    whose process no longer exists was killed and would never finish.
+    Returns the trial numbers marked FAIL.
+    """
+    host = socket.gethostname()
+    failed: list[int] = []
+    storage = study._storage  # noqa: SLF001 - Optuna's public storage API lives there
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        w_host, _, w_pid = worker.rpartition(":")
+        if w_host != host or not w_pid.isdigit() or _alive(int(w_pid)):
+            continue
+        storage.set_trial_user_attr(t._trial_id, "error", "process died (resumed run)")  # noqa: SLF001
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
+        failed.append(t.number)
+        if requeue and t.params and len(t.params) == len(t.distributions):
+            study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+    return failed
+
+
+def n_done(study: optuna.Study) -> int:
+    """Finished trials: COMPLETE + PRUNED (what ``--trials`` counts)."""
+    return len(study.get_trials(deepcopy=False, states=DONE))
+
+
+def _record(trial: optuna.Trial, outcome: TrialOutcome) -> None:
+    for key, value in outcome.constraints.items():
+        trial.set_constraint(key, float(value))
+    for key, value in outcome.user_attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("pruned", outcome.pruned)
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Objective,
+    total: int,
+    planner: Planner | None = None,
+    on_trial: OnTrial | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> int:
+    """Run trials until ``total`` are finished (COMPLETE + PRUNED); returns how many ran now.
+
+    ``planner`` (baselines) yields parameter dicts to enqueue; when it runs
+    dry the loop stops early. A trial whose evaluation raises is marked FAIL
+    with its error and the loop goes on; three failures in a row stop the run
+    with a :class:`MethodError`.
+    """
+    space = objective.space
+    plan = planner() if planner is not None else None
+    done_keys = {params_key(t.params) for t in study.get_trials(deepcopy=False, states=DONE)}
+    ran = 0
+    failures = 0
+    while n_done(study) < total:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if plan is not None and not waiting:
+            nxt = next((p for p in plan if params_key(p) not in done_keys), None)
+            if nxt is None:
+                LOG.info("the %s baseline has no more candidates", objective.strategy)
+                break
+            study.enqueue_trial(nxt)
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
+        try:
+            policy = space.suggest(trial)
+
+            def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
+                trial.report(metric, step)
+                return trial.should_prune()
+
+            prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
+            outcome = objective(policy, report=report, provenance=prov)
+            _record(trial, outcome)
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the search goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            failures += 1
+            if on_trial:
+                on_trial(None, None)
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise MethodError(
+                    f"{failures} trials in a row failed; the last one (trial {trial.number}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            continue
+        failures = 0
+        if outcome.pruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        else:
+            frozen = study.tell(trial, outcome.values)
+        done_keys.add(params_key(frozen.params))
+        ran += 1
+        if on_trial:
+            on_trial(frozen, outcome)
+    return ran
+
+
+def best_feasible(study: optuna.Study, higher_is_better: bool) -> FrozenTrial | None:
+    """The COMPLETE trial with the best metric among those meeting the budget."""
+    best: FrozenTrial | None = None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if not t.user_attrs.get("feasible") or t.user_attrs.get("metric") is None:
+            continue
+        m = float(t.user_attrs["metric"])
+        if best is None:
+            best = t
+            continue
+        b = float(best.user_attrs["metric"])
+        if (m > b) if higher_is_better else (m < b):
+            best = t
+    return best
