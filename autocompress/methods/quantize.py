@@ -74,13 +74,13 @@ class _WeightQDQ:
     needs to run the layer as an integer kernel with exactly these weights.
     """
 
-    weight: nn.Parameter
     weight_scale: torch.Tensor
     weight_zero_point: torch.Tensor
 
     def qdq_weight(self) -> torch.Tensor:
+        weight: torch.Tensor = self.weight  # type: ignore[attr-defined]
         return torch.fake_quantize_per_channel_affine(
-            self.weight, self.weight_scale, self.weight_zero_point, 0, -128, 127
+            weight, self.weight_scale, self.weight_zero_point, 0, -128, 127
         )
 
 
