@@ -583,6 +583,9 @@ def _explain(exc: ValidationError, data: dict[str, Any]) -> str:
         else:
             valid = ", ".join(KNOBS) + (" and match" if where.startswith("rule") else "")
         return f"{where}: unknown key {key!r}; valid keys: {valid}"
+    if err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+        what = (": " + ".".join(map(str, rest))) if rest else ""
+        return f"{where}{what} must be a mapping (given {err.get('input')!r})"
     if err["type"] == "missing":
         return f"{where}: missing {'.'.join(map(str, rest))!r}"
     if rest and rest[0] == "match":
