@@ -302,16 +302,27 @@ def _top_table(study: optuna.Study, trials: list[FrozenTrial]) -> str:
                       classes="table", border=0, table_id="top-trials")
 
 
+HEADLINE = (
+    ("best_trial", "best trial"), ("best_metric", "metric (fixed validation subset)"),
+    ("baseline_metric", "metric of the uncompressed model"),
+    ("predicted_latency_ms", "latency predicted (ms)"),
+    ("measured_latency_ms", "latency re-measured after export (ms)"),
+    ("measured_latency_int8_ms", "int8 ONNX latency (ms)"),
+    ("baseline_latency_ms", "uncompressed latency, same measurement (ms)"),
+    ("speedup", "speedup (re-measured)"), ("meets_budget", "meets budget"),
+    ("budget", "budget"), ("target", "target"), ("n_trials", "trials"),
+    ("n_feasible", "feasible trials"),
+)
+
+
 def _summary_table(
     study: optuna.Study, trials: list[FrozenTrial], summary: Mapping[str, Any],
     best: FrozenTrial | None,
 ) -> str:
+    """The headline numbers, then every summary field in a collapsed section."""
     rows: dict[str, Any] = {}
     if summary:
-        for k, v in summary.items():
-            if isinstance(v, (dict, list)):
-                v = json.dumps(v)
-            rows[k] = v
+        rows = dict(summary)
     else:
         cfg = study.user_attrs.get("autocompress", {})
         base = study.user_attrs.get("baseline", {})
@@ -322,13 +333,23 @@ def _summary_table(
             "predicted_latency_ms": best.user_attrs.get("predicted_latency_ms") if best else None,
             "baseline_latency_ms": base.get("latency_ms"), "baseline_metric": base.get("metric"),
             "n_trials": len(trials), "n_feasible": len(feasible_trials(trials)),
-            "note": "regenerated from the study; run export for re-measured latency",
+            "note": "regenerated from the study alone; export re-measures latency",
         }
-    body = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in rows.items()
-    )
-    return f'<table class="table" id="summary">{body}</table>'
+
+    def table(items: list[tuple[str, Any]], table_id: str) -> str:
+        body = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in items
+        )
+        return f'<table class="table" id="{table_id}">{body}</table>'
+
+    head = [(label, rows[k]) for k, label in HEADLINE if rows.get(k) is not None]
+    if "note" in rows:
+        head.append(("note", rows["note"]))
+    full = [(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rows.items()]
+    return (table(head, "summary")
+            + "<details><summary>all fields of summary.json</summary>"
+            + table(full, "summary-all") + "</details>")
 
 
 # ---- helpers --------------------------------------------------------------------------------
