@@ -49,7 +49,10 @@ class LatencyStats:
     """Per-call latency statistics of one measurement, in milliseconds.
 
     ``spread_ms`` is the interquartile range of the runs; ``calls_per_run``
-    says how many back-to-back calls each timed run held.
+    says how many back-to-back calls each timed run held. ``stable_ms`` is
+    the smallest median of the ``blocks`` groups the runs were split into:
+    on a shared machine it skips blocks hit by someone else's load spike and
+    is the number cost models compare against (equal to ``median_ms`` for one block).
     """
 
     median_ms: float
@@ -60,6 +63,8 @@ class LatencyStats:
     runs: int
     calls_per_run: int
     target: str = ""
+    stable_ms: float = 0.0
+    blocks: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,14 +105,23 @@ def _one(fn: Call) -> float:
     return time.perf_counter() - t0
 
 
-def summarize(times: list[float], calls_per_run: int, target: str = "") -> LatencyStats:
-    """Median, p90, IQR, min and mean of per-call times (ms)."""
+def summarize(
+    times: list[float], calls_per_run: int, target: str = "", blocks: int = 1
+) -> LatencyStats:
+    """Median, p90, IQR, min, mean and min-of-block-medians of per-call times (ms).
+
+    >>> s = summarize([1.0, 2.0, 3.0, 4.0, 10.0, 11.0], 1, blocks=2)
+    >>> s.median_ms, s.stable_ms, s.runs
+    (3.5, 2.0, 6)
+    """
     arr = np.asarray(times, dtype=float)
     q25, q50, q75, q90 = np.percentile(arr, [25, 50, 75, 90])
+    blocks = max(1, min(blocks, len(times)))
+    stable = min(float(np.median(b)) for b in np.array_split(arr, blocks))
     return LatencyStats(
         median_ms=float(q50), p90_ms=float(q90), spread_ms=float(q75 - q25),
         min_ms=float(arr.min()), mean_ms=float(arr.mean()), runs=len(times),
-        calls_per_run=calls_per_run, target=target,
+        calls_per_run=calls_per_run, target=target, stable_ms=stable, blocks=blocks,
     )
 
 
@@ -172,8 +186,12 @@ def measure_latency(
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     min_run_ms: float = DEFAULT_MIN_RUN_MS,
+    blocks: int = 1,
 ) -> LatencyStats:
     """Latency of ``model`` on ``target`` at ``target.batch`` (default: the input's batch).
+
+    ``blocks`` > 1 splits the runs into that many consecutive groups and
+    reports the smallest group median as ``stable_ms`` (robust to load spikes).
 
     The model is put in eval mode for the measurement (and restored after);
     the torch thread count is restored after as well.
@@ -194,7 +212,8 @@ def measure_latency(
             times, k = time_call(call, runs=runs, warmup=warmup, min_run_ms=min_run_ms)
     finally:
         model.train(was_training)
-    return summarize(times, k, target=Target(target.runtime, target.threads, batch).name)
+    name = Target(target.runtime, target.threads, batch).name
+    return summarize(times, k, target=name, blocks=blocks)
 
 
 # ---- environment fingerprint -------------------------------------------------------

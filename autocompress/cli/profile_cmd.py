@@ -1,0 +1,126 @@
+"""``autocompress profile``: per-layer costs and measured latency; ``--validate`` scores the LUT."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
+from autocompress.cli.common import task_and_inventory
+from autocompress.cost.lut import LatencyLUT, default_lut_path
+from autocompress.cost.target import parse_target
+
+TARGET_HELP = 'runtime[-cpu][-<N>t][-b<B>]: "ort", "torch", "ort-cpu-2t-b64"'
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    )
+
+
+@app.command()
+def profile(
+    task: str = typer.Option("digits", "--task", "-t", help=TASK_HELP),
+    target: str = typer.Option("ort", "--target", help=TARGET_HELP),
+    validate: int = typer.Option(
+        0, "--validate", min=0, help="sample N random policies; predict and measure each"
+    ),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+    lut_path: str = typer.Option(
+        None, "--lut", help=f"latency table file (default: $AUTOCOMPRESS_CACHE/{default_lut_path().name})"
+    ),
+    batch: int = typer.Option(None, "--batch", min=1, help="batch size (default: the task's)"),
+    threads: int = typer.Option(None, "--threads", min=1, help="intra-op threads"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random policies"),
+    runs: int = typer.Option(30, "--runs", min=5, help="timed runs per whole-model measurement"),
+    data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
+) -> None:
+    """Per-layer MACs, params and measured latency on a target; with --validate N, how well
+    the latency table and the MACs model predict N measured random policies."""
+    # Parse the target before loading anything, so a typo fails in milliseconds.
+    tgt = parse_target(target, threads=threads, batch=batch)
+    task_obj, inventory = task_and_inventory(task, data_dir, checkpoint)
+    tgt = tgt.with_batch(task_obj.target_batch_size)
+    path = Path(lut_path) if lut_path else default_lut_path()
+
+    with _progress() as bar:
+        job = bar.add_task(f"latency table on {tgt.name}", total=None)
+        lut = LatencyLUT(path, tgt, model_runs=runs,
+                         progress=lambda msg: bar.update(job, description=f"measuring {msg}"))
+        layers = lut.layer_table(inventory)
+        fit = lut.remainder(inventory, task_obj.model, task_obj.example_input)
+        bar.update(job, description="done", total=1, completed=1)
+        report = None
+        if validate:
+            from autocompress.cost.fidelity import validate as run_validation
+
+            vjob = bar.add_task(f"validating {validate} random policies", total=validate)
+            report = run_validation(
+                task_obj.model, task_obj.example_input, inventory, lut, validate, seed=seed,
+                runs=runs, progress=lambda i, n: bar.update(vjob, completed=i),
+            )
+
+    result: dict[str, Any] = {}
+    if report is not None:
+        result["lut"] = report.lut
+        result["macs"] = report.macs
+    result.update({
+        "task": task_obj.name,
+        "target": tgt.name,
+        "fingerprint": lut.key,
+        "lut_path": str(path),
+        "model": {k: fit[k] for k in ("model_ms", "layers_ms", "remainder_ms", "fixed_ms",
+                                      "per_activation_ms")},
+        "layers": layers,
+        "load_average": list(os.getloadavg()),
+    })
+    if report is not None:
+        result["policies"] = report.rows
+        result["validate_s"] = report.validate_s
+        result["lut_measurements"] = report.lut_measurements
+
+    if format == OutputFormat.json:
+        print(json.dumps(result, indent=2))
+        return
+    _print_tables(result, len(inventory), validate)
+
+
+def _print_tables(result: dict[str, Any], n_layers: int, validate: int) -> None:
+    table = Table(
+        title=f"{result['task']} on {result['target']} (fingerprint {result['fingerprint']}): "
+        f"{n_layers} compressible layers, each measured alone",
+        title_justify="left",
+    )
+    for col in ("fqn", "kind", "MACs", "params", "latency ms", "share"):
+        table.add_column(col, justify="left" if col in ("fqn", "kind") else "right")
+    for row in result["layers"]:
+        table.add_row(
+            row["fqn"], row["kind"], f"{row['macs']:,}", f"{row['params']:,}",
+            f"{row['latency_ms']:.4f}", f"{100 * row['share']:.1f}%",
+        )
+    console.print(table)
+    m = result["model"]
+    console.print(
+        f"whole model {m['model_ms']:.4f} ms measured = layers {m['layers_ms']:.4f} ms + "
+        f"remainder {m['remainder_ms']:.4f} ms (fixed {m['fixed_ms']:.4f} ms + "
+        f"{m['per_activation_ms']:.4f} ms x activation fraction); table: {result['lut_path']}"
+    )
+    if not validate:
+        return
+    scores = Table(title=f"latency prediction on {validate} random policies", title_justify="left")
+    for col in ("model", "Kendall tau", "MAPE", "within +-10%"):
+        scores.add_column(col, justify="left" if col == "model" else "right")
+    for name, label in (("lut", "per-layer table"), ("macs", "MACs-proportional")):
+        s = result[name]
+        scores.add_row(label, f"{s['kendall_tau']:.3f}", f"{s['mape']:.1f}%",
+                       f"{s['within_10pct']:.0f}%")
+    console.print(scores)

@@ -1,0 +1,109 @@
+"""How well a latency model predicts measured latency: Kendall tau, MAPE, share within +-10%.
+
+:func:`validate` samples seeded random policies, predicts each with the
+per-layer table (:class:`~autocompress.cost.lut.LatencyLUT`) and with the
+MACs-proportional model (``baseline_ms * macs / baseline_macs``), builds each
+with ``apply_policy`` and measures it on the target.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.cost.analytic import analytic_costs
+from autocompress.cost.latency import measure_latency
+from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, macs_model_ms
+from autocompress.cost.sampling import random_policies
+from autocompress.inventory import LayerInventory
+
+
+def scores(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """``{"kendall_tau", "mape", "within_10pct"}`` of predictions against measurements.
+
+    ``mape`` and ``within_10pct`` are percentages.
+
+    >>> scores([1.0, 2.0, 3.3], [1.0, 2.0, 3.0])
+    {'kendall_tau': 1.0, 'mape': 3.3333333333333295, 'within_10pct': 100.0}
+    """
+    from scipy.stats import kendalltau
+
+    if len(predicted) != len(measured) or not measured:
+        raise ValueError("need as many predictions as measurements, at least one")
+    errors = [abs(p - m) / m for p, m in zip(predicted, measured, strict=True)]
+    tau = float(kendalltau(predicted, measured).statistic) if len(measured) > 1 else float("nan")
+    return {
+        "kendall_tau": tau,
+        "mape": 100.0 * sum(errors) / len(errors),
+        "within_10pct": 100.0 * sum(e <= 0.10 for e in errors) / len(errors),
+    }
+
+
+@dataclass
+class FidelityReport:
+    """Scores of both latency models plus one row per sampled policy."""
+
+    target: str
+    lut: dict[str, float]
+    macs: dict[str, float]
+    baseline_ms: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    lut_build_s: float = 0.0
+    lut_measurements: int = 0
+    validate_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    inventory: LayerInventory,
+    lut: LatencyLUT,
+    n: int,
+    seed: int = 0,
+    runs: int = 30,
+    progress: Callable[[int, int], None] | None = None,
+) -> FidelityReport:
+    """Predict and measure ``n`` random policies on ``lut.target``; score both latency models."""
+    from autocompress.methods import apply_policy
+
+    t0 = time.perf_counter()
+    measured_before = lut.measure_seconds
+    fit = lut.remainder(inventory, model, example_input)
+    baseline_ms = fit["model_ms"]
+    rows = []
+    policies = random_policies(inventory, n, seed=seed)
+    for i, policy in enumerate(policies):
+        lut_ms = lut.predict(policy, inventory, model, example_input)
+        small = apply_policy(model, policy, example_input, inventory=inventory)
+        stats = measure_latency(small, example_input, lut.target, runs=runs, blocks=MODEL_BLOCKS)
+        rows.append({
+            "policy": i,
+            "measured_ms": stats.stable_ms,
+            "measured_median_ms": stats.median_ms,
+            "measured_spread_ms": stats.spread_ms,
+            "lut_ms": lut_ms,
+            "macs_ms": macs_model_ms(policy, inventory, baseline_ms),
+            "macs": analytic_costs(policy, inventory, include_layers=False).macs,
+            "layers": policy.to_dict()["layers"],
+        })
+        if progress:
+            progress(i + 1, n)
+    measured = [r["measured_ms"] for r in rows]
+    return FidelityReport(
+        target=lut.target.name,
+        lut=scores([r["lut_ms"] for r in rows], measured),
+        macs=scores([r["macs_ms"] for r in rows], measured),
+        baseline_ms=baseline_ms,
+        rows=rows,
+        lut_build_s=lut.measure_seconds - measured_before,
+        lut_measurements=lut.measured,
+        validate_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,424 @@
+"""Per-layer latency lookup table (LUT): measured once per layer shape, reused across runs.
+
+Each compressible layer is measured alone, built with the shape
+``apply_policy`` gives it (pruned input/output channels, the two low-rank
+factors, the 8-bit input fake-quantiser that exports to
+QuantizeLinear/DequantizeLinear), at the target's batch, in the target's
+runtime. Weight bits and sparsity do not enter the key: ``apply_policy``
+bakes them into float weights, so a dense runtime runs them at fp32 speed.
+Nothing is assumed about speed-ups: an int8 QDQ layer costs what it
+measures, slower or faster.
+
+A policy's latency is the sum of its layers' entries plus the model's
+*remainder*: what the uncompressed model measures as a whole minus the sum of
+its layers' entries (BatchNorm, activations, pooling, adds, per-call overhead).
+The remainder is split into a fixed part and a part proportional to the
+layers' output activations, fitted on two measured models (uncompressed and
+uniformly pruned), because element-wise ops shrink with the channels pruning
+removes.
+
+The table lives in one JSON file (``latency_lut.json``), keyed by the target
+fingerprint (:func:`~autocompress.cost.latency.env_fingerprint`) and then by a
+layer-config key; it is filled lazily, merged with what other processes wrote
+and saved atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocompress.cost.analytic import LayerShape, analytic_costs, compressed_shapes
+from autocompress.cost.latency import (
+    env_fingerprint,
+    make_runner,
+    measure_latency,
+    time_call,
+    torch_threads,
+)
+from autocompress.cost.target import Target
+from autocompress.errors import InputFileError, TargetError
+from autocompress.inventory import LayerInventory
+from autocompress.policy import CompressionPolicy, LayerPolicy
+
+FORMAT = "autocompress.latency_lut"
+SCHEMA_VERSION = 1
+DEFAULT_FILE = "latency_lut.json"
+# Uniform prune ratio of the second model the remainder is fitted on.
+REMAINDER_PRUNE = 0.5
+# Whole-model measurements are split in this many blocks; the smallest block median counts.
+MODEL_BLOCKS = 3
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Settings of single-layer measurements: ``blocks`` x ``runs`` timed runs, min of medians.
+
+    The minimum over blocks of each block's median is robust to the load
+    spikes of a shared machine while staying a typical (not best-case) time.
+    """
+
+    blocks: int = 3
+    runs: int = 7
+    warmup: int = 3
+    min_run_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted latency and its parts (ms)."""
+
+    latency_ms: float
+    layers_ms: dict[str, float]
+    remainder_ms: float
+
+
+def _padding(k: int, s: int, size_in: int, size_out: int) -> int:
+    """Smallest symmetric padding that maps ``size_in`` to ``size_out`` (dilation 1)."""
+    return max(0, math.ceil(((size_out - 1) * s + k - size_in) / 2))
+
+
+def layer_key(shape: LayerShape, batch: int) -> str:
+    """The LUT key of a layer config: everything that decides its run time, nothing else.
+
+    >>> from autocompress.cost.analytic import LayerShape
+    >>> s = LayerShape("c", "Conv2d", 32, 64, (3, 3), (1, 1), 1, (1, 32, 8, 8), (1, 64, 8, 8), True)
+    >>> layer_key(s, 64)
+    'Conv2d|in=32|out=64|k=3x3|s=1x1|p=1x1|g=1|x=8x8|b=64|r=0|a=32|bias=1'
+    """
+    kh, kw = shape.kernel_size
+    if shape.kind == "Linear":
+        spatial = "x".join(str(d) for d in shape.input_shape[1:-1]) or "-"
+        geom = f"x={spatial}"
+    else:
+        ph, pw = _conv_padding(shape)
+        geom = (f"k={kh}x{kw}|s={shape.stride[0]}x{shape.stride[1]}|p={ph}x{pw}|g={shape.groups}|"
+                f"x={shape.input_shape[2]}x{shape.input_shape[3]}")
+    act = 8 if shape.act_bits == 8 else 32
+    return (f"{shape.kind}|in={shape.in_channels}|out={shape.out_channels}|{geom}|b={batch}|"
+            f"r={shape.rank or 0}|a={act}|bias={int(shape.has_bias)}")
+
+
+def _conv_padding(shape: LayerShape) -> tuple[int, int]:
+    kh, kw = shape.kernel_size
+    sh, sw = shape.stride
+    return (_padding(kh, sh, shape.input_shape[2], shape.output_shape[2]),
+            _padding(kw, sw, shape.input_shape[3], shape.output_shape[3]))
+
+
+def layer_module(shape: LayerShape) -> nn.Module:
+    """A module with exactly the shape and structure ``apply_policy`` gives this layer.
+
+    Dense layer, or ``Sequential(first, second)`` low-rank factors, behind an
+    ``ActFakeQuant`` (QuantizeLinear/DequantizeLinear in ONNX) for ``act_bits`` 8.
+    """
+    from autocompress.methods.quantize import ActFakeQuant
+
+    cin, cout, r = shape.in_channels, shape.out_channels, shape.rank
+    core: nn.Module
+    if shape.kind == "Linear":
+        if r is None:
+            core = nn.Linear(cin, cout, bias=shape.has_bias)
+        else:
+            core = nn.Sequential(nn.Linear(cin, r, bias=False), nn.Linear(r, cout, bias=shape.has_bias))
+    else:
+        pad = _conv_padding(shape)
+        if r is None:
+            core = nn.Conv2d(cin, cout, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
+                             groups=shape.groups, bias=shape.has_bias)
+        else:
+            core = nn.Sequential(
+                nn.Conv2d(cin, r, shape.kernel_size, shape.stride, pad, bias=False),  # type: ignore[arg-type]
+                nn.Conv2d(r, cout, 1, bias=shape.has_bias),
+            )
+    if shape.act_bits == 8:
+        core = nn.Sequential(ActFakeQuant(scale=0.02, zero_point=128), core)
+    return core.eval()
+
+
+def layer_input(shape: LayerShape, batch: int) -> torch.Tensor:
+    """A random input of the layer's (pruned) input shape at ``batch``."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *shape.input_shape[1:], generator=gen)
+
+
+def _empty_file() -> dict[str, Any]:
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "targets": {}}
+
+
+class LatencyLUT:
+    """Measured per-layer latencies for one target, cached in a JSON file.
+
+    ``path=None`` keeps the table in memory only. ``measured`` counts the
+    single-layer measurements this instance made (cache hits do not count).
+
+    >>> import torch
+    >>> from autocompress.cost.target import parse_target
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> model, x = DigitsMLP(), torch.zeros(1, 1, 8, 8)
+    >>> inv = build_inventory(model, x)
+    >>> lut = LatencyLUT(None, parse_target("torch-1t-b8"))
+    >>> ms = lut.predict(CompressionPolicy(layers={"net.1": LayerPolicy(prune=0.5)}), inv, model, x)
+    >>> ms > 0, lut.measured > 0
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        target: Target,
+        timing: LayerTiming | None = None,
+        model_runs: int = 30,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        if target.batch is None:
+            raise TargetError(
+                f"target {target.name!r} has no batch size; a latency table is per batch: give "
+                "-b<batch> or call Target.with_batch(task.target_batch_size) first"
+            )
+        self.path = Path(path) if path is not None else None
+        self.target = target
+        self.timing = timing or LayerTiming()
+        self.model_runs = model_runs
+        self.progress = progress
+        self.fingerprint = env_fingerprint(target)
+        self.key = self.fingerprint["hash"]
+        self.measured = 0
+        self.model_measurements = 0
+        self.measure_seconds = 0.0
+        self._data = self._load()
+        entry = self._data["targets"].setdefault(self.key, {})
+        entry["env"] = {k: v for k, v in self.fingerprint.items() if k != "flags"}
+        entry.setdefault("layers", {})
+        entry.setdefault("models", {})
+        self._dirty = False
+
+    # ---- file ----------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return _empty_file()
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputFileError(
+                f"latency table {str(self.path)!r} is not readable JSON ({exc}); delete it to "
+                "rebuild it, or point --lut elsewhere"
+            ) from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputFileError(
+                f"{str(self.path)!r} is not an autocompress latency table (format {FORMAT!r}); "
+                "delete it to rebuild it, or point --lut elsewhere"
+            )
+        return data
+
+    @property
+    def _entry(self) -> dict[str, Any]:
+        return self._data["targets"][self.key]
+
+    @property
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Layer-config key -> measurement, for this target."""
+        return self._entry["layers"]
+
+    def save(self) -> None:
+        """Merge in what other processes wrote to the file, then write it atomically."""
+        if self.path is None or not self._dirty:
+            return
+        disk = self._load()
+        for key, theirs in disk["targets"].items():
+            mine = self._data["targets"].setdefault(key, theirs)
+            if mine is theirs:
+                continue
+            for section in ("layers", "models"):
+                ours = mine.setdefault(section, {})
+                for k, v in theirs.get(section, {}).items():
+                    ours.setdefault(k, v)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+    # ---- layers --------------------------------------------------------------------
+    def layer_ms(self, shape: LayerShape) -> float:
+        """Latency of one layer config on the target, measured on first use."""
+        batch = self.target.require_batch()
+        key = layer_key(shape, batch)
+        hit = self.entries.get(key)
+        if hit is None:
+            hit = self._measure_layer(shape, batch)
+            self.entries[key] = hit
+            self._dirty = True
+        return float(hit["ms"])
+
+    def _measure_layer(self, shape: LayerShape, batch: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        module, x = layer_module(shape), layer_input(shape, batch)
+        t = self.timing
+        medians = []
+        with torch_threads(self.target.threads):
+            call = make_runner(module, x, self.target)
+            for _ in range(t.blocks):
+                times, k = time_call(call, runs=t.runs, warmup=t.warmup, min_run_ms=t.min_run_ms)
+                medians.append(sorted(times)[len(times) // 2])
+        self.measured += 1
+        self.measure_seconds += time.perf_counter() - t0
+        return {"ms": min(medians), "max_block_ms": max(medians), "runs": t.blocks * t.runs,
+                "calls_per_run": k}
+
+    def measure_missing(self, shapes: Iterable[LayerShape]) -> int:
+        """Measure every config in ``shapes`` not yet in the table; returns how many were new."""
+        before = self.measured
+        batch = self.target.require_batch()
+        todo = {layer_key(s, batch): s for s in shapes}
+        todo = {k: s for k, s in todo.items() if k not in self.entries}
+        for i, shape in enumerate(todo.values()):
+            if self.progress:
+                self.progress(f"layer {i + 1}/{len(todo)}: {shape.fqn}")
+            self.layer_ms(shape)
+        self.save()
+        return self.measured - before
+
+    def layers_ms(self, policy: CompressionPolicy | None, inventory: LayerInventory) -> dict[str, float]:
+        """Per-layer latency of the model ``policy`` makes (from the table, measuring misses)."""
+        shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
+        self.measure_missing(shapes)
+        return {s.fqn: self.layer_ms(s) for s in shapes}
+
+    def layer_table(self, inventory: LayerInventory) -> list[dict[str, Any]]:
+        """The uncompressed model's layers: fqn, kind, MACs, params, measured ms and share of the sum."""
+        ms = self.layers_ms(None, inventory)
+        total = sum(ms.values()) or 1.0
+        batch = self.target.require_batch()
+        scale = batch / max(inventory.layers[0].input_shape[0], 1) if len(inventory) else 1
+        return [
+            {"fqn": info.fqn, "kind": info.kind, "macs": int(info.macs * scale),
+             "params": info.params, "latency_ms": ms[info.fqn], "share": ms[info.fqn] / total}
+            for info in inventory
+        ]
+
+    # ---- whole model ---------------------------------------------------------------
+    @staticmethod
+    def model_key(inventory: LayerInventory, example_input: torch.Tensor) -> str:
+        return f"{inventory.sha256[:16]}|x={'x'.join(map(str, example_input.shape[1:]))}"
+
+    def remainder(
+        self, inventory: LayerInventory, model: nn.Module | None, example_input: torch.Tensor | None
+    ) -> dict[str, float]:
+        """The model's remainder fit ``{"fixed_ms", "per_activation_ms", ...}``, measured once.
+
+        Two whole-model measurements: the uncompressed model (activation
+        fraction 1) and a uniformly pruned one; ``remainder = model - sum(layers)``
+        at each gives a line in the activation fraction.
+        """
+        key = self.model_key(inventory, example_input) if example_input is not None else None
+        models = self._entry["models"]
+        if key is not None and key in models:
+            return models[key]
+        if key is None:
+            for k, v in models.items():
+                if k.startswith(inventory.sha256[:16]):
+                    return v
+        if model is None or example_input is None:
+            raise TargetError(
+                f"the latency table has no whole-model measurement of this model on "
+                f"{self.target.name}; pass the model and its example input to measure it once"
+            )
+        points = []
+        for policy in (None, uniform_prune_policy(inventory, REMAINDER_PRUNE)):
+            if self.progress:
+                self.progress("whole model" if policy is None else "uniformly pruned model")
+            layers = sum(self.layers_ms(policy, inventory).values())
+            if policy is None:
+                m = model
+            else:
+                from autocompress.methods import apply_policy
+
+                m = apply_policy(model, policy, example_input, inventory=inventory)
+            stats = measure_latency(m, example_input, self.target, runs=self.model_runs,
+                                    blocks=MODEL_BLOCKS)
+            self.model_measurements += 1
+            points.append((activation_fraction(policy, inventory), stats.stable_ms, layers))
+        (f1, m1, l1), (f2, m2, l2) = points
+        r1, r2 = m1 - l1, m2 - l2
+        slope = (r1 - r2) / (f1 - f2) if abs(f1 - f2) > 1e-6 else 0.0
+        slope = max(slope, 0.0)  # element-wise work cannot grow when channels go
+        fit = {
+            "model_ms": m1, "layers_ms": l1, "remainder_ms": r1,
+            "pruned_model_ms": m2, "pruned_layers_ms": l2, "pruned_activation_fraction": f2,
+            "per_activation_ms": slope, "fixed_ms": r1 - slope * f1,
+        }
+        self._entry["models"][key] = fit
+        self._dirty = True
+        self.save()
+        return fit
+
+    def predict_breakdown(
+        self,
+        policy: CompressionPolicy | None,
+        inventory: LayerInventory,
+        model: nn.Module | None = None,
+        example_input: torch.Tensor | None = None,
+    ) -> Prediction:
+        """Predicted latency of ``policy`` with its per-layer parts and the remainder."""
+        fit = self.remainder(inventory, model, example_input)
+        layers = self.layers_ms(policy, inventory)
+        rem = fit["fixed_ms"] + fit["per_activation_ms"] * activation_fraction(policy, inventory)
+        return Prediction(latency_ms=sum(layers.values()) + rem, layers_ms=layers, remainder_ms=rem)
+
+    def predict(
+        self,
+        policy: CompressionPolicy | None,
+        inventory: LayerInventory,
+        model: nn.Module | None = None,
+        example_input: torch.Tensor | None = None,
+    ) -> float:
+        """Predicted latency (ms) of the model ``policy`` makes, on this LUT's target.
+
+        ``model`` and ``example_input`` are needed once per model and target, to
+        measure the whole-model remainder; later calls (even in other processes
+        sharing the file) can leave them out.
+        """
+        return self.predict_breakdown(policy, inventory, model, example_input).latency_ms
+
+
+def activation_fraction(policy: CompressionPolicy | None, inventory: LayerInventory) -> float:
+    """Output activations of all layers under ``policy`` over those of the uncompressed model."""
+    shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
+    base = new = 0
+    for info, s in zip(inventory, shapes, strict=True):
+        per_channel = info.output_positions
+        base += info.out_channels * per_channel
+        new += s.out_channels * per_channel
+    return new / base if base else 1.0
+
+
+def uniform_prune_policy(inventory: LayerInventory, ratio: float) -> CompressionPolicy:
+    """Every pruning group at ``ratio`` (set on its leader)."""
+    return CompressionPolicy(layers={g: LayerPolicy(prune=ratio) for g in inventory.groups})
+
+
+def macs_model_ms(
+    policy: CompressionPolicy | None, inventory: LayerInventory, baseline_ms: float
+) -> float:
+    """The MACs-proportional latency model: ``baseline_ms * macs(policy) / macs(uncompressed)``."""
+    base = analytic_costs(None, inventory, include_layers=False).macs
+    return baseline_ms * analytic_costs(policy, inventory, include_layers=False).macs / max(base, 1)
+
+
+def default_lut_path() -> Path:
+    """``$AUTOCOMPRESS_CACHE/latency_lut.json`` (``~/.cache/autocompress`` by default)."""
+    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
+    return Path(root) / DEFAULT_FILE
