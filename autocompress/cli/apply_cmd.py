@@ -104,10 +104,12 @@ def apply(
     model.pt holds the whole module (its architecture changed); load it with
     torch.load("DIR/model.pt", weights_only=False).
     """
-    the_task, inventory = task_and_inventory(task, data_dir, checkpoint)
-    the_policy = CompressionPolicy.load(policy, inventory)
+    # Cheap checks first (file, JSON, value ranges), before the task loads; then the layers.
     if out.exists() and not out.is_dir():
         raise InputFileError(f"--out {str(out)!r} is a file; expected a folder (it is created)")
+    the_policy = CompressionPolicy.load(policy)
+    the_task, inventory = task_and_inventory(task, data_dir, checkpoint)
+    the_policy.validate_against(inventory, source=f"policy {str(policy)!r}")
 
     with err_console.status("applying policy ..."), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
