@@ -163,7 +163,7 @@ def test_best_policy_loads_strictly_and_matches_the_trial(int8_run, digits_task)
     trial = study.trials[summary.best_trial]
     assert policy.layers == CompressionPolicy.from_dict(trial.user_attrs["policy"]).layers
     assert policy.model == {"inventory_sha256": inventory.sha256, "task": "digits"}
-    assert policy.budget["spec"] == BUDGET and policy.budget["target"] == TARGET
+    assert policy.budget["text"] == BUDGET and policy.budget["target"] == TARGET
     m = policy.metrics
     assert m["measured_latency_ms"] == summary.measured_latency_ms
     assert m["macs"] == analytic_costs(policy, inventory).macs == trial.user_attrs["macs"]

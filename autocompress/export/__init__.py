@@ -194,7 +194,8 @@ def export_results(
 
     # ---- best_policy.json: the policy with its budget, measured metrics and provenance ------
     final = policy.model_copy(update={
-        "budget": {"spec": summary.budget, "target": tgt.name, "limits": summary.budget_limits},
+        # The same section Budget.to_dict writes on every trial's policy (text, limits, target).
+        "budget": {"text": summary.budget, "limits": summary.budget_limits, "target": tgt.name},
         "metrics": {
             **(policy.metrics or {}),
             "metric": summary.best_metric,
