@@ -147,6 +147,13 @@ def pareto_figure(
             x=[base_x], y=[baseline["metric"]], mode="markers", name="uncompressed baseline",
             marker={"color": "black", "symbol": "star", "size": 14},
         ))
+        fresh = _num(summary.get("baseline_latency_ms"))
+        if key == "predicted_latency_ms" and fresh is not None:
+            fig.add_trace(go.Scatter(
+                x=[fresh], y=[baseline["metric"]], mode="markers",
+                name="uncompressed, re-measured after export",
+                marker={"color": "black", "symbol": "star-open", "size": 14},
+            ))
     if best is not None:
         px = _num(best.user_attrs.get(key))
         fig.add_trace(go.Scatter(
@@ -163,13 +170,18 @@ def pareto_figure(
                 marker={"color": "#ff7f0e", "symbol": "diamond-open", "size": 16,
                         "line": {"width": 2}},
             ))
-    limit = _budget_limit(key, summary)
-    if limit is not None:
-        fig.add_vline(
-            x=limit, line_dash="dash", line_color="#d62728",
-            annotation_text=f"budget {summary.get('budget') or ''}".strip(),
-            annotation_position="top left",
-        )
+    # The search checked predictions against its own baseline measurement; the export
+    # checks the re-measured model against a fresh one. Both lines are drawn when they differ.
+    text = summary.get("budget") or study.user_attrs.get("autocompress", {}).get("budget") or ""
+    searched = _budget_limit(key, summary.get("budget_limits_study") or _study_limits(study))
+    fresh_limit = _budget_limit(key, summary.get("budget_limits") or {})
+    if searched is not None:
+        fig.add_vline(x=searched, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"budget {text}", annotation_position="top left")
+    if fresh_limit is not None and (searched is None or abs(fresh_limit - searched) > 0.01 * searched):
+        fig.add_vline(x=fresh_limit, line_dash="dot", line_color="#ff7f0e",
+                      annotation_text="budget vs re-measured baseline",
+                      annotation_position="bottom right")
     fig.update_layout(
         title=TITLES["pareto-plot"] if key == "predicted_latency_ms"
         else "Pareto front: metric vs MACs",
@@ -366,9 +378,27 @@ def _best_trial(
     return pick_best(study, trials)
 
 
-def _budget_limit(key: str, summary: Mapping[str, Any]) -> float | None:
-    """The budget limit on the plotted cost axis, from the summary's resolved limits."""
-    limits = summary.get("budget_limits") or {}
+def _study_limits(study: optuna.Study) -> dict[str, float]:
+    """Absolute budget limits from the study alone: its budget string and baseline costs."""
+    from autocompress.cost import Costs, parse_budget
+
+    text = study.user_attrs.get("autocompress", {}).get("budget")
+    base = study.user_attrs.get("baseline", {})
+    if not text:
+        return {}
+    try:
+        baseline = Costs(
+            macs=int(base.get("macs") or 0), bops=int(base.get("bops") or 0),
+            params=int(base.get("params") or 0), size_bytes=int(base.get("size_bytes") or 0),
+            latency_ms=_num(base.get("latency_ms")),
+        )
+        return parse_budget(text).limits(baseline)
+    except Exception:  # a relative clause whose baseline is missing: no line, not no report
+        return {}
+
+
+def _budget_limit(key: str, limits: Mapping[str, Any]) -> float | None:
+    """The limit on the plotted cost axis from resolved limits (``Budget.limits`` names)."""
     # Budget.limits() names clauses by budget metric ("latency", "macs", ...).
     wanted = ("latency", "latency_ms") if key == "predicted_latency_ms" else (key,)
     for name in wanted:

@@ -222,6 +222,7 @@ def test_meets_budget_uses_the_fresh_measurement(digits_task, tmp_path: Path):
     assert summary.meets_budget_basis == "measured"
     assert summary.violations["latency"] == pytest.approx(summary.measured_latency_ms / 0.001 - 1)
     assert summary.budget_limits == {"latency": pytest.approx(0.001)}
+    assert summary.budget_limits_study == {"latency": pytest.approx(0.001)}  # absolute: same
     assert json.loads((out / "summary.json").read_text())["meets_budget"] is False
     assert not summary.finetuned and summary.finetune_steps == 0
 

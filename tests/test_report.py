@@ -76,8 +76,24 @@ def test_pareto_figure_traces_and_budget_line(study: optuna.Study):
     feasible = fig.data[0]
     assert sorted(feasible.y) == sorted(t.user_attrs["metric"] for t in study.trials[:2])
     line = [s for s in fig.layout.shapes if s.type == "line"]
-    assert line and line[0].x0 == pytest.approx(summ["budget_limits"]["latency"])
+    assert len(line) == 1  # search and export limits agree here: one line
+    assert line[0].x0 == pytest.approx(summ["budget_limits"]["latency"])
     assert fig.layout.xaxis.title.text == "latency (ms, predicted)"
+
+
+def test_budget_lines_from_the_study_and_the_fresh_baseline(study: optuna.Study):
+    """Without a summary the line comes from the study; a fresh baseline adds a second one."""
+    base_ms = study.user_attrs["baseline"]["latency_ms"]
+    fig = pareto_figure(study, study.trials, {}, pick_best(study))
+    lines = [s.x0 for s in fig.layout.shapes if s.type == "line"]
+    assert lines == [pytest.approx(0.8 * base_ms)]  # "latency<=0.8x" of the study's baseline
+    summ = {**_summary(study), "baseline_latency_ms": 2 * base_ms,
+            "budget_limits": {"latency": 1.6 * base_ms}}
+    fig = pareto_figure(study, study.trials, summ, pick_best(study))
+    lines = [s.x0 for s in fig.layout.shapes if s.type == "line"]
+    assert lines == [pytest.approx(0.8 * base_ms), pytest.approx(1.6 * base_ms)]
+    names = [t.name for t in fig.data]
+    assert "uncompressed, re-measured after export" in names
 
 
 def test_policy_figure_shows_the_best_policy(study: optuna.Study):

@@ -127,7 +127,7 @@ def export_results(
             f"no trial met the budget {summary.budget!r} ({summary.n_complete} complete trials); "
             "loosen the budget, widen the space or run more trials"
         )
-        summary.budget_limits = _budget_limits(
+        summary.budget_limits_study = _budget_limits(
             bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
         )
         return _finish(study, out, summary, write_report)
@@ -186,6 +186,9 @@ def export_results(
     summary.meets_budget = bool(ok)
     summary.violations = {str(k): float(v) for k, v in dict(violations).items()}
     summary.budget_limits = _budget_limits(bud, baseline_costs.with_latency(base_latency))
+    summary.budget_limits_study = _budget_limits(
+        bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
+    )
     if not ok:
         summary.notes.append(
             f"trial {best.number} was predicted feasible but the exported model misses the "

@@ -19,6 +19,11 @@ class ExportSummary:
     ``meets_budget`` checks the analytic costs of the best policy and its
     re-measured latency against the budget (``meets_budget_basis`` says
     "measured", or "predicted" when export ran with ``measure=False``).
+    ``budget_limits`` are the absolute limits per budget metric against the fresh
+    baseline (what ``meets_budget`` uses); ``budget_limits_study`` against the
+    baseline the search measured (what the trials' predictions were checked against).
+    ``best_metric`` is scored on the trials' fixed validation subset (comparable
+    with ``trial_metric``); ``best_metric_full_val`` on the whole validation data.
 
     >>> s = ExportSummary(metric_name="accuracy", budget="latency<=0.5x", target="ort-cpu-2t-b64")
     >>> s.to_dict()["best_trial"] is None and s.meets_budget is False
@@ -46,6 +51,7 @@ class ExportSummary:
     meets_budget_basis: str = "measured"
     violations: dict[str, float] = field(default_factory=dict)
     budget_limits: dict[str, float] = field(default_factory=dict)
+    budget_limits_study: dict[str, float] = field(default_factory=dict)
     macs: int | None = None
     bops: int | None = None
     params: int | None = None
