@@ -16,19 +16,24 @@ from autocompress.cost.analytic import (
 )
 from autocompress.cost.budget import Budget, Clause, parse_budget
 from autocompress.cost.latency import LatencyStats, env_fingerprint, measure_latency
+from autocompress.cost.lut import LatencyLUT, Prediction, default_lut_path, macs_model_ms
 from autocompress.cost.target import Target, parse_target
 
 __all__ = [
     "Budget",
     "Clause",
     "Costs",
+    "LatencyLUT",
     "LatencyStats",
     "LayerCost",
     "LayerShape",
+    "Prediction",
     "Target",
     "analytic_costs",
     "compressed_shapes",
+    "default_lut_path",
     "env_fingerprint",
+    "macs_model_ms",
     "measure_latency",
     "parse_budget",
     "parse_target",

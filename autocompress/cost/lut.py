@@ -4,8 +4,11 @@ Each compressible layer is measured alone, built with the shape
 ``apply_policy`` gives it (pruned input/output channels, the two low-rank
 factors, the 8-bit input fake-quantiser that exports to
 QuantizeLinear/DequantizeLinear), at the target's batch, in the target's
-runtime. Weight bits and sparsity do not enter the key: ``apply_policy``
-bakes them into float weights, so a dense runtime runs them at fp32 speed.
+runtime. Sparsity and weight bits alone do not enter the key: ``apply_policy``
+bakes them into float weights, so a dense runtime runs them at fp32 speed;
+only 8-bit inputs do (a QuantizeLinear/DequantizeLinear pair on the input),
+and 8-bit inputs with quantised weights (int8 weight QDQ, which ONNX Runtime
+may run as an integer kernel).
 Nothing is assumed about speed-ups: an int8 QDQ layer costs what it
 measures, slower or faster.
 
@@ -94,7 +97,7 @@ def layer_key(shape: LayerShape, batch: int) -> str:
     >>> from autocompress.cost.analytic import LayerShape
     >>> s = LayerShape("c", "Conv2d", 32, 64, (3, 3), (1, 1), 1, (1, 32, 8, 8), (1, 64, 8, 8), True)
     >>> layer_key(s, 64)
-    'Conv2d|in=32|out=64|k=3x3|s=1x1|p=1x1|g=1|x=8x8|b=64|r=0|a=32|bias=1'
+    'Conv2d|in=32|out=64|k=3x3|s=1x1|p=1x1|g=1|x=8x8|b=64|r=0|a=32|w=32|bias=1'
     """
     kh, kw = shape.kernel_size
     if shape.kind == "Linear":
@@ -105,8 +108,9 @@ def layer_key(shape: LayerShape, batch: int) -> str:
         geom = (f"k={kh}x{kw}|s={shape.stride[0]}x{shape.stride[1]}|p={ph}x{pw}|g={shape.groups}|"
                 f"x={shape.input_shape[2]}x{shape.input_shape[3]}")
     act = 8 if shape.act_bits == 8 else 32
+    w = 8 if int8_weights(shape) else 32
     return (f"{shape.kind}|in={shape.in_channels}|out={shape.out_channels}|{geom}|b={batch}|"
-            f"r={shape.rank or 0}|a={act}|bias={int(shape.has_bias)}")
+            f"r={shape.rank or 0}|a={act}|w={w}|bias={int(shape.has_bias)}")
 
 
 def _conv_padding(shape: LayerShape) -> tuple[int, int]:
@@ -116,32 +120,49 @@ def _conv_padding(shape: LayerShape) -> tuple[int, int]:
             _padding(kw, sw, shape.input_shape[3], shape.output_shape[3]))
 
 
+def int8_weights(shape: LayerShape) -> bool:
+    """True when ``apply_policy`` exports the layer's weight as int8 QDQ too.
+
+    That is a layer with 2..8-bit weights *and* 8-bit inputs: ONNX Runtime may
+    then run an integer kernel, a different cost from the float one.
+    """
+    return shape.act_bits == 8 and 2 <= shape.weight_bits <= 8
+
+
 def layer_module(shape: LayerShape) -> nn.Module:
     """A module with exactly the shape and structure ``apply_policy`` gives this layer.
 
-    Dense layer, or ``Sequential(first, second)`` low-rank factors, behind an
-    ``ActFakeQuant`` (QuantizeLinear/DequantizeLinear in ONNX) for ``act_bits`` 8.
+    The dense layer or ``Sequential(first, second)`` low-rank factors; for
+    ``act_bits`` 8 behind an ``ActFakeQuant`` (QuantizeLinear/DequantizeLinear in
+    ONNX), with the first weight exported as int8 QDQ when the weights are
+    quantised too (as :mod:`autocompress.methods.quantize` does).
     """
-    from autocompress.methods.quantize import ActFakeQuant
+    from autocompress.methods.quantize import ActFakeQuant, attach_weight_qdq, weight_scale
 
     cin, cout, r = shape.in_channels, shape.out_channels, shape.rank
     core: nn.Module
+    first: nn.Conv2d | nn.Linear
     if shape.kind == "Linear":
         if r is None:
-            core = nn.Linear(cin, cout, bias=shape.has_bias)
+            core = first = nn.Linear(cin, cout, bias=shape.has_bias)
         else:
-            core = nn.Sequential(nn.Linear(cin, r, bias=False), nn.Linear(r, cout, bias=shape.has_bias))
+            first = nn.Linear(cin, r, bias=False)
+            core = nn.Sequential(first, nn.Linear(r, cout, bias=shape.has_bias))
     else:
         pad = _conv_padding(shape)
         if r is None:
-            core = nn.Conv2d(cin, cout, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
-                             groups=shape.groups, bias=shape.has_bias)
-        else:
-            core = nn.Sequential(
-                nn.Conv2d(cin, r, shape.kernel_size, shape.stride, pad, bias=False),  # type: ignore[arg-type]
-                nn.Conv2d(r, cout, 1, bias=shape.has_bias),
+            core = first = nn.Conv2d(
+                cin, cout, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
+                groups=shape.groups, bias=shape.has_bias,
             )
+        else:
+            first = nn.Conv2d(cin, r, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
+                              bias=False)
+            core = nn.Sequential(first, nn.Conv2d(r, cout, 1, bias=shape.has_bias))
     if shape.act_bits == 8:
+        if int8_weights(shape):
+            with torch.no_grad():
+                attach_weight_qdq(first, weight_scale(first.weight, shape.weight_bits))
         core = nn.Sequential(ActFakeQuant(scale=0.02, zero_point=128), core)
     return core.eval()
 

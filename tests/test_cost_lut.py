@@ -1,0 +1,131 @@
+"""The per-layer latency table: measures what apply_policy builds, caches it by target
+fingerprint in one JSON file, and learns (never assumes) what 8-bit QDQ costs."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from autocompress.cost import LatencyLUT, compressed_shapes, parse_target
+from autocompress.cost.lut import layer_key, layer_module
+from autocompress.errors import InputFileError, TargetError
+from autocompress.inventory import build_inventory
+from autocompress.methods import apply_policy
+from autocompress.models import DigitsCNN
+from autocompress.policy import CompressionPolicy, LayerPolicy
+from autocompress.runtime.onnx import export_onnx
+
+pytestmark = pytest.mark.filterwarnings("ignore::autocompress.methods.LowRankSkipped")
+
+X = torch.zeros(1, 1, 8, 8)
+FAST = "torch-1t-b4"
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    return model, build_inventory(model, X)
+
+
+def _structure(module: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(type(m).__name__, tuple(m.weight.shape) if hasattr(m, "weight") else ())
+            for m in module.modules() if not isinstance(m, nn.Sequential)]
+
+
+@pytest.mark.parametrize(
+    "lp",
+    [LayerPolicy(prune=0.5), LayerPolicy(rank=8), LayerPolicy(act_bits=8),
+     LayerPolicy(rank=8, bits=4, act_bits=8), LayerPolicy(bits=6, act_bits=8, sparsity=0.5)],
+)
+def test_layer_module_has_the_structure_apply_policy_builds(cnn, lp):
+    model, inv = cnn
+    policy = CompressionPolicy(layers={"features.2": lp, "features.0": LayerPolicy(prune=0.25)})
+    small = apply_policy(model, policy, X, inventory=inv)
+    for shape in compressed_shapes(policy, inv):
+        built = small.get_submodule(shape.fqn)
+        assert _structure(layer_module(shape)) == _structure(built), shape.fqn
+
+
+def test_caching_counts_measurements_and_reuses_the_file(cnn, tmp_path):
+    model, inv = cnn
+    path = tmp_path / "latency_lut.json"
+    policy = CompressionPolicy(layers={"features.0": LayerPolicy(prune=0.5)})
+    lut = LatencyLUT(path, parse_target(FAST))
+    first = lut.predict(policy, inv, model, X)
+    n_layers, n_models = lut.measured, lut.model_measurements
+    assert first > 0 and n_layers >= len(inv) and n_models == 2
+    assert lut.predict(policy, inv, model, X) == first and lut.measured == n_layers  # cache hit
+
+    again = LatencyLUT(path, parse_target(FAST))  # a new process would do the same
+    assert again.predict(policy, inv) == first  # remainder cached: model not even needed
+    assert again.measured == 0 and again.model_measurements == 0
+
+    other = LatencyLUT(path, parse_target("torch-1t-b2"))  # other fingerprint: its own entries
+    other.predict(policy, inv, model, X)
+    assert other.measured >= len(inv)
+    data = json.loads(path.read_text())
+    assert data["format"] == "autocompress.latency_lut"
+    assert set(data["targets"]) == {lut.key, other.key} and lut.key != other.key
+    for entry in data["targets"].values():
+        assert entry["env"]["cpu"] and entry["layers"] and entry["models"]
+
+
+def test_weight_bits_and_sparsity_share_the_float_entry_but_act8_is_measured(cnn):
+    model, inv = cnn
+    lut = LatencyLUT(None, parse_target(FAST))
+    lut.predict(None, inv, model, X)
+    base = lut.measured
+    lut.predict(CompressionPolicy(layers={"features.2": LayerPolicy(bits=4, sparsity=0.7)}), inv)
+    assert lut.measured == base  # baked into float weights: the float entry serves
+    act8 = CompressionPolicy(layers={"features.2": LayerPolicy(act_bits=8)})
+    pred = lut.predict_breakdown(act8, inv)
+    assert lut.measured == base + 1  # the QDQ variant is measured, not derived
+    shape = compressed_shapes(act8, inv)[1]
+    key = layer_key(shape, 4)
+    assert "|a=8|" in key and key in lut.entries
+    # the prediction is what was measured for the QDQ layer, speed-up or not
+    assert pred.layers_ms["features.2"] == lut.entries[key]["ms"]
+    full = lut.predict_breakdown(None, inv)
+    assert pred.latency_ms - full.latency_ms == pytest.approx(
+        lut.entries[key]["ms"] - full.layers_ms["features.2"]
+    )
+
+
+def test_ort_layer_module_exports_qdq(cnn):
+    _model, inv = cnn
+    policy = CompressionPolicy(layers={"features.2": LayerPolicy(act_bits=8, bits=8)})
+    shape = compressed_shapes(policy, inv)[1]
+    graph = onnx.load_from_string(export_onnx(layer_module(shape), torch.zeros(1, 32, 8, 8)))
+    ops = [n.op_type for n in graph.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "Conv" in ops
+    assert "|w=8|" in layer_key(shape, 1)
+
+
+def test_ort_predict_is_positive_and_sums_parts(cnn, tmp_path):
+    model, inv = cnn
+    lut = LatencyLUT(tmp_path / "lut.json", parse_target("ort-1t-b4"))
+    p = lut.predict_breakdown(CompressionPolicy(layers={"features.2": LayerPolicy(rank=8)}), inv,
+                              model, X)
+    assert p.latency_ms == pytest.approx(sum(p.layers_ms.values()) + p.remainder_ms)
+    assert all(v > 0 for v in p.layers_ms.values())
+    table = lut.layer_table(inv)
+    assert [r["fqn"] for r in table] == inv.fqns
+    assert sum(r["share"] for r in table) == pytest.approx(1.0)
+    assert table[1]["macs"] == inv["features.2"].macs * 4  # at the target batch
+
+
+def test_lut_errors(cnn, tmp_path):
+    _model, inv = cnn
+    with pytest.raises(TargetError, match="no batch size"):
+        LatencyLUT(None, parse_target("torch"))
+    with pytest.raises(TargetError, match="no whole-model measurement"):
+        LatencyLUT(None, parse_target(FAST)).predict(None, inv)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputFileError, match="delete it to rebuild"):
+        LatencyLUT(bad, parse_target(FAST))
