@@ -259,3 +259,20 @@ def test_trials_csv_flattens_user_attrs(int8_run):
     pareto = pd.read_csv(root / "pareto.csv")
     assert sorted(pareto["number"]) == [0, 1]
     assert pareto["predicted_latency_ms"].is_monotonic_increasing
+
+
+def test_pareto_mode_without_measurement(digits_task, tmp_path: Path):
+    """Two objectives (metric, latency): the pick is the best metric on Optuna's front;
+    with measure=False, meets_budget rests on the predicted latency and says so."""
+    study = build_study(tmp_path / "study.log", digits_task, FLOAT_POLICIES + INT8_POLICIES[:2],
+                        directions=("maximize", "minimize"), extra_pruned=False)
+    summary = export_results(study, digits_task, tmp_path / "out", target=TARGET, budget=BUDGET,
+                             measure=False, finetune=0)
+    front = {t.number for t in study.best_trials}
+    feasible = [t for t in study.trials if t.user_attrs["feasible"]]
+    best = max(feasible, key=lambda t: (t.user_attrs["metric"], -t.user_attrs["predicted_latency_ms"]))
+    assert summary.best_trial == best.number and best.number in front
+    assert summary.measured_latency_ms is None and summary.baseline_latency_ms is None
+    assert summary.meets_budget_basis == "predicted"
+    assert summary.meets_budget is True  # predicted feasible under the study's own baseline
+    assert set(pd.read_csv(tmp_path / "out" / "pareto.csv")["number"]) == front
