@@ -214,9 +214,12 @@ def test_method_contract(method: str, model_name: str) -> None:
     # the input model is untouched
     assert repr(model) == before_repr
     assert all(torch.equal(before_state[k], v) for k, v in model.state_dict().items())
-    # and the result exports and runs in ONNX Runtime, agreeing with PyTorch
+    # and the result exports and runs in ONNX Runtime, agreeing with PyTorch (8-bit inputs run
+    # as integer kernels there, whose re-quantised outputs may move a value by a rounding step)
     got = run_onnx(export_onnx(small, x), xb.numpy())
-    assert np.abs(got - out.numpy()).max() <= 1e-3 * max(1.0, float(out.abs().max()))
+    top = float(out.abs().max())
+    bound = 2e-2 * top if method in ("quantize", "combined") else 1e-4 * max(1.0, top)
+    assert np.abs(got - out.numpy()).max() <= bound
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))

@@ -28,7 +28,11 @@ from autocompress.policy import CompressionPolicy
 from autocompress.runtime.onnx import export_onnx, run_onnx
 from autocompress.tasks import Task
 
-ONNX_TOLERANCE = 1e-3  # relative to the largest |output|; fake-quant rounding may flip a step
+# Relative to the largest |output|. With 8-bit activations ONNX Runtime runs the layers as
+# integer kernels that re-quantise their outputs, so a value on a rounding edge can move by
+# one step and a few such steps add up (measured: 0.3-0.5% on digits and ResNet-20).
+FLOAT_TOLERANCE = 1e-4
+INT8_TOLERANCE = 2e-2
 
 
 def _calibration(task: Task, batches: int) -> list[torch.Tensor] | None:
@@ -132,11 +136,16 @@ def apply(
         x = the_task.example_input
         before = _metrics(the_task, the_task.model, model_stats(the_task.model, x))
         after = _metrics(the_task, small, model_stats(small, x, the_policy))
-    agrees = diff <= ONNX_TOLERANCE * max(1.0, scale)
+    int8 = any(lp.act_bits == 8 for lp in the_policy.layers.values())
+    agrees = diff <= (INT8_TOLERANCE * scale if int8 else FLOAT_TOLERANCE * max(1.0, scale))
     if not agrees:
+        hint = (
+            "; ONNX Runtime's uint8 x int8 kernels can saturate with 8-bit weights on CPUs "
+            "without VNNI: 7 bits or fewer avoid it" if int8 else ""
+        )
         err_console.print(
             f"[yellow]warning:[/] ONNX Runtime differs from PyTorch by up to {diff:.3g} "
-            f"(outputs up to {scale:.3g})", highlight=False,
+            f"(outputs up to {scale:.3g}){hint}", highlight=False, soft_wrap=True,
         )
 
     report = {
