@@ -276,3 +276,20 @@ def test_pareto_mode_without_measurement(digits_task, tmp_path: Path):
     assert summary.meets_budget_basis == "predicted"
     assert summary.meets_budget is True  # predicted feasible under the study's own baseline
     assert set(pd.read_csv(tmp_path / "out" / "pareto.csv")["number"]) == front
+
+
+def test_autocompress_apply_reproduces_the_exported_costs(int8_run, tmp_path: Path, capsys):
+    """`autocompress apply` of best_policy.json builds the model with the summary's costs."""
+    from autocompress.cli.app import main
+
+    _study, summary, root = int8_run
+    code = main(["apply", "--policy", str(root / "best_policy.json"), "--out",
+                 str(tmp_path / "applied"), "--format", "json"])
+    assert code == 0
+    after = json.loads(capsys.readouterr().out)["after"]
+    assert (after["macs"], after["params"], after["size_bytes"]) == (
+        summary.macs, summary.params, summary.size_bytes)
+    # and the same structure as the exported model (apply does not fine-tune: weights differ)
+    exported = torch.load(root / "model_best.pt", weights_only=False)
+    applied = torch.load(tmp_path / "applied" / "model.pt", weights_only=False)
+    assert [p.shape for p in exported.parameters()] == [p.shape for p in applied.parameters()]
