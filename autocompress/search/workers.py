@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import (
@@ -42,6 +43,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autocompress.cost import Budget, Target
+    from autocompress.cost.lut import LatencyLUT
+    from autocompress.inventory import LayerInventory
+    from autocompress.search.config import SearchConfig
+    from autocompress.search.objective import Objective
+    from autocompress.space import ResolvedSpace
+    from autocompress.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,26 @@ def is_rdb_url(storage: str | Path) -> bool:
         return False
     scheme = text.split("://", 1)[0].split("+", 1)[0].lower()
     return scheme in RDB_SCHEMES
+
+
+def normalize_url(url: str) -> str:
+    """``url`` with a PostgreSQL driver SQLAlchemy can import.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; autocompress depends
+    on psycopg2, so a bare URL gets ``+psycopg2`` when psycopg 3 is not installed
+    (``postgres://``, as Heroku-style URLs spell it, is accepted too).
+
+    >>> normalize_url("sqlite:///x.db")
+    'sqlite:///x.db'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
 
 
 def open_storage(
@@ -106,11 +136,13 @@ def open_storage(
         )
     grace = grace_period if grace_period is not None else (
         3 * heartbeat_interval if heartbeat_interval else None)
-    callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                if heartbeat_interval else None)
+    with warnings.catch_warnings():  # "experimental since 2.8": stable for years, not news
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+                    if heartbeat_interval else None)
     try:
         return RDBStorage(
-            text,
+            normalize_url(text),
             # pool_pre_ping: a worker that idles while others finish must not die on a
             # connection the server (or a proxy) closed meanwhile.
             engine_kwargs={"pool_pre_ping": True} if not text.startswith("sqlite") else None,
@@ -243,7 +275,9 @@ def retried_trials(study: optuna.Study) -> dict[int, int]:
     """``{trial number: number of the dead trial it re-runs}`` for every retry in the study."""
     out: dict[int, int] = {}
     for t in study.get_trials(deepcopy=False):
-        original = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            original = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
         if original is not None:
             out[t.number] = int(original)
     return out
@@ -262,3 +296,253 @@ def _redact(url: str) -> str:
     if ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
     return f"{scheme}://{creds}@{host}"
+
+
+# ---------------------------------------------------------------- one run's fixed parts
+@dataclass
+class PreparedRun:
+    """Everything fixed for one search run, before any trial: what every backend and worker shares.
+
+    ``study`` holds the contract's study attributes (``autocompress``,
+    ``baseline``, ``inventory_sha256``); ``objective`` scores a policy;
+    ``lut`` is the latency table (None when the budget does not limit latency).
+    """
+
+    config: SearchConfig
+    task: Task
+    inventory: LayerInventory
+    space: ResolvedSpace
+    budget: Budget
+    target: Target
+    study: optuna.Study
+    created: bool
+    objective: Objective
+    lut: LatencyLUT | None
+    where: str
+
+    @property
+    def out(self) -> Path:
+        return self.config.out_dir
+
+
+def prepare_run(
+    cfg: SearchConfig,
+    task: Task | None = None,
+    storage: BaseStorage | str | None = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> PreparedRun:
+    """Build a run's study, objective and latency table exactly as ``autocompress search`` does.
+
+    The same steps as :func:`autocompress.search.api.run` before its trial
+    loop (run files, study with the contract's attributes, baseline measured
+    once per study, latency table, :class:`~autocompress.search.objective.Objective`),
+    reusing its pieces, so a worker or the Ray backend scores candidates the
+    same way. ``storage``: an opened storage (e.g. :func:`open_storage` with a
+    heartbeat), a URL, or None for ``cfg.storage`` / the journal file.
+    """
+    from autocompress import __version__
+    from autocompress.cost import parse_budget, parse_target
+    from autocompress.evaluate import FinetuneSettings, val_subset
+    from autocompress.inventory import build_inventory
+    from autocompress.policy import CompressionPolicy
+    from autocompress.search import api
+    from autocompress.search.objective import Objective
+    from autocompress.search.optuna_backend import (
+        STUDY_FILE,
+        make_pruner,
+        make_sampler,
+        open_study,
+        quiet_optuna,
+        storage_for,
+    )
+    from autocompress.space import SearchSpace, default_space
+    from autocompress.tasks import load_task
+
+    quiet_optuna()
+    say = log_fn or log.warning
+    budget = parse_budget(cfg.budget)
+    target0 = parse_target(cfg.target)
+    space = SearchSpace.load(cfg.space) if cfg.space else None
+    if task is None:
+        task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
+    if space is None:
+        space = default_space(task.name)
+    target = target0.with_batch(task.target_batch_size)
+    inventory = build_inventory(task.model, task.example_input)
+    resolved = space.resolve(inventory)
+    cfg = cfg.model_copy(update={"task": task.name, "space": space.source})
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    settings = FinetuneSettings(
+        steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
+        seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
+    )
+    resolved_cfg = {
+        **cfg.model_dump(), "version": __version__, "budget": budget.text,
+        "target": target.name, "space_sha256": space.sha256, "finetune": settings.to_dict(),
+    }
+    api._write_run_files(out, resolved_cfg, target)
+    if storage is None:
+        storage = storage_for(out, cfg.storage)
+        where = cfg.storage or str(out / STUDY_FILE)
+    else:
+        where = _redact(storage) if isinstance(storage, str) else (cfg.storage or "the storage")
+    study, created = open_study(
+        storage, cfg.study_name, api._directions(task, cfg.mode),
+        make_sampler(cfg.strategy, cfg.mode, cfg.seed, cfg.trials),
+        make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
+        resolved_cfg, where,
+    )
+    val_loader = val_subset(task, settings.val_samples)
+    baseline = api._baseline(study, task, inventory, target, val_loader, say)
+    # Workers that created the study at the same moment may each have measured a baseline;
+    # the one stored last is the study's, so every worker judges the budget against it.
+    stored = study.user_attrs.get("baseline") or {}
+    if stored.get("latency_ms") is not None:
+        baseline = baseline.with_latency(float(stored["latency_ms"]))
+
+    lut = None
+    latency_fn = None
+    if budget.needs_latency:
+        from autocompress.cost.lut import LatencyLUT
+
+        lut = LatencyLUT(api._seed_lut(out / api.LUT_FILE), target)
+        latency_fn = lut_latency_fn(lut, inventory, task)
+        latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
+        lut.save()
+    objective = Objective(
+        task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
+        mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
+        budget_section=budget.to_dict(baseline, target.name),
+    )
+    return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
+                       objective, lut, where)
+
+
+def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
+    """``policy -> predicted ms`` from ``lut`` (new layer shapes are measured and saved)."""
+    model, x = task.model, task.example_input
+
+    def latency_fn(policy: Any) -> float:
+        return float(lut.predict(policy, inventory, model, x))
+
+    return latency_fn
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process (recorded on each trial it runs)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def optuna_objective(
+    objective: Objective, provenance: dict[str, Any] | None = None
+) -> Callable[[optuna.Trial], list[float]]:
+    """The :class:`Objective` as a ``study.optimize`` function (heartbeat, stale-trial retry).
+
+    Records what ``autocompress search`` records on a trial (the contract's user
+    attributes, one ``set_constraint`` per budget clause, intermediate metrics
+    for the pruner) and raises :class:`optuna.TrialPruned` for a pruned fine-tune.
+    """
+
+    def fn(trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", worker_id())
+        policy = objective.space.suggest(trial)
+
+        def report(step: int, metric: float) -> bool:
+            trial.report(metric, step)
+            return trial.should_prune()
+
+        prov = {"study": trial.study.study_name, "trial": trial.number, "backend": "optuna",
+                **(provenance or {})}
+        outcome = objective(policy, report=report, provenance=prov)
+        for key, value in outcome.constraints.items():
+            trial.set_constraint(key, float(value))
+        for key, value in outcome.user_attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("pruned", outcome.pruned)
+        if outcome.pruned:
+            raise optuna.TrialPruned()
+        return list(outcome.values)
+
+    return fn
+
+
+# ---------------------------------------------------------------- configuration and export
+def config_from_study(
+    study: optuna.Study,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SearchConfig:
+    """The run configuration for a worker: the study's stored one, else ``config_file``.
+
+    The study remembers the configuration it was created with (its ``autocompress``
+    user attribute), so ``autocompress worker --storage URL --study NAME`` needs no
+    config file to join it; ``config_file`` and ``overrides`` (flags) come on top.
+    """
+    from autocompress.search.config import SearchConfig
+
+    stored = dict(study.user_attrs.get("autocompress") or {})
+    base = {k: v for k, v in stored.items() if k in SearchConfig.model_fields}
+    if config_file is None and not base:
+        raise ConfigError(
+            f"study {study.study_name!r} stores no search configuration; give --config C.yaml "
+            "(the settings of `autocompress search`)"
+        )
+    from autocompress.search.config import load_config_file
+
+    data = {**base, **(load_config_file(config_file) if config_file is not None else {})}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return SearchConfig.build(None, data)
+
+
+def export_shared_study(
+    storage: str | Path,
+    study_name: str,
+    out: str | Path,
+    *,
+    measure: bool = True,
+    data_dir: str | None = None,
+    task: Task | None = None,
+) -> Any:
+    """Write the results folder of a (shared) study: the export of ``autocompress search``.
+
+    The study is copied into ``<out>/study.log`` first (a journal file, so
+    ``autocompress report OUT`` works on the folder), then
+    :func:`autocompress.export.export_results` writes the tables, the best
+    policy and model, ``report.html`` and ``summary.json`` from it. Returns
+    the :class:`~autocompress.export.ExportSummary`.
+    """
+    from autocompress.export import export_results
+    from autocompress.search.optuna_backend import STUDY_FILE, quiet_optuna
+    from autocompress.tasks import load_task
+
+    quiet_optuna()
+    src = open_storage(storage, heartbeat_interval=None)
+    study = load_shared_study(src, study_name)
+    cfg: dict[str, Any] = dict(study.user_attrs.get("autocompress") or {})
+    if not cfg.get("task") and task is None:
+        raise ConfigError(
+            f"study {study_name!r} stores no search configuration (no task); it was not made by "
+            "`autocompress search` or `autocompress worker`"
+        )
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / STUDY_FILE
+    if str(Path(str(storage)).resolve()) != str(log_path.resolve()):
+        if log_path.exists():
+            log_path.unlink()  # a fresh copy: the shared study is the truth
+        dst = JournalStorage(JournalFileBackend(str(log_path)))
+        optuna.copy_study(from_study_name=study_name, from_storage=src, to_storage=dst,
+                          to_study_name=study_name)
+        study = optuna.load_study(study_name=study_name, storage=dst)
+    if task is None:
+        task = load_task(cfg["task"], data_dir=data_dir or cfg.get("data_dir"),
+                         checkpoint=cfg.get("checkpoint"))
+    lut = out_dir / "latency_lut.json"
+    return export_results(
+        study, task, out_dir, target=cfg.get("target", "ort"), budget=cfg["budget"],
+        lut_path=lut if lut.is_file() else None, measure=measure,
+    )

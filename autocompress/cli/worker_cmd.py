@@ -1,0 +1,118 @@
+"""``autocompress worker``: one of any number of processes filling a shared Optuna study.
+
+Start as many as you like, on any machines that reach the database::
+
+    autocompress worker --config search.yaml --storage postgresql://u:p@db/ac --study digits
+
+Each trial sends a heartbeat; a trial whose worker died (killed, preempted) is
+marked FAIL after the grace period and re-run by another worker with the same
+parameters (Optuna's RetryHeartbeatStaleTrialCallback). Workers stop when the
+study holds ``--trials`` finished trials. ``autocompress export`` then writes
+the results folder.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from autocompress.cli.app import app, console, err_console
+
+
+@app.command()
+def worker(
+    storage: str = typer.Option(
+        ..., "--storage",
+        help="Optuna storage URL shared by all workers, e.g. postgresql://user:pass@host:5432/db"),
+    study: str = typer.Option("autocompress", "--study", help="study name"),
+    config: str = typer.Option(
+        None, "--config", "-c",
+        help="search settings YAML (as for `autocompress search`); needed to create the study, "
+             "optional to join it (the study stores its configuration)"),
+    trials: int = typer.Option(
+        None, "--trials", "-n", help="total finished trials the study should hold [default: config]"),
+    max_trials: int = typer.Option(
+        None, "--max-trials", help="stop after this worker ran this many trials"),
+    out: str = typer.Option(
+        None, "--out", "-o",
+        help="local folder for this worker's run files and latency table [default: config]"),
+    data_dir: str = typer.Option(None, "--data-dir", help="dataset folder on this machine"),
+    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between trial heartbeats"),
+    grace: int = typer.Option(
+        None, "--grace", help="seconds without a heartbeat before a trial counts as dead "
+        "[default: 3 heartbeats]"),
+    max_retry: int = typer.Option(3, "--max-retry", help="re-runs of one dead trial"),
+    poll: float = typer.Option(
+        2.0, "--poll", help="seconds between looks while the last trials run elsewhere"),
+    init_only: bool = typer.Option(
+        False, "--init-only",
+        help="create the study (configuration, baseline latency) and exit; run this once "
+             "before starting many workers at the same moment"),
+) -> None:
+    """Run trials of a shared study (RDB storage) until it holds --trials finished trials."""
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from autocompress.errors import ConfigError
+    from autocompress.search.config import SearchConfig
+    from autocompress.search.workers import (
+        config_from_study,
+        is_rdb_url,
+        load_shared_study,
+        open_storage,
+        optuna_objective,
+        prepare_run,
+        run_worker,
+        worker_id,
+    )
+
+    if not is_rdb_url(storage):
+        err_console.print(
+            "warning: a journal-file storage has no heartbeat: a trial of a killed worker "
+            "stays RUNNING and is not retried", highlight=False)
+    st = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace,
+                      max_retry=max_retry)
+    overrides = {"storage": storage, "study_name": study, "trials": trials, "out": out,
+                 "data_dir": data_dir, "export": False}
+    try:
+        existing = load_shared_study(st, study)
+    except ConfigError:  # not there yet: this worker creates it from --config
+        existing = None
+    if existing is not None:
+        cfg = config_from_study(existing, config, overrides)
+    elif config is None:
+        raise ConfigError(
+            f"study {study!r} does not exist yet and no --config was given; pass --config "
+            "C.yaml (search settings) so this worker can create it"
+        )
+    else:
+        cfg = SearchConfig.build(config, overrides)
+    if cfg.strategy in ("uniform", "greedy"):
+        raise ConfigError(
+            f"strategy {cfg.strategy!r} is a baseline that plans its candidates in one process; "
+            "run it with `autocompress search`, or give workers tpe, nsga2 or random"
+        )
+
+    def say(msg: str) -> None:
+        err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
+
+    prep = prepare_run(cfg, storage=st, log_fn=say)
+    if init_only:
+        console.print(f"study {study!r} ready ({'created' if prep.created else 'exists'}); "
+                      f"{len(prep.study.trials)} trials so far", highlight=False)
+        return
+    me = worker_id()
+    say(f"worker {me}: study {study!r}, {cfg.trials} trials wanted")
+
+    def done(_study: optuna.Study, trial: FrozenTrial) -> None:
+        say(f"worker {me}: trial {trial.number} {trial.state.name} values {trial.values}")
+
+    result = run_worker(
+        prep.study, optuna_objective(prep.objective, {"worker": me}), cfg.trials,
+        poll_s=poll, max_trials=max_trials, callbacks=[done],
+    )
+    p = result.progress
+    console.print(
+        f"worker {me}: ran {result.trials_run} trials in {result.seconds:.0f} s; study "
+        f"{study!r} has {p.finished} finished, {p.running} running, {p.failed} failed",
+        highlight=False,
+    )
