@@ -161,9 +161,17 @@ def export_results(
         batches = calibration_batches(
             task.train_loader, task.example_input, tgt.require_batch()
         )
-        export_int8(model, task.example_input, int8_path, batches)
-        summary.int8_metric = onnx_metric(task, int8_path, tgt.threads)
-        summary.files["model_int8_onnx"] = FILES["model_int8_onnx"]
+        try:
+            export_int8(model, task.example_input, int8_path, batches)
+            summary.int8_metric = onnx_metric(task, int8_path, tgt.threads)
+            summary.files["model_int8_onnx"] = FILES["model_int8_onnx"]
+        except MethodError as exc:
+            # The float model is the result; an int8 file ONNX Runtime cannot build or run is
+            # left out and said so (summary notes + a warning), never written half-working.
+            int8_path.unlink(missing_ok=True)
+            int8_path = None
+            summary.notes.append(f"no {FILES['model_int8_onnx']}: {exc}")
+            warnings.warn(f"no {FILES['model_int8_onnx']}: {exc}", stacklevel=2)
 
     # ---- fresh measurement: baseline and best in the same session, on the target ------------
     if measure:
@@ -310,7 +318,12 @@ class _OrtModule(nn.Module):
 
 def onnx_metric(task: Task, path: Path, threads: int) -> float:
     """The task metric of an ONNX file run by ONNX Runtime (proves the file runs, and how well)."""
-    value = float(task.evaluate(_OrtModule(path, threads)))
+    try:
+        value = float(task.evaluate(_OrtModule(path, threads)))
+    except Exception as exc:  # ONNX Runtime's own errors: the file does not load or run
+        raise MethodError(
+            f"{path.name} does not run in ONNX Runtime ({type(exc).__name__}: {exc})"
+        ) from exc
     if not math.isfinite(value):
         raise MethodError(f"{path.name}: ONNX Runtime gives a non-finite {task.metric_name}")
     return value
@@ -368,8 +381,8 @@ def _check_batch(task: Task) -> torch.Tensor:
         batch = next(iter(task.val_loader), None)
         if batch is not None:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            return x[:64].float()
-    return task.example_input.float()
+            return x[:64]
+    return task.example_input
 
 
 def _budget_text(given: Any, parsed: Any) -> str:

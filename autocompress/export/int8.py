@@ -76,7 +76,7 @@ def calibration_batches(
     if loader is not None:
         for batch in loader:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            rows.append(torch.as_tensor(x).detach().float().cpu())
+            rows.append(torch.as_tensor(x).detach().cpu())
             if sum(r.shape[0] for r in rows) >= need:
                 break
     if not rows:
@@ -84,7 +84,8 @@ def calibration_batches(
         return [x.contiguous().numpy().astype(np.float32)]
     data = torch.cat(rows)[:need]
     full = max(1, data.shape[0] // batch_size)
-    return [data[i * batch_size:(i + 1) * batch_size].numpy() for i in range(full)]
+    return [data[i * batch_size:(i + 1) * batch_size].numpy().astype(np.float32)
+            for i in range(full)]
 
 
 def strip_fake_quant(model: nn.Module) -> nn.Module:
