@@ -73,14 +73,44 @@ def metric_direction(study: optuna.Study) -> StudyDirection:
     return study.directions[0]
 
 
-def cost_key(trials: Sequence[FrozenTrial]) -> str:
-    """The cost the front is drawn against: predicted latency when every trial has one, else MACs.
+# Budget metric -> the trial user attribute that holds its cost (search contract).
+BUDGET_COST_ATTRS = {
+    "latency": "predicted_latency_ms", "macs": "macs", "bops": "bops", "params": "params",
+    "size": "size_bytes",
+}
+
+
+def budget_cost_key(study: optuna.Study) -> str | None:
+    """The cost the study's budget is about: latency when a clause limits it, else its first.
+
+    That is the second objective of a ``pareto`` study (search contract);
+    None when the study records no (valid) budget.
+    """
+    from autocompress.cost import parse_budget
+    from autocompress.errors import BudgetError
+
+    text = study.user_attrs.get("autocompress", {}).get("budget")
+    if not text:
+        return None
+    try:
+        budget = parse_budget(str(text))
+    except BudgetError:
+        return None
+    metric = "latency" if budget.needs_latency else budget.metrics[0]
+    return BUDGET_COST_ATTRS.get(metric)
+
+
+def cost_key(trials: Sequence[FrozenTrial], preferred: str | None = None) -> str:
+    """The cost the front is drawn against: ``preferred`` (the budget's cost) when every
+    trial has it, else predicted latency when every trial has one, else MACs.
 
     >>> from optuna.trial import create_trial
     >>> cost_key([create_trial(value=1.0, user_attrs={"macs": 10, "predicted_latency_ms": None})])
     'macs'
+    >>> cost_key([create_trial(value=1.0, user_attrs={"macs": 10, "size_bytes": 4})], "size_bytes")
+    'size_bytes'
     """
-    for key in COST_KEYS:
+    for key in ((preferred,) if preferred else ()) + COST_KEYS:
         if trials and all(_number(t.user_attrs.get(key)) is not None for t in trials):
             return key
     return "macs"
@@ -118,13 +148,14 @@ def pareto_front(
     """Feasible non-dominated trials, sorted by cost (cheapest first).
 
     Several objectives (``pareto`` mode): Optuna's :attr:`~optuna.Study.best_trials`.
-    One objective (``constrained`` mode): non-dominated on (metric, :func:`cost_key`).
+    One objective (``constrained`` mode): non-dominated on (metric, :func:`cost_key`), the
+    cost being the one the budget limits (latency first).
     """
     all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
     feasible = feasible_trials(all_trials)
     if not feasible:
         return []
-    key = cost_key(feasible)
+    key = cost_key(feasible, budget_cost_key(study))
     if len(study.directions) > 1 and trials is None:
         # Optuna's own front over the study's objectives; constraints already honoured.
         front = [t for t in study.best_trials if is_feasible(t)]

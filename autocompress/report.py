@@ -32,6 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from autocompress.pareto import (
+    BUDGET_COST_ATTRS,
+    budget_cost_key,
     cost_key,
     feasible_trials,
     is_feasible,
@@ -47,7 +49,10 @@ TITLES = {
     "policy-plot": "Best policy per layer",
     "progress-plot": "Search progress: best feasible metric so far",
 }
-COST_LABELS = {"predicted_latency_ms": "latency (ms, predicted)", "macs": "MACs"}
+COST_LABELS = {
+    "predicted_latency_ms": "latency (ms, predicted)", "macs": "MACs", "bops": "BOPs",
+    "params": "parameters", "size_bytes": "size (bytes)",
+}
 TOP_N = 15
 
 
@@ -109,7 +114,7 @@ def pareto_figure(
 ) -> go.Figure:
     """Metric vs cost: feasible / infeasible trials, the front, budget line, baseline, best."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    key = cost_key(done) if done else "predicted_latency_ms"
+    key = cost_key(done, budget_cost_key(study)) if done else "predicted_latency_ms"
     label = COST_LABELS.get(key, key)
     metric_name = _metric_name(study, summary)
     baseline = study.user_attrs.get("baseline", {})
@@ -141,7 +146,7 @@ def pareto_figure(
             mode="lines+markers", name="Pareto front", line={"color": "#2ca02c", "shape": "hv"},
             marker={"size": 10, "symbol": "circle-open"},
         ))
-    base_x = _num(baseline.get("latency_ms" if key == "predicted_latency_ms" else "macs"))
+    base_x = _num(baseline.get("latency_ms" if key == "predicted_latency_ms" else key))
     if base_x is not None and _num(baseline.get("metric")) is not None:
         fig.add_trace(go.Scatter(
             x=[base_x], y=[baseline["metric"]], mode="markers", name="uncompressed baseline",
@@ -184,7 +189,7 @@ def pareto_figure(
                       annotation_position="bottom right")
     fig.update_layout(
         title=TITLES["pareto-plot"] if key == "predicted_latency_ms"
-        else "Pareto front: metric vs MACs",
+        else f"Pareto front: metric vs {COST_LABELS.get(key, key)}",
         xaxis_title=label, yaxis_title=metric_name, template="plotly_white", height=480,
         legend={"orientation": "h", "y": -0.2},
     )
@@ -400,7 +405,8 @@ def _study_limits(study: optuna.Study) -> dict[str, float]:
 def _budget_limit(key: str, limits: Mapping[str, Any]) -> float | None:
     """The limit on the plotted cost axis from resolved limits (``Budget.limits`` names)."""
     # Budget.limits() names clauses by budget metric ("latency", "macs", ...).
-    wanted = ("latency", "latency_ms") if key == "predicted_latency_ms" else (key,)
+    metric = {attr: m for m, attr in BUDGET_COST_ATTRS.items()}.get(key, key)
+    wanted = (metric, "latency_ms") if metric == "latency" else (metric, key)
     for name in wanted:
         if _num(limits.get(name)) is not None:
             return _num(limits.get(name))

@@ -10,6 +10,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from autocompress.pareto import (
+    budget_cost_key,
     cost_key,
     feasible_trials,
     is_feasible,
@@ -121,3 +122,18 @@ def test_front_survives_reload_from_journal(tmp_path: Path):
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "study.log")))
     again = optuna.load_study(study_name="autocompress", storage=storage)
     assert [t.number for t in pareto_front(again)] == [5, 1, 0, 4]
+
+
+def test_front_is_on_the_cost_the_budget_limits(tmp_path: Path):
+    """A size budget: the front is metric vs size, even when latency predictions exist."""
+    study = _study(tmp_path, ["maximize"])
+    study.set_user_attr("autocompress", {"budget": "size<=50%"})
+    for m, lat, size in [(0.9, 1.0, 300), (0.8, 2.0, 100), (0.7, 0.5, 200)]:
+        study.add_trial(create_trial(value=m, user_attrs={
+            "metric": m, "predicted_latency_ms": lat, "macs": 10, "size_bytes": size,
+            "feasible": True}, constraints={"size": -0.1}))
+    assert budget_cost_key(study) == "size_bytes"
+    assert [t.number for t in pareto_front(study)] == [1, 0]  # 0.7 @ 200 B is dominated
+    study.set_user_attr("autocompress", {"budget": "size<=50%,latency<=2ms"})
+    assert budget_cost_key(study) == "predicted_latency_ms"  # latency first
+    assert [t.number for t in pareto_front(study)] == [2, 0]

@@ -168,3 +168,14 @@ def test_several_studies_need_a_name(tmp_path: Path):
     assert load_run_study(tmp_path, "b").study_name == "b"
     with pytest.raises(InputFileError, match="study 'c' is not in"):
         load_run_study(tmp_path, "c")
+
+
+def test_macs_budget_plots_against_macs(digits_task, tmp_path: Path):
+    study = build_study(tmp_path / "study.log", digits_task, [{"prune": 0.5}, {"prune": 0.0}],
+                        budget="macs<=70%", extra_pruned=False)
+    fig = pareto_figure(study, study.trials, {}, pick_best(study))
+    assert fig.layout.xaxis.title.text == "MACs" and "MACs" in fig.layout.title.text
+    lines = [s.x0 for s in fig.layout.shapes if s.type == "line"]
+    assert lines == [pytest.approx(0.7 * study.user_attrs["baseline"]["macs"])]
+    star = next(t for t in fig.data if t.name == "uncompressed baseline")
+    assert star.x[0] == study.user_attrs["baseline"]["macs"]
