@@ -23,7 +23,9 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from autocompress.errors import MethodError
+from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
+from autocompress.errors import BudgetError, MethodError
+from autocompress.evaluate import FinetuneSettings, compress_and_score
 from autocompress.export.int8 import calibration_batches, export_int8, needs_int8
 from autocompress.export.results import (
     pareto_frame,
@@ -37,6 +39,7 @@ from autocompress.export.summary import ExportSummary
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.pareto import feasible_trials, pick_best, trial_metric
 from autocompress.policy import CompressionPolicy
+from autocompress.report import write_report
 from autocompress.tasks import Task
 
 __all__ = [
@@ -66,8 +69,8 @@ def export_results(
     task: Task,
     out_dir: str | Path,
     *,
-    target: Any,
-    budget: Any,
+    target: Target | str,
+    budget: Budget | str,
     lut_path: Path | None = None,
     measure: bool = True,
     finetune: int | None = None,
@@ -86,20 +89,17 @@ def export_results(
     No feasible trial: ``trials.csv``, ``pareto.csv``, ``report.html`` and
     ``summary.json`` (best_* None, ``meets_budget`` False) are still written.
     """
-    from autocompress.cost import analytic_costs, parse_budget, parse_target
-    from autocompress.report import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = dict(study.user_attrs.get("autocompress", {}))
     base: dict[str, Any] = dict(study.user_attrs.get("baseline", {}))
     tgt = parse_target(target).with_batch(task.target_batch_size)
-    bud = parse_budget(budget) if isinstance(budget, str) else budget
+    bud = parse_budget(budget)
     trials = list(study.get_trials(deepcopy=False))
 
     summary = ExportSummary(
         metric_name=str(base.get("metric_name") or task.metric_name),
-        budget=_budget_text(budget, bud),
+        budget=bud.text,
         target=tgt.name,
         higher_is_better=bool(base.get("higher_is_better", task.higher_is_better)),
         baseline_metric=_num(base.get("metric"), task.baseline_metric),
@@ -130,7 +130,7 @@ def export_results(
         summary.budget_limits_study = _budget_limits(
             bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
         )
-        return _finish(study, out, summary, write_report)
+        return _finish(study, out, summary)
 
     # ---- the best policy, rebuilt into a model ----------------------------------------------
     summary.best_trial = best.number
@@ -188,19 +188,24 @@ def export_results(
     else:
         summary.meets_budget_basis = "predicted"
         latency, base_latency = summary.predicted_latency_ms, summary.baseline_latency_study_ms
-    ok, violations = bud.check(
-        costs.with_latency(latency), baseline_costs.with_latency(base_latency)
-    )
+    try:
+        ok, violations = bud.check(
+            costs.with_latency(latency), baseline_costs.with_latency(base_latency)
+        )
+    except BudgetError as exc:  # measure=False and no latency prediction: cannot be checked
+        ok, violations = False, {}
+        summary.notes.append(f"budget not checked: {exc}")
     summary.meets_budget = bool(ok)
     summary.violations = {str(k): float(v) for k, v in dict(violations).items()}
     summary.budget_limits = _budget_limits(bud, baseline_costs.with_latency(base_latency))
     summary.budget_limits_study = _budget_limits(
         bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
     )
-    if not ok:
+    if not ok and violations:
+        how = "when re-measured" if measure else "on its predicted costs"
         summary.notes.append(
-            f"trial {best.number} was predicted feasible but the exported model misses the "
-            f"budget when re-measured: {summary.violations}"
+            f"trial {best.number} was feasible in the search but the exported model misses "
+            f"the budget {summary.budget!r} {how}: {summary.violations}"
         )
 
     # ---- best_policy.json: the policy with its budget, measured metrics and provenance ------
@@ -221,11 +226,11 @@ def export_results(
     })
     final.save(out / FILES["best_policy"])
     summary.files["best_policy"] = FILES["best_policy"]
-    return _finish(study, out, summary, write_report)
+    return _finish(study, out, summary)
 
 
 def _finish(
-    study: optuna.Study, out: Path, summary: ExportSummary, write_report: Any
+    study: optuna.Study, out: Path, summary: ExportSummary
 ) -> ExportSummary:
     summary.files["report"] = FILES["report"]
     summary.files["summary"] = FILES["summary"]
@@ -234,15 +239,13 @@ def _finish(
     return summary
 
 
-def finetune_settings(cfg: dict[str, Any], finetune: int | None = None) -> Any:
+def finetune_settings(cfg: dict[str, Any], finetune: int | None = None) -> FinetuneSettings:
     """The fine-tune settings of the study (``cfg`` = ``study.user_attrs["autocompress"]``).
 
     ``cfg["finetune"]`` (a ``FinetuneSettings.to_dict()``) when the search stored
     it, else the defaults with ``cfg["finetune_steps"]`` and ``cfg["seed"]``;
     ``finetune`` overrides the number of steps.
     """
-    from autocompress.evaluate import FinetuneSettings
-
     stored = cfg.get("finetune")
     if isinstance(stored, dict):
         known = {k: v for k, v in stored.items() if k in FinetuneSettings.__dataclass_fields__}
@@ -265,15 +268,13 @@ def rebuild_best_model(
     inventory: LayerInventory,
     cfg: dict[str, Any],
     finetune: int | None = None,
-) -> tuple[nn.Module, float, Any]:
+) -> tuple[nn.Module, float, FinetuneSettings]:
     """The best policy rebuilt exactly as its trial was: ``(model, metric, settings)``.
 
     Runs the search's own evaluation (:func:`autocompress.evaluate.compress_and_score`:
     apply the structure, KD fine-tune with the study's settings and seed, quantise,
     score on the same fixed validation subset), so the model reproduces the trial's metric.
     """
-    from autocompress.evaluate import compress_and_score
-
     settings = finetune_settings(cfg, finetune)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -333,7 +334,7 @@ MEASURE_ROUNDS = 2
 
 
 def fresh_latencies(
-    task: Task, model: nn.Module, target: Any, int8_path: Path | None,
+    task: Task, model: nn.Module, target: Target, int8_path: Path | None,
     rounds: int = MEASURE_ROUNDS,
 ) -> dict:
     """Latency stats of the baseline and the best model (and the int8 file), measured now.
@@ -385,24 +386,12 @@ def _check_batch(task: Task) -> torch.Tensor:
     return task.example_input
 
 
-def _budget_text(given: Any, parsed: Any) -> str:
-    if isinstance(given, str):
-        return given
-    for attr in ("text", "spec", "source"):
-        if isinstance(getattr(parsed, attr, None), str):
-            return str(getattr(parsed, attr))
-    return str(parsed)
-
-
-def _budget_limits(budget: Any, baseline: Any) -> dict[str, float]:
-    """Each budget clause's limit in absolute units (e.g. ``latency_ms``), for the report."""
-    limits = getattr(budget, "limits", None)
-    if callable(limits):
-        try:
-            return {str(k): float(v) for k, v in limits(baseline).items() if v is not None}
-        except Exception:  # a relative clause with no baseline number has no absolute limit
-            return {}
-    return {}
+def _budget_limits(budget: Budget, baseline: Costs) -> dict[str, float]:
+    """Absolute limit per budget metric (``latency`` in ms, ``size`` in bytes, counts)."""
+    try:
+        return budget.limits(baseline)
+    except BudgetError:  # a relative clause whose baseline cost is unknown has no absolute limit
+        return {}
 
 
 def _num(value: Any, default: float | None = None) -> float | None:
