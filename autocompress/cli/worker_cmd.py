@@ -63,6 +63,7 @@ def worker(
         prepare_run,
         run_worker,
         worker_id,
+        worker_seed,
     )
 
     if not is_rdb_url(storage):
@@ -95,12 +96,12 @@ def worker(
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
 
-    prep = prepare_run(cfg, storage=st, log_fn=say)
+    me = worker_id()
+    prep = prepare_run(cfg, storage=st, log_fn=say, sampler_seed=worker_seed(cfg.seed, me))
     if init_only:
         console.print(f"study {study!r} ready ({'created' if prep.created else 'exists'}); "
                       f"{len(prep.study.trials)} trials so far", highlight=False)
         return
-    me = worker_id()
     say(f"worker {me}: study {study!r}, {cfg.trials} trials wanted")
 
     def done(_study: optuna.Study, trial: FrozenTrial) -> None:

@@ -330,6 +330,7 @@ def prepare_run(
     task: Task | None = None,
     storage: BaseStorage | str | None = None,
     log_fn: Callable[[str], None] | None = None,
+    sampler_seed: int | None = None,
 ) -> PreparedRun:
     """Build a run's study, objective and latency table exactly as ``autocompress search`` does.
 
@@ -339,6 +340,7 @@ def prepare_run(
     reusing its pieces, so a worker or the Ray backend scores candidates the
     same way. ``storage``: an opened storage (e.g. :func:`open_storage` with a
     heartbeat), a URL, or None for ``cfg.storage`` / the journal file.
+    ``sampler_seed`` replaces ``cfg.seed`` for the sampler only (see :func:`worker_seed`).
     """
     from autocompress import __version__
     from autocompress.cost import parse_budget, parse_target
@@ -389,7 +391,8 @@ def prepare_run(
         where = _redact(storage) if isinstance(storage, str) else (cfg.storage or "the storage")
     study, created = open_study(
         storage, cfg.study_name, api._directions(task, cfg.mode),
-        make_sampler(cfg.strategy, cfg.mode, cfg.seed, cfg.trials),
+        make_sampler(cfg.strategy, cfg.mode,
+                     cfg.seed if sampler_seed is None else sampler_seed, cfg.trials),
         make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
         resolved_cfg, where,
     )
@@ -435,6 +438,22 @@ def worker_id() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_seed(seed: int, worker: str | None = None) -> int:
+    """A sampler seed for one worker of a shared study: ``seed`` mixed with the worker's id.
+
+    Workers sampling with the same seed would propose the same candidates
+    (every random start-up trial twice); mixing in ``host:pid`` keeps runs
+    seeded yet different per worker.
+
+    >>> worker_seed(0, "a:1") != worker_seed(0, "a:2")
+    True
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{worker or worker_id()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def optuna_objective(
