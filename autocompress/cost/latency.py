@@ -73,6 +73,58 @@ class LatencyStats:
 # ---- timing ------------------------------------------------------------------------
 
 
+def busy_cores(window_s: float = 0.1) -> float:
+    """CPU cores kept busy by anything during ``window_s`` (from /proc/stat; 0.0 elsewhere).
+
+    Called while this process sleeps, it is the load of *other* processes.
+    """
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    a = read()
+    time.sleep(window_s)
+    b = read()
+    if a is None or b is None or b[0] == a[0]:
+        return 0.0
+    total, idle = b[0] - a[0], b[1] - a[1]
+    return (total - idle) / total * (os.cpu_count() or 1)
+
+
+@dataclass
+class QuietGate:
+    """Waits (at most ``max_wait_s``) until other processes use fewer than ``busy_below`` cores.
+
+    Off by default (``max_wait_s=0``); benchmarks on shared machines turn it
+    on so that measurement blocks run in quiet moments. ``waited_s`` and
+    ``gave_up`` say how much it helped.
+    """
+
+    max_wait_s: float = 0.0
+    busy_below: float = 0.3
+    waited_s: float = 0.0
+    gave_up: int = 0
+
+    def wait(self) -> None:
+        if self.max_wait_s <= 0:
+            return
+        t0 = time.perf_counter()
+        while busy_cores() >= self.busy_below:
+            if time.perf_counter() - t0 > self.max_wait_s:
+                self.gave_up += 1
+                break
+            time.sleep(0.2)
+        self.waited_s += time.perf_counter() - t0
+
+
+QUIET = QuietGate()
+
+
 def time_call(
     fn: Call,
     runs: int = DEFAULT_RUNS,
@@ -85,6 +137,7 @@ def time_call(
     >>> len(times), k >= 1, min(times) > 0
     (5, True, True)
     """
+    QUIET.wait()
     for _ in range(max(warmup, 1)):
         fn()
     # One more call sizes the group; take the faster of two to skip a cold outlier.
@@ -205,11 +258,17 @@ def measure_latency(
         raise ValueError(f"runs must be >= 1, got {runs}")
     batch = target.batch or int(example_input.shape[0])
     x = batched(example_input, batch)
+    blocks = max(1, min(blocks, runs))
     was_training = model.training
+    times: list[float] = []
     try:
         with torch_threads(target.threads):
             call = make_runner(model, x, target)
-            times, k = time_call(call, runs=runs, warmup=warmup, min_run_ms=min_run_ms)
+            for i in range(blocks):
+                n = runs // blocks + (1 if i < runs % blocks else 0)
+                block, k = time_call(call, runs=n, warmup=warmup if i == 0 else 1,
+                                     min_run_ms=min_run_ms)
+                times += block
     finally:
         model.train(was_training)
     name = Target(target.runtime, target.threads, batch).name
