@@ -256,6 +256,15 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor):
     return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
+def _grouped_conv(module: nn.Module) -> bool:
+    """A conv with channel groups that is not a plain depthwise conv (in == out == groups)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and not (module.groups == module.in_channels == module.out_channels)
+    )
+
+
 def pruning_groups(
     model: nn.Module, example_input: torch.Tensor
 ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
@@ -274,6 +283,9 @@ def pruning_groups(
     in_groups: dict[str, dict[str, int]] = {}
     order = {n: i for i, n in enumerate(modules)}
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        if any(_grouped_conv(dep.target.module) for dep, _ in group):
+            # Group.prune cannot keep a grouped conv's channel groups equal: not prunable
+            continue
         outs: list[str] = []
         ins: dict[str, int] = {}
         for dep, idxs in group:

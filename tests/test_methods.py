@@ -4,6 +4,7 @@ and each method's own effect (real Torch-Pruning, real ONNX Runtime)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.errors import PolicyError
+from autocompress.errors import MethodError, PolicyError
 from autocompress.inventory import LayerInventory, build_inventory, count_macs
 from autocompress.methods import (
     METHODS,
@@ -272,6 +273,28 @@ def test_prune_keeps_the_shared_channel_count_in_each_coupled_group(model_name: 
     if model_name == "TinyResidual":  # stem, conv_b and the depthwise conv share one group
         assert inv["conv_b"].group == inv["stem"].group == inv["dw"].group == "stem"
         assert small.dw.groups == small.dw.in_channels == 4
+
+
+def test_groups_touching_a_grouped_conv_are_not_prunable() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                        nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(1, 3, 3, 3)
+    inv = build_inventory(net, x)
+    # conv 0 feeds the grouped conv, whose own outputs feed conv 4: Torch-Pruning's group.prune
+    # cannot remove channels evenly per channel group, so only conv 4's group is prunable
+    assert [lay.prunable for lay in inv] == [False, False, True, False]
+    with pytest.raises(PolicyError, match="'2' cannot be pruned"):
+        apply_policy(net, CompressionPolicy(layers={"2": LayerPolicy(prune=0.5)}), x, inv)
+    small = apply_policy(net, CompressionPolicy(layers={"4": LayerPolicy(prune=0.5)}), x, inv)
+    assert small[4].out_channels == 4 and small[7].in_features == 4
+    # an inventory that claims otherwise (e.g. from an older version) gets a clear MethodError
+    stale = LayerInventory(
+        layers=[dataclasses.replace(lay, prunable=True, group="0") if lay.fqn == "0" else lay
+                for lay in inv],
+        total_macs=inv.total_macs, total_params=inv.total_params,
+    )
+    with pytest.raises(MethodError, match="group '0' contains a grouped conv"):
+        apply_policy(net, CompressionPolicy(layers={"0": LayerPolicy(prune=0.5)}), x, stale)
 
 
 def test_group_ratio_is_the_largest_prune_of_its_members() -> None:

@@ -79,6 +79,17 @@ class Prune:
                 )
             drop = torch.argsort(scores, stable=True)[: n - keep].sort().values.tolist()
             group = graph.get_pruning_group(leader, fn, drop)
+            grouped = [
+                dep.target.name for dep, _ in group
+                if isinstance(dep.target.module, nn.Conv2d) and dep.target.module.groups > 1
+                and not (dep.target.module.groups == dep.target.module.in_channels
+                         == dep.target.module.out_channels)
+            ]
+            if grouped:
+                raise MethodError(
+                    f"prune: group {group_name!r} contains a grouped conv ({grouped[0]}), whose "
+                    "channel groups cannot be pruned evenly; set prune to null for this group"
+                )
             if not graph.check_pruning_group(group):
                 raise MethodError(
                     f"prune: group {group_name!r} would lose every channel of a member; "
