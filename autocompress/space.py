@@ -329,10 +329,11 @@ class ResolvedSpace:
             if v is not None:
                 layers.setdefault(p.fqn, {})[p.knob] = v
         order = {fqn: i for i, fqn in enumerate(self.inventory.fqns)}
-        return CompressionPolicy(
+        policy = CompressionPolicy(
             layers={f: LayerPolicy(**layers[f]) for f in sorted(layers, key=order.__getitem__)},
             model={"inventory_sha256": self.inventory.sha256},
         )
+        return _drop_skipped_ranks(policy, self.inventory)
 
     def uniform_params(
         self,
@@ -525,6 +526,26 @@ def default_space(task_name: str) -> SearchSpace:
             "(examples in search_spaces/: digits, cifar_resnet, torchvision_cnn, linear_layers)"
         )
     return SearchSpace.embedded(name)
+
+
+def _drop_skipped_ranks(policy: CompressionPolicy, inventory: LayerInventory) -> CompressionPolicy:
+    """Remove ranks that pruning pushed to or above break-even (apply_policy would skip them).
+
+    The shared shape rules decide it on the *pruned* weight, so the policy
+    states exactly what is applied.
+    """
+    from autocompress.cost.analytic import compressed_shapes
+
+    if not any(lp.rank is not None for lp in policy.layers.values()):
+        return policy
+    real = {s.fqn: s.rank for s in compressed_shapes(policy, inventory)}
+    layers = {}
+    for fqn, lp in policy.layers.items():
+        if lp.rank is not None and real.get(fqn) is None:
+            lp = lp.model_copy(update={"rank": None})
+        if not lp.is_empty() or lp.bits is not None or lp.act_bits is not None:
+            layers[fqn] = lp
+    return policy.model_copy(update={"layers": layers})
 
 
 def _merge(defaults: Knobs, rule: Rule | None) -> dict[str, KnobSpec | None]:

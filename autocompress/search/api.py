@@ -120,7 +120,20 @@ def run(
     progress: bool = False,
     log: Log | None = None,
 ) -> SearchResult:
-    """Run (or resume) the search ``cfg`` describes; see :func:`search`."""
+    """Run (or resume) the search ``cfg`` describes; see :func:`search`.
+
+    Runs under ``torch.set_num_threads(cfg.threads)`` (restored after; latency
+    measurements set their target's own thread count).
+    """
+    if cfg.threads > 0:
+        from autocompress.cost.latency import torch_threads
+
+        with torch_threads(cfg.threads):
+            return _run(cfg, task, progress, log)
+    return _run(cfg, task, progress, log)
+
+
+def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) -> SearchResult:
     t_start = time.perf_counter()
     quiet_optuna()
     say: Log = log or LOG.warning
@@ -142,6 +155,7 @@ def run(
     settings = FinetuneSettings(
         steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
         seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
+        threads=cfg.threads,
     )
     from autocompress import __version__
 

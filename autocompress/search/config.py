@@ -28,6 +28,7 @@ MODES: tuple[str, ...] = ("constrained", "pareto")
 RESUME_KEYS = (
     "task", "space", "space_sha256", "budget", "target", "mode", "strategy", "seed",
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
+    "threads",
     "checkpoint",
 )
 
@@ -58,6 +59,7 @@ class SearchConfig(BaseModel):
     report_every: int = Field(50, ge=0, description="fine-tune steps between pruner reports")
     val_samples: int | None = Field(512, ge=1, description="fixed validation subset size")
     pruner: Literal["median", "none"] = "median"
+    threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
     data_dir: str | None = None
     checkpoint: str | None = None
     storage: str | None = Field(None, description="Optuna storage URL; default journal file")

@@ -1,0 +1,193 @@
+"""The search through its Python API, on real Optuna journal files (in-process, fast settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from autocompress.cost import analytic_costs
+from autocompress.errors import ConfigError
+from autocompress.inventory import build_inventory
+from autocompress.policy import CompressionPolicy
+from autocompress.search import SearchConfig, search
+
+CONTRACT_CONFIG = ("version", "task", "space", "budget", "target", "mode", "strategy", "seed",
+                   "finetune_steps", "trials", "data_dir", "checkpoint")
+CONTRACT_BASELINE = ("metric", "metric_name", "higher_is_better", "latency_ms", "macs", "params",
+                     "size_bytes", "bops")
+CONTRACT_TRIAL = ("policy", "feasible", "violations", "macs", "bops", "params", "size_bytes",
+                  "predicted_latency_ms", "metric", "apply_s", "finetune_s", "eval_s", "cost_s",
+                  "total_s", "strategy")
+
+
+def fast(digits_task, out: Path, **kw):
+    """A search small enough for the default test run (torch target: no ONNX export)."""
+    settings = dict(budget="macs<=60%", target="torch-1t", trials=4, finetune_steps=10,
+                    out=out, export=False, report_every=5, val_samples=200)
+    settings.update(kw)
+    return search(digits_task, **settings)
+
+
+def load(out: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
+    return optuna.load_study(study_name="autocompress", storage=storage)
+
+
+def test_trials_carry_the_contract_attributes(digits_task, tmp_path):
+    out = tmp_path / "run"
+    result = fast(digits_task, out, strategy="random", trials=6)
+    study = load(out)
+    cfg = study.user_attrs["autocompress"]
+    assert all(k in cfg for k in CONTRACT_CONFIG)
+    assert cfg["space"] == "embedded:digits" and cfg["target"] == "torch-cpu-1t-b64"
+    assert all(k in study.user_attrs["baseline"] for k in CONTRACT_BASELINE)
+    assert study.user_attrs["baseline"]["latency_ms"] > 0
+    inv = build_inventory(digits_task.model, digits_task.example_input)
+    assert study.user_attrs["inventory_sha256"] == inv.sha256
+
+    trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(trials) == 6 and len(result.trials) == 6
+    for t in trials:
+        assert all(k in t.user_attrs for k in CONTRACT_TRIAL), t.number
+        a = t.user_attrs
+        policy = CompressionPolicy.from_dict(a["policy"])
+        policy.validate_against(inv)
+        assert policy.model == {"inventory_sha256": inv.sha256, "task": "digits"}
+        costs = analytic_costs(policy, inv)
+        assert (a["macs"], a["params"], a["size_bytes"]) == (
+            costs.macs, costs.params, costs.size_bytes)
+        assert set(t.constraints) == {"macs"}
+        assert a["feasible"] == (t.constraints["macs"] <= 0) == (a["macs"] <= 0.6 * inv.total_macs)
+        assert a["predicted_latency_ms"] is None  # the budget does not limit latency
+        if a["feasible"]:
+            assert a["metric"] is not None and a["finetune_s"] > 0
+            assert t.value == pytest.approx(a["metric"])
+            assert list(t.intermediate_values) == [5]  # one report at step 5 of 10
+        else:  # infeasible candidates are never applied nor fine-tuned
+            assert a["metric"] is None and a["finetune_s"] == 0 and a["apply_s"] == 0
+            assert t.value == 0.0 and not t.intermediate_values
+    assert (out / "config.resolved.yaml").is_file()
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["budget"] == "macs<=60%" and resolved["finetune"]["steps"] == 10
+    assert "isa_flags" in json.loads((out / "env.json").read_text())
+    feasible = [t for t in trials if t.user_attrs["feasible"]]
+    assert result.exit_status == (0 if feasible else 3)
+    if feasible:
+        best = max(feasible, key=lambda t: t.user_attrs["metric"])
+        assert result.best_trial == best.number
+        assert result.best_policy is not None and result.best_policy.layers
+
+
+def test_impossible_budget_exits_3_without_finetuning(digits_task, tmp_path):
+    said: list[str] = []
+    result = fast(digits_task, tmp_path / "run", budget="macs<=0.1%", trials=3, log=said.append)
+    assert result.exit_status == 3 and result.best_policy is None
+    assert any("looks out of reach" in s and "macs" in s for s in said)
+    study = load(tmp_path / "run")
+    assert len(study.trials) == 3
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE and t.value == 0.0
+        assert t.user_attrs["feasible"] is False and t.user_attrs["finetune_s"] == 0
+        assert t.constraints["macs"] > 0
+
+
+def test_trials_is_the_total_and_a_rerun_resumes(digits_task, tmp_path):
+    out = tmp_path / "run"
+    fast(digits_task, out, trials=3)
+    first = [(t.number, t.params, t.values) for t in load(out).trials]
+    result = fast(digits_task, out, trials=5)
+    study = load(out)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+    assert [(t.number, t.params, t.values) for t in study.trials[:3]] == first
+    assert len(result.trials) == 5
+    # a third run with the same total does nothing
+    fast(digits_task, out, trials=5)
+    assert len(load(out).trials) == 5
+    # a different configuration for the same folder is refused
+    with pytest.raises(ConfigError, match="already holds a study made with budget='macs<=60%'.*"
+                                          "use a new --out"):
+        fast(digits_task, out, budget="macs<=50%", trials=6)
+
+
+def test_same_seed_same_trials(digits_task, tmp_path):
+    a = fast(digits_task, tmp_path / "a", trials=3, seed=3)
+    b = fast(digits_task, tmp_path / "b", trials=3, seed=3)
+    ta, tb = load(tmp_path / "a").trials, load(tmp_path / "b").trials
+    assert [t.params for t in ta] == [t.params for t in tb]
+    assert [t.values for t in ta] == [t.values for t in tb]
+    assert a.best_metric == b.best_metric
+
+
+def test_uniform_baseline_meets_the_budget_with_one_setting(digits_task, tmp_path):
+    result = fast(digits_task, tmp_path / "run", strategy="uniform", trials=3)
+    study = load(tmp_path / "run")
+    assert result.exit_status == 0 and len(study.trials) == 3
+    for t in study.trials:
+        assert t.user_attrs["strategy"] == "uniform" and t.user_attrs["feasible"]
+        prunes = {v for k, v in t.params.items() if k.endswith("/prune")}
+        bits = {v for k, v in t.params.items() if k.endswith("/bits")}
+        assert len(prunes) == 1  # one ratio everywhere
+        assert len(bits) <= 2  # one bit-width (snapped into layers that only allow 8/32)
+    # the first candidate is the least compressing feasible one: float weights, dense ranks
+    first = study.trials[0].params
+    assert first["features.2/bits"] == 32 and first["features.2/rank"] == 1.0
+    # its prune ratio is the smallest feasible one (bisection), the next step down is not
+    prune = first["features.2/prune"]
+    space_inv = build_inventory(digits_task.model, digits_task.example_input)
+    assert study.trials[0].user_attrs["macs"] <= 0.6 * space_inv.total_macs
+    assert prune > 0
+
+
+def test_greedy_baseline_uses_sensitivities(digits_task, tmp_path):
+    result = fast(digits_task, tmp_path / "run", strategy="greedy", trials=2)
+    study = load(tmp_path / "run")
+    table = study.user_attrs["greedy_sensitivity"]
+    assert "features.2/prune" in table and len(table["features.2/prune"]) > 2
+    base = table["features.2/prune"]["0.0"]
+    assert base == pytest.approx(study.user_attrs["baseline"]["metric"])
+    assert result.exit_status == 0
+    assert all(t.user_attrs["feasible"] and t.user_attrs["strategy"] == "greedy"
+               for t in study.trials)
+
+
+def test_pareto_mode_with_nsga2(digits_task, tmp_path):
+    fast(digits_task, tmp_path / "run", strategy="nsga2", mode="pareto", trials=3)
+    study = load(tmp_path / "run")
+    assert len(study.directions) == 2
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert len(t.values) == 2 and t.values[1] == t.user_attrs["macs"]  # cost = budget metric
+
+
+def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
+    out = tmp_path / "run"
+    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
+    study = load(out)
+    assert (out / "latency_lut.json").is_file()
+    for t in study.trials:
+        assert t.user_attrs["predicted_latency_ms"] > 0
+        assert set(t.constraints) == {"latency"}
+        limit = 0.8 * study.user_attrs["baseline"]["latency_ms"]
+        assert t.constraints["latency"] == pytest.approx(
+            t.user_attrs["predicted_latency_ms"] / limit - 1)
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("task: digits-mlp\nfinetune-steps: 7\ntrials: 9\n")
+    cfg = SearchConfig.build(cfg_file, {"trials": 2, "seed": None})
+    assert (cfg.task, cfg.finetune_steps, cfg.trials, cfg.seed) == ("digits-mlp", 7, 2, 0)
+    assert cfg.out == "results/digits-mlp"
+    cfg_file.write_text("trails: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'trails'; valid keys: task, space"):
+        SearchConfig.build(cfg_file)
+    with pytest.raises(ConfigError, match="strategy 'bayes' is not one of tpe, nsga2, random"):
+        SearchConfig.build(None, {"strategy": "bayes"})
+    with pytest.raises(ConfigError, match="trials=0 is invalid"):
+        SearchConfig.build(None, {"trials": 0})
