@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -17,6 +19,7 @@ from autocompress.errors import ConfigError
 from autocompress.inventory import build_inventory
 from autocompress.policy import CompressionPolicy
 from autocompress.search import SearchConfig, search
+from autocompress.space import SearchSpace
 
 CONTRACT_CONFIG = ("version", "task", "space", "budget", "target", "mode", "strategy", "seed",
                    "finetune_steps", "trials", "data_dir", "checkpoint")
@@ -114,6 +117,30 @@ def test_trials_is_the_total_and_a_rerun_resumes(digits_task, tmp_path):
     with pytest.raises(ConfigError, match="already holds a study made with budget='macs<=60%'.*"
                                           "use a new --out"):
         fast(digits_task, out, budget="macs<=50%", trials=6)
+
+
+def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
+    """What a kill -9 leaves behind: a RUNNING trial whose process is gone."""
+    out = tmp_path / "run"
+    fast(digits_task, out, trials=2, strategy="random")
+    study = load(out)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a real process id that no longer exists
+    trial = study.ask()
+    inv = build_inventory(digits_task.model, digits_task.example_input)
+    SearchSpace.embedded("digits").resolve(inv).suggest(trial)  # started, never told
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    killed_params = dict(trial.params)
+    said: list[str] = []
+    fast(digits_task, out, trials=4, strategy="random", log=said.append)
+    study = load(out)
+    assert study.trials[2].state == TrialState.FAIL
+    assert study.trials[2].user_attrs["error"] == "process died (resumed run)"
+    assert any("trial(s) 2 of a killed run marked FAIL" in s for s in said)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 4
+    rerun = [t for t in finished if t.user_attrs.get("requeued_from") == 2]
+    assert len(rerun) == 1 and rerun[0].params == killed_params  # its candidate ran again
 
 
 def test_same_seed_same_trials(digits_task, tmp_path):
