@@ -7,14 +7,21 @@ from autocompress.tasks import Task, load_task
 
 __version__ = "0.1.0"
 
+
+# Last, and eagerly: the subpackage autocompress.search would otherwise shadow the function
+# ac.search as soon as anything imports it.
+from autocompress.search.api import SearchResult, search  # noqa: E402
+
 __all__ = [
     "AutocompressError",
     "CompressionPolicy",
     "LayerInfo",
     "LayerInventory",
     "LayerPolicy",
+    "SearchResult",
     "Task",
     "__version__",
     "build_inventory",
     "load_task",
+    "search",
 ]
