@@ -91,6 +91,7 @@ class LayerInventory:
     total_macs: int
     total_params: int
     unsupported_ops: dict[str, int] = field(default_factory=dict)
+    pruning_error: str | None = None
 
     def __iter__(self):
         return iter(self.layers)
@@ -213,7 +214,15 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
     modules = compressible_modules(model)
     shapes = _shapes(model, example_input, modules)
     macs, unsupported = count_macs(model, example_input)
-    groups, in_groups = pruning_groups(model, example_input)
+    pruning_error = None
+    try:
+        groups, in_groups = pruning_groups(model, example_input)
+    except Exception as exc:  # Torch-Pruning cannot trace some graphs (e.g. channel shuffles)
+        # The other knobs still work, so the model stays usable with pruning switched off.
+        pruning_error = f"{type(exc).__name__}: {exc}".strip()
+        LOG.warning("Torch-Pruning cannot trace %s (%s); no layer is prunable",
+                    type(model).__name__, pruning_error)
+        groups, in_groups = {}, {}
     layers = []
     for name, m in modules.items():
         if name not in shapes:
@@ -246,6 +255,7 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
         total_macs=macs.get("", sum(layer.macs for layer in layers)),
         total_params=sum(p.numel() for p in model.parameters()),
         unsupported_ops=unsupported,
+        pruning_error=pruning_error,
     )
 
 

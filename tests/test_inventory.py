@@ -59,3 +59,13 @@ def test_fingerprint_tracks_architecture_not_weights():
     b = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
     c = build_inventory(DigitsCNN(num_classes=5), torch.zeros(1, 1, 8, 8))
     assert a.sha256 == b.sha256 != c.sha256
+
+
+def test_a_graph_torch_pruning_cannot_trace_leaves_every_layer_unprunable():
+    from autocompress.tasks import load_task
+
+    task = load_task("torchvision:shufflenet_v2_x0_5")
+    inv = build_inventory(task.model, task.example_input)
+    assert inv.pruning_error  # the reason is kept for the user
+    assert len(inv) > 10 and not any(layer.prunable for layer in inv)
+    assert all(layer.macs >= 0 for layer in inv)

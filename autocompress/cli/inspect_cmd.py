@@ -41,6 +41,12 @@ def inspect(
         f"{inventory.total_params:,} params, {len(inventory.groups)} pruning groups, "
         f"fingerprint {inventory.sha256[:12]}"
     )
+    if inventory.pruning_error:
+        console.print(
+            f"[yellow]pruning is off for this model:[/] Torch-Pruning cannot trace it "
+            f"({inventory.pruning_error}); rank, sparsity and bits still apply",
+            markup=True, highlight=False,
+        )
     if inventory.unsupported_ops:
         ops = ", ".join(f"{k} x{v}" for k, v in inventory.unsupported_ops.items())
         console.print(f"[yellow]not counted by fvcore (not zero):[/] {ops}")
