@@ -2,6 +2,7 @@
 
 from autocompress.errors import AutocompressError
 from autocompress.inventory import LayerInfo, LayerInventory, build_inventory
+from autocompress.methods import apply_policy
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.tasks import Task, load_task
 
@@ -21,6 +22,7 @@ __all__ = [
     "SearchResult",
     "Task",
     "__version__",
+    "apply_policy",
     "build_inventory",
     "load_task",
     "search",
