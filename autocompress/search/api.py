@@ -185,7 +185,11 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         model, x = task.model, task.example_input
 
         def latency_fn(policy: CompressionPolicy) -> float:
-            return float(lut.predict(policy, inventory, model, x))
+            # Floor: a model is never faster than its layers measured alone. The table's
+            # remainder fit (model minus layers, linear in activations) can extrapolate below
+            # zero for heavily pruned policies when the machine is noisy.
+            p = lut.predict_breakdown(policy, inventory, model, x)
+            return float(max(p.latency_ms, sum(p.layers_ms.values())))
 
         with _status(progress, f"measuring the latency table on {target.name} ..."):
             latency_fn(CompressionPolicy(layers={}))

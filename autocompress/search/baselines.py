@@ -100,8 +100,10 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
     start: dict[tuple[int, ...], int] = {}
     for combo in combos:
         if prune_levels:
-            first = _bisect_first_true(len(prune_levels),
-                                       lambda i, c=combo: feasible(params_for(i, c)))
+            def pred(i: int, c: tuple[int, ...] = combo) -> bool:
+                return feasible(params_for(i, c))
+
+            first = _bisect_first_true(len(prune_levels), pred)
             if first is None:
                 continue
             start[combo] = first

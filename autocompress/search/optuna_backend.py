@@ -98,7 +98,8 @@ def open_study(
                                   pruner=pruner)
     except KeyError:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                                    pruner=pruner, directions=directions, load_if_exists=True)
+                                    pruner=pruner, directions=directions,  # type: ignore[arg-type]
+                                    load_if_exists=True)
     stored = study.user_attrs.get("autocompress")
     if stored is None:
         if study.trials:
