@@ -217,6 +217,73 @@ def _ort_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call:
 
 RUNNERS: dict[str, RunnerFactory] = {"torch": _torch_runner, "ort": _ort_runner}
 
+# ONNX Runtime's layout conversions at the edges of an NCHWc region. A layer measured alone
+# pays them at its own input and output; inside a model they sit only where the layout
+# changes, so per-layer tables leave them out.
+ORT_LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+
+
+def ort_kernel_times(
+    model: nn.Module, x: torch.Tensor, threads: int, runs: int, warmup: int = 3, blocks: int = 1
+) -> list[float]:
+    """Per-run milliseconds of ``model``'s ONNX Runtime kernels, layout reorders excluded.
+
+    Read from ONNX Runtime's own profiler (kernel durations grouped by run), so
+    the per-call session overhead and the reorders into and out of the NCHWc
+    layout that only a lone layer pays are not counted. ``blocks`` groups of
+    ``runs`` runs each start with one extra warm-up call (and the quiet gate).
+
+    >>> times = ort_kernel_times(nn.Conv2d(8, 8, 3), torch.zeros(1, 8, 6, 6), threads=1, runs=3)
+    >>> len(times), all(t > 0 for t in times)
+    (3, True)
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    from autocompress.runtime.onnx import export_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(export_onnx(model, x[:1]), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x.detach().numpy(), np.float32)}
+        n = 0  # runs so far; the profiler logs one model_run event per run, in order
+        for _ in range(max(warmup, 1) - 1):
+            sess.run(None, feed)
+            n += 1
+        timed: list[int] = []
+        for _ in range(blocks):
+            QUIET.wait()
+            sess.run(None, feed)  # one warm-up per block: the wait may have cooled caches
+            n += 1
+            for _ in range(runs):
+                sess.run(None, feed)
+                timed.append(n)
+                n += 1
+        with open(sess.end_profiling()) as fh:
+            events = json.load(fh)
+    all_spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"]
+    run_spans = [all_spans[i] for i in timed if i < len(all_spans)]
+    totals = [0.0] * len(run_spans)
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        if e.get("args", {}).get("op_name") in ORT_LAYOUT_OPS:
+            continue
+        for i, (start, end) in enumerate(run_spans):
+            if start <= e["ts"] <= end:
+                totals[i] += e["dur"] / 1e3  # microseconds -> ms
+                break
+    return totals
+
 
 def make_runner(model: nn.Module, x: torch.Tensor, target: Target) -> Call:
     """A callable running one inference of ``model`` on the batch ``x`` as ``target`` runs it.

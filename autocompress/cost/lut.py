@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,7 @@ from autocompress.cost.latency import (
     env_fingerprint,
     make_runner,
     measure_latency,
+    ort_kernel_times,
     time_call,
     torch_threads,
 )
@@ -289,11 +291,20 @@ class LatencyLUT:
         module, x = layer_module(shape), layer_input(shape, batch)
         t = self.timing
         medians = []
+        k = 1
         with torch_threads(self.target.threads):
-            call = make_runner(module, x, self.target)
-            for _ in range(t.blocks):
-                times, k = time_call(call, runs=t.runs, warmup=t.warmup, min_run_ms=t.min_run_ms)
-                medians.append(sorted(times)[len(times) // 2])
+            if self.target.runtime == "ort":
+                # ONNX Runtime's profiler: kernel time only, without the NCHWc reorders a lone
+                # layer pays at its edges (inside the model they sit at layout changes only).
+                times = ort_kernel_times(module, x, self.target.threads, runs=t.runs,
+                                         warmup=t.warmup, blocks=t.blocks)
+                medians = [float(np.median(b)) for b in np.array_split(times, t.blocks)]
+            else:
+                call = make_runner(module, x, self.target)
+                for _ in range(t.blocks):
+                    times, k = time_call(call, runs=t.runs, warmup=t.warmup,
+                                         min_run_ms=t.min_run_ms)
+                    medians.append(sorted(times)[len(times) // 2])
         self.measured += 1
         self.measure_seconds += time.perf_counter() - t0
         return {"ms": min(medians), "max_block_ms": max(medians), "runs": t.blocks * t.runs,
