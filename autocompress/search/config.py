@@ -23,10 +23,10 @@ STRATEGIES: tuple[str, ...] = ("tpe", "nsga2", "random", "uniform", "greedy")
 MODES: tuple[str, ...] = ("constrained", "pareto")
 
 # Keys that must match when a run resumes an existing study: anything that changes which
-# candidates are proposed or how they are scored. (trials may grow; out/storage/export may not
-# matter; data_dir may move.)
+# candidates are proposed or how they are scored. (trials may grow; out/storage/export do not
+# matter; data_dir may move; the space is compared by content, so its path may change.)
 RESUME_KEYS = (
-    "task", "space", "space_sha256", "budget", "target", "mode", "strategy", "seed",
+    "task", "space_sha256", "budget", "target", "mode", "strategy", "seed",
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
     "threads",
     "checkpoint",
