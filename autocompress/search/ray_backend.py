@@ -1,0 +1,490 @@
+"""``--backend ray``: the same objective as Ray Tune trials (OptunaSearch + ASHA).
+
+Each candidate is one Ray Tune trial running
+:class:`~autocompress.search.objective.Objective`, the objective the Optuna
+backend runs, on a local Ray runtime (``ray.init`` with this machine's CPUs)
+or an existing cluster (``ray_address="auto"`` or ``"host:port"``):
+
+- candidates come from :class:`ray.tune.search.optuna.OptunaSearch` over the
+  search space's own Optuna distributions (names ``<fqn>/<knob>``), with the
+  strategy's sampler; budget violations are passed to it as constraints
+  (Optuna 5 ``set_constraint``), so it learns where the budget lies;
+- an infeasible candidate is recorded with its costs and constraints and is
+  never fine-tuned (its value is the worst metric, as in the Optuna backend);
+- in constrained mode :class:`~ray.tune.schedulers.ASHAScheduler` stops
+  fine-tunes early at rungs of ``report_every`` fine-tune steps (the metric
+  is reported with ``ray.tune.report`` every ``report_every`` steps);
+- the Ray experiment lives in ``<out>/ray/<study_name>``; running the same
+  command after an interruption resumes it with ``Tuner.restore``;
+- at the end every Ray trial is written into the run's Optuna study
+  (``<out>/study.log``) with the contract's user attributes, constraints and
+  intermediate values (an ASHA-stopped trial is PRUNED), and the results
+  folder is written by the same :func:`~autocompress.export.export_results`.
+  ``autocompress report`` therefore works on a Ray run as on any other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autocompress.cost import Target
+    from autocompress.search.api import SearchResult
+    from autocompress.search.config import SearchConfig
+    from autocompress.search.objective import Objective
+    from autocompress.search.workers import PreparedRun
+    from autocompress.tasks import Task
+
+LOG = logging.getLogger("autocompress.search")
+RAY_DIR = "ray"
+# Keys of the results a trial reports to Tune.
+METRIC = "objective"  # the first objective value: the task metric (worst value when infeasible)
+COST = "cost"  # pareto mode: the second objective (latency or the budget's first metric)
+STEP = "finetune_step"  # ASHA's time attribute: fine-tune steps done
+FINAL = "ac_final"  # 1 on the trial's last report (the objective returned), 0 before
+ATTRS = "ac_attrs"  # JSON: the contract's trial user attributes
+CONSTRAINTS = "ac_constraints"  # JSON: {budget metric: violation} (<= 0 = met)
+VALUES = "ac_values"  # JSON: the objective values
+
+
+def _is_max(objective: Objective) -> str:
+    return "max" if objective.higher_is_better else "min"
+
+
+# ---------------------------------------------------------------- inside a Ray trial
+@dataclass
+class TrialKit:
+    """What every Ray trial needs, shipped once through Ray's object store.
+
+    The latency table is re-read from ``lut_path`` in each trial process, so
+    layer shapes measured by earlier trials (and saved) are not measured again.
+    """
+
+    objective: Objective
+    study_name: str
+    lut_path: str | None = None
+    target: Target | None = None
+
+    def objective_here(self) -> tuple[Objective, Any]:
+        """The objective with this process's fresh view of the latency table (and the table)."""
+        if self.lut_path is None or self.target is None:
+            return self.objective, None
+        from autocompress.cost.lut import LatencyLUT
+        from autocompress.search.workers import lut_latency_fn
+
+        lut = LatencyLUT(self.lut_path, self.target)
+        self.objective.latency_fn = lut_latency_fn(lut, self.objective.inventory,
+                                                   self.objective.task)
+        return self.objective, lut
+
+
+def pre_attrs(
+    objective: Objective, policy: Any, provenance: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The contract's user attributes known before any fine-tune (costs, feasibility).
+
+    A trial ASHA stops never returns from the objective; these (reported with
+    every intermediate metric) are what the exported study keeps for it.
+    """
+    from autocompress.search.objective import COST_KEYS
+
+    t0 = time.perf_counter()
+    costs = objective.predict(policy)
+    feasible, constraints = objective.check(costs)
+    full = objective._annotate(policy, costs, None, provenance)  # the exported policy form
+    attrs = {
+        "policy": full.to_dict(),
+        "feasible": bool(feasible),
+        "violations": {k: float(v) for k, v in constraints.items()},
+        **{k: int(getattr(costs, k)) for k in COST_KEYS},
+        "predicted_latency_ms": costs.latency_ms,
+        "metric": None,
+        "cost_s": round(time.perf_counter() - t0, 6),
+        "strategy": objective.strategy,
+    }
+    return attrs, {k: float(v) for k, v in constraints.items()}
+
+
+def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
+    """One Ray Tune trial: the candidate in ``config`` through the shared objective.
+
+    Reports ``METRIC`` at every ``report_every`` fine-tune steps (ASHA's rungs)
+    and once more, with ``FINAL=1`` and the full attributes, when done.
+    """
+    import torch
+    from ray import tune
+    from ray.tune.utils import flatten_dict
+
+    # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+    except Exception:  # noqa: BLE001 - outside a Ray worker (a direct call in a test)
+        pass
+    objective, lut = kit.objective_here()
+    names = objective.space.params
+    params = {k: v for k, v in flatten_dict(dict(config), delimiter="/").items() if k in names}
+    policy = objective.space.policy_from_params(params)
+    try:
+        trial_id = tune.get_context().get_trial_id()
+    except Exception:  # noqa: BLE001
+        trial_id = None
+    prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
+    pre, constraints = pre_attrs(objective, policy, prov)
+    common = {ATTRS: json.dumps(pre), CONSTRAINTS: json.dumps(constraints)}
+    pareto = objective.mode != "constrained"
+    cost_now = objective._cost_value(objective.predict(policy)) if pareto else None
+
+    def report(step: int, metric: float) -> bool:
+        result = {METRIC: float(metric), STEP: int(step), FINAL: 0, **common}
+        if pareto:
+            result[COST] = cost_now
+        tune.report(result)
+        return False  # ASHA decides outside: a stopped trial's process simply ends
+
+    outcome = objective(policy, report=report, provenance=prov)
+    if lut is not None:
+        lut.save()  # layer shapes this trial measured serve the next trials
+    attrs = {**outcome.user_attrs, "pruned": outcome.pruned}
+    final = {
+        METRIC: float(outcome.values[0]),
+        STEP: int(objective.settings.steps) if outcome.feasible else 0,
+        FINAL: 1,
+        ATTRS: json.dumps(attrs),
+        CONSTRAINTS: json.dumps({k: float(v) for k, v in outcome.constraints.items()}),
+        VALUES: json.dumps([float(v) for v in outcome.values]),
+    }
+    if pareto:
+        final[COST] = float(outcome.values[1])
+    tune.report(final)
+
+
+# ---------------------------------------------------------------- the searcher
+def constrained_optuna_search(**kwargs: Any) -> Any:
+    """:class:`OptunaSearch` that passes budget violations on as Optuna constraints.
+
+    It also tells Optuna a trial ASHA stopped is PRUNED (Ray's OptunaSearch
+    would record its last intermediate metric as a finished value).
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ConstrainedOptunaSearch(OptunaSearch):
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and result and trial_id not in self._completed_trials:
+                for key, value in json.loads(result.get(CONSTRAINTS) or "{}").items():
+                    ot_trial.set_constraint(key, float(value))
+                if not error and not result.get(FINAL):
+                    assert self._ot_study is not None
+                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                    self._completed_trials.add(trial_id)
+                    return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+        def add_history(self, trials: list[FrozenTrial]) -> int:
+            """Tell the sampler about finished trials of earlier runs (values, constraints)."""
+            assert self._ot_study is not None
+            names = set(self._space) if isinstance(self._space, dict) else None
+            added = 0
+            for t in trials:
+                if names is None or set(t.params) == names:
+                    self._ot_study.add_trial(t)
+                    added += 1
+            return added
+
+    return ConstrainedOptunaSearch(**kwargs)
+
+
+# ---------------------------------------------------------------- Ray results -> Optuna study
+def trial_from_result(result: Any, prep: PreparedRun) -> FrozenTrial | None:
+    """One Ray :class:`~ray.tune.Result` as an Optuna trial with the contract's attributes.
+
+    Finished: COMPLETE (or PRUNED when the objective itself stopped); stopped
+    by ASHA: PRUNED with its intermediate values and pre-fine-tune
+    attributes; errored: FAIL with the error. None for a trial that never
+    reported and did not error (it never started).
+    """
+    from ray.tune.utils import flatten_dict
+
+    space = prep.space
+    params = {k: v for k, v in flatten_dict(dict(result.config or {}), delimiter="/").items()
+              if k in space.params}
+    # Snap floats to their distribution's grid: Ray/Optuna arithmetic leaves 0.35000000000000003.
+    params = {k: _snap(space.params[k].distribution, v) for k, v in params.items()}
+    df = result.metrics_dataframe
+    rows: list[dict[str, Any]] = [] if df is None or df.empty else df.to_dict("records")
+    last = rows[-1] if rows else dict(result.metrics or {})
+    ray_id = str(last.get("trial_id") or Path(str(result.path)).name)
+    intermediate = {int(r[STEP]): float(r[METRIC]) for r in rows
+                    if not r.get(FINAL) and r.get(STEP) is not None and r.get(METRIC) is not None}
+    final = next((r for r in rows if r.get(FINAL)), None)
+    system = {"ray_trial_id": ray_id}
+    values = None
+    if final is not None:
+        attrs = json.loads(final[ATTRS])
+        constraints = json.loads(final[CONSTRAINTS])
+        state = TrialState.PRUNED if attrs.get("pruned") else TrialState.COMPLETE
+        if state == TrialState.COMPLETE:
+            values = json.loads(final[VALUES])
+    elif result.error is not None:
+        attrs = json.loads(last[ATTRS]) if last.get(ATTRS) else {}
+        attrs["error"] = f"{type(result.error).__name__}: {result.error}"[:500]
+        constraints = json.loads(last[CONSTRAINTS]) if last.get(CONSTRAINTS) else {}
+        state = TrialState.FAIL
+    elif rows and last.get(ATTRS):
+        # Stopped by ASHA at a rung: its metric is the last one measured (as for a trial
+        # Optuna's pruner stops), its costs are those computed before the fine-tune.
+        attrs = json.loads(last[ATTRS])
+        attrs.update(metric=float(last[METRIC]), pruned=True, stopped_by="asha",
+                     stopped_at_step=int(last[STEP]))
+        constraints = json.loads(last[CONSTRAINTS])
+        state = TrialState.PRUNED
+    else:
+        return None
+    attrs["backend"] = "ray"
+    attrs["ray_trial_id"] = ray_id
+    if last.get("time_total_s") is not None:
+        attrs.setdefault("total_s", round(float(last["time_total_s"]), 6))
+    trial = optuna.trial.create_trial(
+        state=state, values=values, params=params,
+        distributions={k: space.params[k].distribution for k in params},
+        user_attrs=attrs, system_attrs=system, intermediate_values=intermediate or None,
+        constraints={k: float(v) for k, v in constraints.items()} or None,
+    )
+    if last.get("timestamp") is not None and last.get("time_total_s") is not None:
+        end = datetime.fromtimestamp(float(last["timestamp"]))
+        trial.datetime_complete = end
+        trial.datetime_start = end - timedelta(seconds=float(last["time_total_s"]))
+    return trial
+
+
+def record_results(results: Any, prep: PreparedRun) -> int:
+    """Add the Ray trials not yet in the study to it, in the order they started.
+
+    Idempotent (a trial is known by its Ray trial id), so a resumed run adds
+    only what is new. Returns how many trials were added.
+    """
+    study = prep.study
+    known = {t.system_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False)}
+    new = [t for t in (trial_from_result(r, prep) for r in results) if t is not None]
+    new = [t for t in new if t.system_attrs["ray_trial_id"] not in known]
+    new.sort(key=lambda t: t.datetime_start or datetime.max)
+    number = len(study.trials)
+    for i, t in enumerate(new):
+        prov = t.user_attrs.get("policy", {}).get("provenance")
+        if isinstance(prov, dict):  # the trial number exists only now
+            prov["trial"] = number + i
+        study.add_trial(t)
+    return len(new)
+
+
+def _snap(distribution: Any, value: Any) -> Any:
+    step = getattr(distribution, "step", None)
+    if step is None or not isinstance(value, float):
+        return value
+    low = distribution.low
+    return round(low + round((value - low) / step) * step, 10)
+
+
+# ---------------------------------------------------------------- the run
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Start a local Ray runtime (this machine's CPUs) or connect to ``address``.
+
+    Returns True when this call started or connected Ray (so the caller shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                              configure_logging=False)
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot start or reach Ray at {address or 'a new local runtime'!r}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; give --ray-address "
+            "auto (the cluster this node belongs to) or host:port of a running `ray start --head`"
+        ) from None
+    return True
+
+
+def run_ray(
+    cfg: SearchConfig,
+    task: Task | None = None,
+    *,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_trial: float = 1,
+    max_concurrent: int | None = None,
+    points_to_evaluate: list[dict[str, Any]] | None = None,
+    reduction_factor: float = 2,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Run (or resume) the search ``cfg`` as Ray Tune trials; the result of ``ac.search``.
+
+    ``ray_address``: None = a local runtime with ``num_cpus`` (default: all of
+    this machine's), ``"auto"`` or ``"host:port"`` = an existing cluster.
+    ``cpus_per_trial``: CPUs each trial holds (its torch threads);
+    ``max_concurrent``: trials at once (default: as the CPUs allow);
+    ``points_to_evaluate``: parameter dicts tried first (e.g. a known good policy);
+    ``reduction_factor``: ASHA's (keep the best 1/rf at each rung).
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from autocompress.search.api import EXIT_NO_FEASIBLE, EXIT_OK, LUT_FILE, SearchResult
+    from autocompress.search.optuna_backend import best_feasible, make_sampler, n_done
+    from autocompress.search.workers import prepare_run
+
+    t_start = time.perf_counter()
+    say = log or LOG.warning
+    # Tune's console tables say nothing the progress line and the results folder do not.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if cfg.strategy in ("uniform", "greedy"):
+        raise ConfigError(
+            f"strategy {cfg.strategy!r} is a baseline that plans its candidates one after the "
+            "other; run it with --backend optuna, or use tpe, nsga2 or random with --backend ray"
+        )
+    if cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
+    prep = prepare_run(cfg, task, log_fn=say)
+    cfg, study, objective = prep.config, prep.study, prep.objective
+    out = prep.out
+    stored = dict(study.user_attrs.get("autocompress") or {})
+    if prep.created or "backend" not in stored:  # the export's provenance reads it
+        study.set_user_attr("autocompress", {**stored, "backend": "ray"})
+    if prep.lut is not None:
+        prep.lut.save()
+    exp_root = (out / RAY_DIR).resolve()
+    owns_ray = False
+    try:
+        remaining = cfg.trials - n_done(study)
+        if remaining > 0:
+            owns_ray = init_ray(ray_address, num_cpus)
+            kit = TrialKit(objective, study.study_name,
+                           str((out / LUT_FILE).resolve()) if prep.lut is not None else None,
+                           prep.target)
+            trainable = tune.with_resources(
+                tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
+            # Resume the last experiment of this run when Ray can; its trials keep their ids,
+            # so record_results adds only what the study lacks.
+            last = _last_experiment(exp_root)
+            if last is not None and tune.Tuner.can_restore(str(last)):
+                say(f"resuming the Ray experiment {last}")
+                tuner = tune.Tuner.restore(str(last), trainable=trainable,
+                                           resume_unfinished=True, resume_errored=True)
+                record_results(tuner.fit(), prep)
+                remaining = cfg.trials - n_done(study)
+            if remaining > 0:
+                name = _next_experiment_name(exp_root, study.study_name)
+                metric: Any = METRIC
+                mode: Any = _is_max(objective)
+                if cfg.mode != "constrained":
+                    metric, mode = [METRIC, COST], [mode, "min"]
+                searcher = constrained_optuna_search(
+                    space=dict(prep.space.distributions), metric=metric, mode=mode,
+                    sampler=make_sampler(cfg.strategy, cfg.mode, cfg.seed, cfg.trials),
+                    points_to_evaluate=points_to_evaluate or None,
+                )
+                # Trials this run already holds (an earlier Ray experiment or Optuna backend
+                # run into the same folder) teach the sampler before it proposes anything.
+                searcher.add_history(study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+                scheduler: Any = FIFOScheduler()
+                if (cfg.mode == "constrained" and cfg.pruner != "none" and cfg.report_every > 0
+                        and cfg.finetune_steps > cfg.report_every):
+                    scheduler = ASHAScheduler(
+                        time_attr=STEP, metric=METRIC, mode=mode, max_t=cfg.finetune_steps,
+                        grace_period=cfg.report_every, reduction_factor=reduction_factor,
+                    )
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=searcher, scheduler=scheduler, num_samples=remaining,
+                        max_concurrent_trials=max_concurrent,
+                        # One process per concurrent slot, not per trial: torch imports and
+                        # the task's transfer are paid once per slot.
+                        reuse_actors=True,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=name, storage_path=str(exp_root), verbose=0,
+                        failure_config=tune.FailureConfig(max_failures=0),
+                    ),
+                )
+                say(f"Ray Tune: {remaining} trials in {exp_root / name}")
+                record_results(tuner.fit(), prep)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    best = best_feasible(study, objective.higher_is_better)
+    summary = None
+    if cfg.export:
+        from autocompress.export import export_results
+
+        lut_file = out / LUT_FILE
+        summary = export_results(study, prep.task, out, target=prep.target, budget=prep.budget,
+                                 lut_path=lut_file if lut_file.is_file() else None)
+    from autocompress.policy import CompressionPolicy
+
+    best_policy = None
+    if best is not None:
+        best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],
+                                                  source=f"trial {best.number}")
+    return SearchResult(
+        best_policy=best_policy,
+        best_metric=float(best.user_attrs["metric"]) if best is not None else None,
+        best_trial=best.number if best is not None else None,
+        trials=study.trials_dataframe(),
+        out=out,
+        exit_status=EXIT_OK if best is not None else EXIT_NO_FEASIBLE,
+        study=study,
+        config=cfg,
+        summary=summary,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _experiments(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+
+
+def _last_experiment(root: Path) -> Path | None:
+    exps = _experiments(root)
+    return exps[-1] if exps else None
+
+
+def _next_experiment_name(root: Path, base: str) -> str:
+    taken = {p.name for p in _experiments(root)}
+    if base not in taken:
+        return base
+    k = 2
+    while f"{base}-{k}" in taken:
+        k += 1
+    return f"{base}-{k}"
