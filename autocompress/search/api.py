@@ -33,7 +33,6 @@ from autocompress.search.config import SearchConfig
 from autocompress.search.objective import Objective, TrialOutcome
 from autocompress.search.optuna_backend import (
     STUDY_FILE,
-    best_feasible,
     fail_dead_trials,
     make_pruner,
     make_sampler,
@@ -219,7 +218,11 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         lut.save()
         _share_lut(out / LUT_FILE)
 
-    best = best_feasible(study, task.higher_is_better)
+    # The same pick as the export (pareto.pick_best: best metric among feasible COMPLETE
+    # trials, ties to the cheaper one), so the result and the results folder agree.
+    from autocompress.pareto import pick_best
+
+    best = pick_best(study)
     summary = None
     if cfg.export:
         from autocompress.export import export_results
