@@ -1,0 +1,71 @@
+"""benchmarks/search_quality.py: the row builder on a real tiny search, and the tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"task", "budget", "strategy", "seed", "accuracy", "measured_latency_ms",
+            "baseline_latency_ms", "size_bytes", "trials", "wall_s", "mode", "feasible",
+            "meets_budget", "controller_overhead_share", "predicted_latency_ms", "speedup"}
+
+
+def _bench():  # the benchmark is a script, not a package module
+    spec = importlib.util.spec_from_file_location("search_quality",
+                                                  ROOT / "benchmarks" / "search_quality.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["search_quality"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(**kw):
+    row = {"task": "digits", "budget": "latency<=0.5x", "strategy": "tpe", "mode": "constrained",
+           "seed": 0, "target": "ort-cpu-1t-b64", "trials": 4, "trials_requested": 4, "finetune_steps": 10,
+           "feasible": True, "accuracy": 0.97, "baseline_accuracy": 0.99,
+           "predicted_latency_ms": 0.4, "measured_latency_ms": 0.5, "baseline_latency_ms": 1.0,
+           "speedup": 2.0, "speedup_paired": 2.1, "measured_latency_int8_ms": None, "size_bytes": 100,
+           "baseline_size_bytes": 400, "meets_budget": True, "wall_s": 10.0, "trials_s": 8.0,
+           "controller_overhead_share": 0.01, "cost_share": 0.005, "sampler_share": 0.005,
+           "loadavg_1m": 1.0, "cpus": 2, "finished_utc": "2026-01-01T00:00:00Z"}
+    row.update(kw)
+    return row
+
+
+def test_tables_and_goals_from_rows() -> None:
+    sq = _bench()
+    rows = [_row(seed=0, accuracy=0.97), _row(seed=1, accuracy=0.99),
+            _row(strategy="uniform", accuracy=0.95),
+            _row(strategy="random", accuracy=0.96, seed=1, meets_budget=False)]
+    md = sq.tables(rows)
+    assert "98.00 ± 1.41" in md  # tpe: mean +- sample std over the two seeds, in %
+    assert "none feasible (0/1 met)" in md  # random's only run missed the budget re-measured
+    assert "tpe 98.00 vs best of uniform/random 95.00: **met**" in md
+    assert "gap 1.00 points: **met**" in md
+    assert "controller overhead < 2% of trial time: 1.00%" in md
+    merged = sq.merge_rows([_row(accuracy=0.5)], path=ROOT / "does-not-exist.json")
+    assert len(merged) == 1 and merged[0]["accuracy"] == 0.5
+
+
+@pytest.mark.slow
+def test_run_row_real_search(tmp_path: Path) -> None:
+    sq = _bench()
+    row = sq.run_row("digits", "latency<=0.5x", "uniform", 0, trials=2, steps=5, work=tmp_path,
+                     rounds=2)
+    assert set(row) >= ROW_KEYS
+    assert row["trials"] <= 2 and row["finetune_steps"] == 5
+    assert (tmp_path / "digits" / "baseline.onnx").is_file()
+    if row["feasible"]:
+        assert row["measured_latency_ms"] > 0 and row["baseline_latency_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["baseline_latency_ms"]
+                                               / row["measured_latency_ms"])
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert 0.0 <= row["controller_overhead_share"] <= 1.0
+    # a second call reuses the cached row instead of searching again
+    assert sq.run_row("digits", "latency<=0.5x", "uniform", 0, trials=2, steps=5,
+                      work=tmp_path) == row
