@@ -9,37 +9,37 @@ from autocompress.cli.app import TASK_HELP, app, console, err_console
 
 @app.command()
 def search(
-    task: str = typer.Option(None, "--task", "-t", help=TASK_HELP + " [default: digits]"),
+    task: str = typer.Option(None, "--task", "-t", help=TASK_HELP + " (default: digits)"),
     space: str = typer.Option(
         None, "--space", "-s",
         help="search space YAML (or embedded:<name>); default: the task's embedded space"),
     budget: str = typer.Option(
         None, "--budget", "-b",
         help='e.g. "latency<=0.5x", "macs<=40%", "size<=1.5MB" (commas join) '
-             "[default: latency<=0.5x]"),
+             "(default: latency<=0.5x)"),
     target: str = typer.Option(
-        None, "--target", help="where latency is measured: ort|torch[-<N>t][-b<B>] [default: ort "
-        "at the task's target batch]"),
+        None, "--target", help="where latency is measured: ort|torch\\[-<N>t]\\[-b<B>] (default: ort "
+        "at the task's target batch)"),
     trials: int = typer.Option(None, "--trials", "-n",
                                help="total trials wanted; a resumed run counts finished ones "
-                                    "[default: 30]"),
+                                    "(default: 30)"),
     out: str = typer.Option(None, "--out", "-o",
-                            help="results folder (holds study.log) [default: results/<task>]"),
+                            help="results folder (holds study.log) (default: results/<task>)"),
     strategy: str = typer.Option(None, "--strategy",
-                                 help="tpe|nsga2|random|uniform|greedy [default: tpe]"),
-    mode: str = typer.Option(None, "--mode", help="constrained|pareto [default: constrained]"),
-    seed: int = typer.Option(None, "--seed", help="[default: 0]"),
+                                 help="tpe|nsga2|random|uniform|greedy (default: tpe)"),
+    mode: str = typer.Option(None, "--mode", help="constrained|pareto (default: constrained)"),
+    seed: int = typer.Option(None, "--seed", help="(default: 0)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
-                                       help="KD fine-tune steps per trial [default: 150]"),
+                                       help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
                                help="YAML file with these settings (flags override it)"),
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
     checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
     storage: str = typer.Option(None, "--storage",
-                                help="Optuna storage URL [default: journal file <out>/study.log]"),
-    study_name: str = typer.Option(None, "--study-name", help="[default: autocompress]"),
+                                help="Optuna storage URL (default: journal file <out>/study.log)"),
+    study_name: str = typer.Option(None, "--study-name", help="(default: autocompress)"),
     export: bool = typer.Option(None, "--export/--no-export",
-                                help="write the results folder at the end [default: export]"),
+                                help="write the results folder at the end (default: export)"),
 ) -> None:
     """Search per-layer prune/rank/sparsity/bits under a budget; resumes from <out>/study.log.
 
