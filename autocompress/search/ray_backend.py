@@ -355,7 +355,7 @@ def run_ray(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from autocompress.search.api import EXIT_NO_FEASIBLE, EXIT_OK, LUT_FILE, SearchResult
-    from autocompress.search.optuna_backend import best_feasible, make_sampler, n_done
+    from autocompress.search.optuna_backend import make_sampler, n_done
     from autocompress.search.workers import prepare_run
 
     t_start = time.perf_counter()
@@ -441,7 +441,9 @@ def run_ray(
 
             ray.shutdown()
 
-    best = best_feasible(study, objective.higher_is_better)
+    from autocompress.pareto import pick_best
+
+    best = pick_best(study)  # the export's pick, as autocompress search reports it
     summary = None
     if cfg.export:
         from autocompress.export import export_results

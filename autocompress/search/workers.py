@@ -428,7 +428,10 @@ def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Ca
     model, x = task.model, task.example_input
 
     def latency_fn(policy: Any) -> float:
-        return float(lut.predict(policy, inventory, model, x))
+        # As autocompress search: never faster than the policy's layers measured alone (the
+        # remainder fit can extrapolate below zero for heavily pruned policies).
+        p = lut.predict_breakdown(policy, inventory, model, x)
+        return float(max(p.latency_ms, sum(p.layers_ms.values())))
 
     return latency_fn
 
