@@ -1,7 +1,8 @@
 """``ac.search(...)``: the whole search run, the same function the CLI calls.
 
->>> import autocompress as ac                                     # doctest: +SKIP
->>> result = ac.search("digits", budget="latency<=0.5x", trials=30, out="results/digits")
+>>> import autocompress as ac
+>>> result = ac.search("digits", budget="latency<=0.5x", trials=30,  # doctest: +SKIP
+...                    out="results/digits")
 >>> result.best_policy, result.trials.shape, result.exit_status  # doctest: +SKIP
 """
 
