@@ -396,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg[k] = v
     t_all = time.perf_counter()
     rows = []
-    for task in cfg["tasks"]:
-        for budget in cfg["budgets"]:
-            for seed in cfg["seeds"]:
+    for seed in cfg["seeds"]:  # seed-major: a stopped run still has whole seeds
+        for task in cfg["tasks"]:
+            for budget in cfg["budgets"]:
                 for strategy in a.strategies:
                     row = run_row(task, budget, strategy, seed, cfg["trials"], cfg["steps"],
                                   a.work, reuse=not a.no_reuse, rounds=a.rounds,
