@@ -40,6 +40,12 @@ def search(
     study_name: str = typer.Option(None, "--study-name", help="(default: autocompress)"),
     export: bool = typer.Option(None, "--export/--no-export",
                                 help="write the results folder at the end (default: export)"),
+    backend: str = typer.Option(None, "--backend",
+                                help="optuna|ray: trials in this process, or as Ray Tune trials "
+                                     "(OptunaSearch + ASHA) (default: optuna)"),
+    ray_address: str = typer.Option(None, "--ray-address",
+                                    help="with --backend ray: auto or host:port of a running "
+                                         "cluster (default: a local Ray runtime)"),
 ) -> None:
     """Search per-layer prune/rank/sparsity/bits under a budget; resumes from <out>/study.log.
 
@@ -53,6 +59,7 @@ def search(
         "out": out, "strategy": strategy, "mode": mode, "seed": seed,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
+        "backend": backend, "ray_address": ray_address,
     })
 
     def say(msg: str) -> None:

@@ -123,8 +123,13 @@ def run(
     """Run (or resume) the search ``cfg`` describes; see :func:`search`.
 
     Runs under ``torch.set_num_threads(cfg.threads)`` (restored after; latency
-    measurements set their target's own thread count).
+    measurements set their target's own thread count). ``cfg.backend == "ray"``
+    runs the trials as Ray Tune trials (:mod:`autocompress.search.ray_backend`).
     """
+    if cfg.backend == "ray":
+        from autocompress.search.ray_backend import run_ray
+
+        return run_ray(cfg, task, ray_address=cfg.ray_address, progress=progress, log=log)
     if cfg.threads > 0:
         from autocompress.cost.latency import torch_threads
 

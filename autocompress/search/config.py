@@ -65,6 +65,12 @@ class SearchConfig(BaseModel):
     storage: str | None = Field(None, description="Optuna storage URL; default journal file")
     study_name: str = "autocompress"
     export: bool = True
+    backend: Literal["optuna", "ray"] = Field(
+        "optuna", description="optuna: trials in this process; ray: Ray Tune trials (OptunaSearch "
+        "+ ASHA), see autocompress.search.ray_backend")
+    ray_address: str | None = Field(
+        None, description="--backend ray: auto or host:port of a Ray cluster; default a local "
+        "runtime with this machine's CPUs")
 
     @property
     def out_dir(self) -> Path:

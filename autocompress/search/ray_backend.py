@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune import Callback
 
 from autocompress.errors import ConfigError
 
@@ -303,6 +304,76 @@ def _snap(distribution: Any, value: Any) -> Any:
     return round(low + round((value - low) / step) * step, 10)
 
 
+# ---------------------------------------------------------------- progress
+class SearchProgress(Callback):
+    """A Tune callback drawing the search progress bar: trials done, best feasible metric.
+
+    The same line ``autocompress search`` shows with the Optuna backend
+    (stderr; nothing when ``enabled`` is False).
+    """
+
+    def __init__(self, total: int, done: int, metric_name: str, higher_is_better: bool,
+                 enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, done, enabled
+        self.metric_name, self.higher_is_better = metric_name, higher_is_better
+        self.stopped = self.over = 0
+        self.best: tuple[float, float | None] | None = None
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run config
+        return {**self.__dict__, "bar": None, "task": None}
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        if not self.enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]search (ray)[/]"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("search", total=self.total, completed=self.done,
+                                      info=self.info())
+
+    def info(self) -> str:
+        tail = f" ({self.stopped} stopped by ASHA, {self.over} over budget)"
+        if self.best is None:
+            return "no feasible trial yet" + tail
+        metric, latency = self.best
+        lat = "" if latency is None else f" at {latency:.4g} ms (predicted)"
+        return f"best {self.metric_name} {metric:.4f}{lat}" + tail
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        attrs = json.loads(result.get(ATTRS) or "{}")
+        if not result.get(FINAL):
+            self.stopped += 1
+        elif not attrs.get("feasible", True):
+            self.over += 1
+        elif attrs.get("metric") is not None and not attrs.get("pruned"):
+            m = float(attrs["metric"])
+            if self.best is None or (m > self.best[0] if self.higher_is_better
+                                     else m < self.best[0]):
+                self.best = (m, attrs.get("predicted_latency_ms"))
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, info=self.info())
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 # ---------------------------------------------------------------- the run
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start a local Ray runtime (this machine's CPUs) or connect to ``address``.
@@ -431,6 +502,9 @@ def run_ray(
                     run_config=tune.RunConfig(
                         name=name, storage_path=str(exp_root), verbose=0,
                         failure_config=tune.FailureConfig(max_failures=0),
+                        callbacks=[SearchProgress(
+                            cfg.trials, n_done(study), prep.task.metric_name,
+                            objective.higher_is_better, progress)],
                     ),
                 )
                 say(f"Ray Tune: {remaining} trials in {exp_root / name}")
