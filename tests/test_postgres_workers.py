@@ -191,3 +191,79 @@ def test_bad_url_and_unknown_study_are_one_line_errors(pg_url):
                           heartbeat_interval=None)
     with pytest.raises(ConfigError, match="not a database URL"):
         open_storage("redis://localhost/0")
+
+
+def test_worker_and_export_cli_errors(pg_url):
+    from autocompress.cli.app import main
+
+    missing = f"no-such-{uuid.uuid4().hex[:6]}"
+    assert main(["worker", "--storage", pg_url, "--study", missing]) == 2
+    assert main(["export", "--storage", pg_url, "--study", missing, "--out", "/tmp/x"]) == 2
+
+
+def test_cli_error_lines(pg_url, capsys):
+    from autocompress.cli.app import main
+
+    missing = f"no-such-{uuid.uuid4().hex[:6]}"
+    main(["worker", "--storage", pg_url, "--study", missing])
+    err = capsys.readouterr().err
+    assert "does not exist yet and no --config was given" in err
+    assert "autocompress:autocompress@" not in err  # the password never reaches a log
+
+
+# ---------------------------------------------------------------- without a server (SQLite)
+def test_run_worker_retries_a_stale_trial_and_stops_at_the_total(tmp_path):
+    """The worker loop on a real RDB (SQLite file): a trial whose heartbeat stopped is
+    failed, re-run with its parameters, and the study ends with exactly the total."""
+    from autocompress.search.workers import run_worker
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    # A "dead worker": a RUNNING trial with one heartbeat, then silence.
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    res = run_worker(study, lambda t: t.suggest_float("x", 0, 1), 3, poll_s=0.2)
+    trials = study.get_trials(deepcopy=False)
+    assert res.progress.finished == 3 and res.trials_run == 3
+    assert trials[dead.number].state == TrialState.FAIL
+    retries = retried_trials(study)
+    assert list(retries.values()) == [dead.number]
+    retry = trials[next(iter(retries))]
+    assert retry.params == {"x": dead.params["x"]} and retry.state == TrialState.COMPLETE
+
+
+def test_run_worker_waits_for_trials_running_elsewhere(tmp_path):
+    """When the last trials needed run in another (live) worker, no surplus trial starts."""
+    import threading
+
+    from autocompress.search.workers import run_worker
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=5)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(live._trial_id)
+    # The other worker finishes its trial 1.5 s later (beating meanwhile).
+    def other() -> None:
+        for _ in range(3):
+            time.sleep(0.5)
+            storage.record_heartbeat(live._trial_id)
+        study.tell(live, 0.5)
+
+    th = threading.Thread(target=other)
+    th.start()
+    res = run_worker(study, lambda t: t.suggest_float("x", 0, 1), 2, poll_s=0.1)
+    th.join()
+    assert res.trials_run == 0 and res.progress.finished == 2
+    assert len(study.trials) == 2
+
+
+def test_storage_url_errors_without_a_server(tmp_path):
+    with pytest.raises(ConfigError, match="not a database URL"):
+        open_storage("redis://localhost/0")
+    with pytest.raises(ConfigError, match="cannot open storage 'sqlite:///"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert isinstance(open_storage(tmp_path / "j" / "study.log"), optuna.storages.JournalStorage)

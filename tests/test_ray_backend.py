@@ -121,10 +121,14 @@ def test_same_exporter_and_report(ray_run, digits_task):
 
 
 def test_baseline_strategies_are_refused(tmp_path):
-    from autocompress.search.ray_backend import run_ray
+    import autocompress as ac
 
+    # Through ac.search: backend="ray" dispatches to the Ray backend, which refuses a
+    # baseline before loading anything.
     with pytest.raises(ConfigError, match="baseline .* --backend optuna"):
-        run_ray(_cfg(tmp_path / "x", strategy="uniform"))
+        ac.search("digits", strategy="uniform", backend="ray", out=tmp_path / "x")
+    with pytest.raises(ConfigError, match="backend='dask' is invalid"):
+        ac.search("digits", backend="dask", out=tmp_path / "y")
 
 
 RESUME_SCRIPT = """

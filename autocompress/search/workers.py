@@ -136,20 +136,20 @@ def open_storage(
         )
     grace = grace_period if grace_period is not None else (
         3 * heartbeat_interval if heartbeat_interval else None)
-    with warnings.catch_warnings():  # "experimental since 2.8": stable for years, not news
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                    if heartbeat_interval else None)
     try:
-        return RDBStorage(
-            normalize_url(text),
-            # pool_pre_ping: a worker that idles while others finish must not die on a
-            # connection the server (or a proxy) closed meanwhile.
-            engine_kwargs={"pool_pre_ping": True} if not text.startswith("sqlite") else None,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=callback,
-        )
+        with warnings.catch_warnings():  # heartbeat "experimental since 2.8": stable for years
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+                        if heartbeat_interval else None)
+            return RDBStorage(
+                normalize_url(text),
+                # pool_pre_ping: a worker that idles while others finish must not die on a
+                # connection the server (or a proxy) closed meanwhile.
+                engine_kwargs={"pool_pre_ping": True} if not text.startswith("sqlite") else None,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=callback,
+            )
     except Exception as exc:  # SQLAlchemy / driver errors: say what failed, in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
@@ -254,7 +254,9 @@ def run_worker(
         if max_trials is not None and ran >= max_trials:
             break
         if heartbeat:
-            fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
         prog = study_progress(study)
         if prog.finished >= n_trials:
             break
