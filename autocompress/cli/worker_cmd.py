@@ -29,17 +29,17 @@ def worker(
         help="search settings YAML (as for `autocompress search`); needed to create the study, "
              "optional to join it (the study stores its configuration)"),
     trials: int = typer.Option(
-        None, "--trials", "-n", help="total finished trials the study should hold [default: config]"),
+        None, "--trials", "-n", help="total finished trials the study should hold (default: the config's trials)"),
     max_trials: int = typer.Option(
         None, "--max-trials", help="stop after this worker ran this many trials"),
     out: str = typer.Option(
         None, "--out", "-o",
-        help="local folder for this worker's run files and latency table [default: config]"),
+        help="local folder for this worker's run files and latency table (default: the config's out)"),
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder on this machine"),
     heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between trial heartbeats"),
     grace: int = typer.Option(
         None, "--grace", help="seconds without a heartbeat before a trial counts as dead "
-        "[default: 3 heartbeats]"),
+        "(default: 3 heartbeats)"),
     max_retry: int = typer.Option(3, "--max-retry", help="re-runs of one dead trial"),
     poll: float = typer.Option(
         2.0, "--poll", help="seconds between looks while the last trials run elsewhere"),

@@ -78,15 +78,30 @@ class TrialKit:
     study_name: str
     lut_path: str | None = None
     target: Target | None = None
+    lut: Any = None  # the driver's table, for nodes that do not see lut_path
 
     def objective_here(self) -> tuple[Objective, Any]:
-        """The objective with this process's fresh view of the latency table (and the table)."""
+        """The objective with this process's view of the latency table (and that table).
+
+        On the driver's machine the table file is re-read (what earlier trials
+        measured is reused, and this trial's measurements are saved for later
+        ones). On another node of a cluster, where that path does not exist, the
+        driver's table shipped with the kit is used in memory only (no stray
+        folders on worker nodes).
+        """
         if self.lut_path is None or self.target is None:
             return self.objective, None
         from autocompress.cost.lut import LatencyLUT
         from autocompress.search.workers import lut_latency_fn
 
-        lut = LatencyLUT(self.lut_path, self.target)
+        if Path(self.lut_path).is_file():
+            lut = LatencyLUT(self.lut_path, self.target)
+        else:
+            lut = self.lut
+            if lut is not None:
+                lut.path = None
+        if lut is None:
+            return self.objective, None
         self.objective.latency_fn = lut_latency_fn(lut, self.objective.inventory,
                                                    self.objective.task)
         return self.objective, lut
@@ -456,7 +471,7 @@ def run_ray(
             owns_ray = init_ray(ray_address, num_cpus)
             kit = TrialKit(objective, study.study_name,
                            str((out / LUT_FILE).resolve()) if prep.lut is not None else None,
-                           prep.target)
+                           prep.target, prep.lut)
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
             # Resume the last experiment of this run when Ray can; its trials keep their ids,
