@@ -101,24 +101,28 @@ class QuietGate:
     """Waits (at most ``max_wait_s``) until other processes use fewer than ``busy_below`` cores.
 
     Off by default (``max_wait_s=0``); benchmarks on shared machines turn it
-    on so that measurement blocks run in quiet moments. ``waited_s`` and
-    ``gave_up`` say how much it helped.
+    on so that measurement blocks run in quiet moments. ``budget_s`` caps the
+    total waiting: on a machine that never gets quiet the gate stops waiting
+    instead of multiplying the run time. ``waited_s`` and ``gave_up`` say how
+    much it helped.
     """
 
     max_wait_s: float = 0.0
     busy_below: float = 0.3
+    budget_s: float = 300.0
     waited_s: float = 0.0
     gave_up: int = 0
 
     def wait(self) -> None:
-        if self.max_wait_s <= 0:
+        if self.max_wait_s <= 0 or self.waited_s >= self.budget_s:
             return
         t0 = time.perf_counter()
+        limit = min(self.max_wait_s, self.budget_s - self.waited_s)
         while busy_cores() >= self.busy_below:
-            if time.perf_counter() - t0 > self.max_wait_s:
+            if time.perf_counter() - t0 > limit:
                 self.gave_up += 1
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.waited_s += time.perf_counter() - t0
 
 

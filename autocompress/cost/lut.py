@@ -12,6 +12,11 @@ may run as an integer kernel).
 Nothing is assumed about speed-ups: an int8 QDQ layer costs what it
 measures, slower or faster.
 
+How a lone layer is timed: in ``torch``, wall-clock of the module call (the
+smallest of ``blocks`` medians); in ``ort``, the layer's kernel time from ONNX
+Runtime's own profiler, without the ReorderInput/ReorderOutput nodes that a
+lone layer pays at its edges but a model pays only where the NCHWc layout changes.
+
 A policy's latency is the sum of its layers' entries plus the model's
 *remainder*: what the uncompressed model measures as a whole minus the sum of
 its layers' entries (BatchNorm, activations, pooling, adds, per-call overhead).
@@ -386,7 +391,9 @@ class LatencyLUT:
         (f1, m1, l1), (f2, m2, l2) = points
         r1, r2 = m1 - l1, m2 - l2
         slope = (r1 - r2) / (f1 - f2) if abs(f1 - f2) > 1e-6 else 0.0
-        slope = max(slope, 0.0)  # element-wise work cannot grow when channels go
+        # Element-wise work cannot grow when channels go, nor exceed the whole remainder:
+        # clamping keeps a noisy pair of measurements from producing a wild line.
+        slope = min(max(slope, 0.0), max(r1, 0.0) / f1)
         fit = {
             "model_ms": m1, "layers_ms": l1, "remainder_ms": r1,
             "pruned_model_ms": m2, "pruned_layers_ms": l2, "pruned_activation_fraction": f2,
