@@ -129,3 +129,16 @@ def test_lut_errors(cnn, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputFileError, match="delete it to rebuild"):
         LatencyLUT(bad, parse_target(FAST))
+
+
+def test_costs_and_baseline_feed_a_budget(cnn):
+    from autocompress.cost import parse_budget
+
+    model, inv = cnn
+    lut = LatencyLUT(None, parse_target(FAST))
+    base = lut.baseline_costs(inv, model, X)
+    assert base.latency_ms == pytest.approx(lut.predict(None, inv))  # empty policy = measured
+    small = lut.costs(CompressionPolicy(layers={"features.2": LayerPolicy(prune=0.5)}), inv)
+    assert small.macs < base.macs and small.latency_ms is not None and small.latency_ms > 0
+    ok, violations = parse_budget("macs<=0.9x,latency<=100x").check(small, base)
+    assert ok and set(violations) == {"macs", "latency"}

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress.cost.analytic import LayerShape, analytic_costs, compressed_shapes
+from autocompress.cost.analytic import Costs, LayerShape, analytic_costs, compressed_shapes
 from autocompress.cost.latency import (
     env_fingerprint,
     make_runner,
@@ -431,6 +431,32 @@ class LatencyLUT:
         sharing the file) can leave them out.
         """
         return self.predict_breakdown(policy, inventory, model, example_input).latency_ms
+
+
+    def costs(
+        self,
+        policy: CompressionPolicy | None,
+        inventory: LayerInventory,
+        model: nn.Module | None = None,
+        example_input: torch.Tensor | None = None,
+    ) -> Costs:
+        """Analytic costs of ``policy`` with ``latency_ms`` predicted by this table."""
+        return analytic_costs(policy, inventory).with_latency(
+            self.predict(policy, inventory, model, example_input)
+        )
+
+    def baseline_costs(
+        self,
+        inventory: LayerInventory,
+        model: nn.Module | None = None,
+        example_input: torch.Tensor | None = None,
+    ) -> Costs:
+        """The uncompressed model's costs with its *measured* latency (what ``0.5x`` refers to).
+
+        By construction the table predicts exactly this latency for the empty policy.
+        """
+        fit = self.remainder(inventory, model, example_input)
+        return analytic_costs(None, inventory).with_latency(fit["model_ms"])
 
 
 def activation_fraction(policy: CompressionPolicy | None, inventory: LayerInventory) -> float:
