@@ -421,6 +421,7 @@ def prepare_run(
         mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
         budget_section=budget.to_dict(baseline, target.name),
     )
+    api._warn_out_of_reach(objective, resolved, budget, say)
     return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
                        objective, lut, where)
 
