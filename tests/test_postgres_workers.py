@@ -43,7 +43,7 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: resolved (and skipped) before the digits fixture
 def pg_url() -> str:
     url = os.environ.get(PG_ENV)
     if not url:
