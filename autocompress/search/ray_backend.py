@@ -61,7 +61,7 @@ CONSTRAINTS = "ac_constraints"  # JSON: {budget metric: violation} (<= 0 = met)
 VALUES = "ac_values"  # JSON: the objective values
 
 
-def _is_max(objective: Objective) -> str:
+def _tune_mode(objective: Objective) -> str:
     return "max" if objective.higher_is_better else "min"
 
 
@@ -486,7 +486,7 @@ def run_ray(
             if remaining > 0:
                 name = _next_experiment_name(exp_root, study.study_name)
                 metric: Any = METRIC
-                mode: Any = _is_max(objective)
+                mode: Any = _tune_mode(objective)
                 if cfg.mode != "constrained":
                     metric, mode = [METRIC, COST], [mode, "min"]
                 searcher = constrained_optuna_search(
