@@ -267,3 +267,29 @@ def test_storage_url_errors_without_a_server(tmp_path):
     with pytest.raises(ConfigError, match="cannot open storage 'sqlite:///"):
         open_storage(f"sqlite:///{tmp_path}/no/such/dir/x.db")
     assert isinstance(open_storage(tmp_path / "j" / "study.log"), optuna.storages.JournalStorage)
+
+
+def test_slurm_example_submits_init_array_and_export(tmp_path):
+    """examples/slurm_array.sh on a login node: three jobs chained by dependencies (a stub
+    sbatch records them; the worker step itself is the CLI the tests above run)."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    stub = bin_dir / "sbatch"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\nwc -l < {log}\n')
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bin_dir}:{env['PATH']}", WORKERS="4", STUDY="s1",
+               AUTOCOMPRESS_STORAGE="postgresql://u:p@db:5432/ac")
+    out = subprocess.run(["bash", str(root / "examples" / "slurm_array.sh")], env=env,
+                         capture_output=True, text=True, check=True, cwd=root)
+    assert "submitted: init 1, workers 2 (4 tasks), export 3" in out.stdout
+    init, array, export = log.read_text().splitlines()
+    assert "worker --config examples/search_digits.yaml" in init and "--init-only" in init
+    assert "--dependency=afterok:1" in array and "--array=0-3" in array
+    assert "--dependency=afterany:2" in export and "export --storage" in export
+    from autocompress.search.config import SearchConfig
+
+    cfg = SearchConfig.build(root / "examples" / "search_digits.yaml")  # the shared config
+    assert cfg.task == "digits" and cfg.study_name == "digits"
