@@ -90,7 +90,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"onnxruntime {meta['onnxruntime']}; {meta['policies']} seeded random policies per row "
         f"(seed {meta['seed']}); total wall time {meta['wall_s'] / 60:.1f} min.",
         "",
-        "Measured latency = smallest of 3 block medians of 30 runs (see `LatencyStats.stable_ms`).",
+        "Measured latency = smallest of 10 block medians of 3 runs each (`LatencyStats.stable_ms`).",
         "LUT = per-layer table + fitted remainder; MACs = baseline latency x MACs / baseline MACs.",
         "tau = Kendall tau; MAPE and within +-10% in percent. Load = 1-minute load average at",
         "start/end of the row (2 cores: anything near or above 1 means another process competed).",

@@ -67,19 +67,21 @@ DEFAULT_FILE = "latency_lut.json"
 # Uniform prune ratio of the second model the remainder is fitted on.
 REMAINDER_PRUNE = 0.5
 # Whole-model measurements are split in this many blocks; the smallest block median counts.
-MODEL_BLOCKS = 3
+MODEL_BLOCKS = 10
 
 
 @dataclass(frozen=True)
 class LayerTiming:
     """Settings of single-layer measurements: ``blocks`` x ``runs`` timed runs, min of medians.
 
-    The minimum over blocks of each block's median is robust to the load
-    spikes of a shared machine while staying a typical (not best-case) time.
+    The minimum over many short blocks of each block's median finds the quiet
+    moments of a shared machine (load only ever adds time) while one odd fast
+    run cannot set it; whole models are measured the same way
+    (:data:`MODEL_BLOCKS`), so predictions and measurements compare like with like.
     """
 
-    blocks: int = 3
-    runs: int = 7
+    blocks: int = 10
+    runs: int = 3
     warmup: int = 3
     min_run_ms: float = 2.0
 
