@@ -118,8 +118,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + ", ".join(f"{r['task']}/{r['target']} waited {r['quiet_wait_s']:.0f} s, gave up "
                     f"{r['quiet_gave_up']}x" for r in results) + ".",
         "",
-        "LUT build (base): full-size layers, the uniformly pruned model's layers and the two",
-        "whole-model measurements of the remainder fit. LUT entries / s: every layer config",
+        "LUT build (base): full-size layers, the uniformly pruned and 3 calibration models'",
+        "layers, and those 5 whole-model measurements (remainder fit and structural offset;",
+        "the calibration policies use another seed than the scored ones). LUT entries / s: every layer config",
         "measured for the row (base + the random policies' configs) and the time spent measuring.",
         "",
     ]
@@ -133,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=30, help="random policies per task and target")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "latency_fidelity")
-    parser.add_argument("--quiet-wait", type=float, default=2.0,
+    parser.add_argument("--quiet-wait", type=float, default=0.5,
                         help="wait up to this many seconds before each timed block for other "
                         "processes to use < 0.3 cores (0: off)")
-    parser.add_argument("--quiet-budget", type=float, default=120.0,
+    parser.add_argument("--quiet-budget", type=float, default=30.0,
                         help="total seconds of such waiting per task and target")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

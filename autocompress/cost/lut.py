@@ -23,7 +23,9 @@ its layers' entries (BatchNorm, activations, pooling, adds, per-call overhead).
 The remainder is split into a fixed part and a part proportional to the
 layers' output activations, fitted on two measured models (uncompressed and
 uniformly pruned), because element-wise ops shrink with the channels pruning
-removes.
+removes; plus a structural offset measured on three seeded random policies,
+for the graph-level fusions a runtime loses once a policy mixes channel
+counts, factors and 8-bit inputs (see ``LatencyLUT._calibrate_offset``).
 
 The table lives in one JSON file (``latency_lut.json``), keyed by the target
 fingerprint (:func:`~autocompress.cost.latency.env_fingerprint`) and then by a
@@ -68,6 +70,9 @@ DEFAULT_FILE = "latency_lut.json"
 REMAINDER_PRUNE = 0.5
 # Whole-model measurements are split in this many blocks; the smallest block median counts.
 MODEL_BLOCKS = 10
+# Random policies the structural offset is calibrated on (seeded; see _calibrate_offset).
+CALIBRATION_POLICIES = 3
+CALIBRATION_SEED = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -401,10 +406,45 @@ class LatencyLUT:
             "pruned_model_ms": m2, "pruned_layers_ms": l2, "pruned_activation_fraction": f2,
             "per_activation_ms": slope, "fixed_ms": r1 - slope * f1,
         }
+        fit.update(self._calibrate_offset(inventory, model, example_input, fit))
         self._entry["models"][key] = fit
         self._dirty = True
         self.save()
         return fit
+
+    def _calibrate_offset(
+        self, inventory: LayerInventory, model: nn.Module, example_input: torch.Tensor,
+        fit: dict[str, float],
+    ) -> dict[str, float]:
+        """``offset_ms``: what mixed policies cost beyond their layers (median of a few measured).
+
+        A runtime with graph-level fusions (ONNX Runtime keeps the uncompressed model in
+        one NCHWc layout with BatchNorm and activations folded away) loses some of them
+        once channel counts, factors and 8-bit inputs are mixed: layout reorders appear
+        between layers and some BatchNorm/Clip nodes stay. Those costs belong to no
+        single layer, so they are measured on :data:`CALIBRATION_POLICIES` random policies
+        (a fixed seed, the same sampler as ``profile --validate`` with another seed) and
+        added to every policy that changes the graph's structure.
+        """
+        from autocompress.cost.sampling import random_policies
+        from autocompress.methods import apply_policy
+
+        residuals = []
+        for i, policy in enumerate(random_policies(inventory, CALIBRATION_POLICIES,
+                                                   seed=CALIBRATION_SEED)):
+            if self.progress:
+                self.progress(f"calibration model {i + 1}/{CALIBRATION_POLICIES}")
+            layers = sum(self.layers_ms(policy, inventory).values())
+            small = apply_policy(model, policy, example_input, inventory=inventory)
+            stats = measure_latency(small, example_input, self.target, runs=self.model_runs,
+                                    blocks=MODEL_BLOCKS)
+            self.model_measurements += 1
+            rem = fit["fixed_ms"] + fit["per_activation_ms"] * activation_fraction(policy, inventory)
+        if changes_structure(policy, inventory):
+            rem += fit.get("offset_ms", 0.0)
+            residuals.append(stats.stable_ms - layers - rem)
+        return {"offset_ms": float(np.median(residuals)) if residuals else 0.0,
+                "calibration_residuals_ms": residuals}  # type: ignore[dict-item]
 
     def predict_breakdown(
         self,
@@ -417,6 +457,8 @@ class LatencyLUT:
         fit = self.remainder(inventory, model, example_input)
         layers = self.layers_ms(policy, inventory)
         rem = fit["fixed_ms"] + fit["per_activation_ms"] * activation_fraction(policy, inventory)
+        if changes_structure(policy, inventory):
+            rem += fit.get("offset_ms", 0.0)
         return Prediction(latency_ms=sum(layers.values()) + rem, layers_ms=layers, remainder_ms=rem)
 
     def predict(
@@ -459,6 +501,20 @@ class LatencyLUT:
         """
         fit = self.remainder(inventory, model, example_input)
         return analytic_costs(None, inventory).with_latency(fit["model_ms"])
+
+
+def changes_structure(policy: CompressionPolicy | None, inventory: LayerInventory) -> bool:
+    """True when ``policy`` changes the runtime graph: channels, a factorisation or 8-bit inputs.
+
+    Weight bits and sparsity alone are baked into float weights: the graph stays the same.
+    """
+    if policy is None:
+        return False
+    for info, s in zip(inventory, compressed_shapes(policy, inventory), strict=True):
+        if (s.in_channels != info.in_channels or s.out_channels != info.out_channels
+                or s.rank is not None or s.act_bits == 8):
+            return True
+    return False
 
 
 def activation_fraction(policy: CompressionPolicy | None, inventory: LayerInventory) -> float:
