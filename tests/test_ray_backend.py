@@ -203,3 +203,13 @@ def test_interrupted_ray_run_resumes_with_tuner_restore(tmp_path, digits_task):
     assert len(ids) == len(set(ids)) == 4
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert [p.name for p in (out / "ray").iterdir()] == ["autocompress"]  # restored, not new
+
+
+def test_unreachable_ray_address_is_a_one_line_error():
+    import ray
+
+    from autocompress.search.ray_backend import init_ray
+
+    with pytest.raises(ConfigError, match=r"no Ray head answers at '127.0.0.1:1'"):
+        init_ray("127.0.0.1:1")
+    assert not ray.is_initialized()

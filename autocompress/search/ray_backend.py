@@ -401,6 +401,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
                               configure_logging=False)
+    if address and address != "auto" and not address.startswith(("ray://", "http")):
+        # Ray retries an unreachable GCS for minutes; a plain TCP check answers in seconds.
+        import socket
+
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or address, int(port or 6379)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"no Ray head answers at {address!r} ({exc}); start one with `ray start --head "
+                "--port=6379` and give --ray-address HOST:6379, or --ray-address auto on a node "
+                "of a running cluster"
+            ) from None
     try:
         if address:
             ray.init(address=address, **kw)
