@@ -19,7 +19,8 @@ def test_profile_json_with_validate(digits_task, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     for model in ("lut", "macs"):
         assert set(out[model]) == {"kendall_tau", "mape", "within_10pct"}
-        assert -1.0 <= out[model]["kendall_tau"] <= 1.0
+        tau = out[model]["kendall_tau"]
+        assert tau != tau or -1.0 <= tau <= 1.0  # NaN when 3 noisy timings tie
         assert out[model]["mape"] >= 0 and 0 <= out[model]["within_10pct"] <= 100
     assert out["target"] == "torch-cpu-1t-b8"
     assert [row["fqn"] for row in out["layers"]] == [

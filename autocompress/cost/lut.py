@@ -459,7 +459,10 @@ class LatencyLUT:
         rem = fit["fixed_ms"] + fit["per_activation_ms"] * activation_fraction(policy, inventory)
         if changes_structure(policy, inventory):
             rem += fit.get("offset_ms", 0.0)
-        return Prediction(latency_ms=sum(layers.values()) + rem, layers_ms=layers, remainder_ms=rem)
+        total = sum(layers.values())
+        # Guard: a noisy fit must never predict (near) zero; layers alone bound it from below.
+        rem = max(rem, -0.5 * total)
+        return Prediction(latency_ms=total + rem, layers_ms=layers, remainder_ms=rem)
 
     def predict(
         self,
