@@ -47,7 +47,7 @@ def test_tables_and_goals_from_rows() -> None:
     assert "none feasible (0/1 met)" in md  # random's only run missed the budget re-measured
     assert "tpe 98.00 vs best of uniform/random 95.00: **met**" in md
     assert "gap 1.00 points: **met**" in md
-    assert "controller overhead < 2% of trial time: 1.00%" in md
+    assert "controller overhead < 2% of trial time (4 trials x 10 steps, ort-cpu-1t-b64): 1.00%" in md
     merged = sq.merge_rows([_row(accuracy=0.5)], path=ROOT / "does-not-exist.json")
     assert len(merged) == 1 and merged[0]["accuracy"] == 0.5
 
