@@ -47,16 +47,6 @@ def _calibration(task: Task, batches: int) -> list[torch.Tensor] | None:
     return out or None
 
 
-def _check_input(task: Task) -> torch.Tensor:
-    """A real validation batch (up to 64 rows) when there is one, else the example input."""
-    if task.val_loader is not None:
-        batch = next(iter(task.val_loader), None)
-        if batch is not None:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            return x[:64]
-    return task.example_input
-
-
 def onnx_max_abs_diff(model: nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> tuple[float, float]:
     """``(max |ORT - PyTorch|, max |PyTorch|)`` on input ``x``."""
     with torch.no_grad():
@@ -131,7 +121,7 @@ def apply(
         torch.save(small, out / "model.pt")
         the_policy.save(out / "policy.json")
         onnx_bytes = export_onnx(small, the_task.example_input, out / "model.onnx")
-        diff, scale = onnx_max_abs_diff(small, onnx_bytes, _check_input(the_task))
+        diff, scale = onnx_max_abs_diff(small, onnx_bytes, the_task.validation_batch())
         if not math.isfinite(diff):
             raise MethodError("the exported ONNX model gives non-finite outputs in ONNX Runtime")
         x = the_task.example_input

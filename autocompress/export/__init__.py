@@ -290,7 +290,7 @@ def export_checked_onnx(model: nn.Module, task: Task, path: Path) -> float:
     from autocompress.runtime.onnx import export_onnx, run_onnx
 
     data = export_onnx(model, task.example_input, path)
-    x = _check_batch(task)
+    x = task.validation_batch()
     with torch.no_grad():
         ref = model(x).detach().cpu().numpy()
     got = run_onnx(data, x.numpy())
@@ -375,15 +375,6 @@ def fresh_latencies(
             if name not in out or stats.median_ms < out[name].median_ms:
                 out[name] = stats
     return out
-
-
-def _check_batch(task: Task) -> torch.Tensor:
-    if task.val_loader is not None:
-        batch = next(iter(task.val_loader), None)
-        if batch is not None:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            return x[:64]
-    return task.example_input
 
 
 def _budget_limits(budget: Budget, baseline: Costs) -> dict[str, float]:

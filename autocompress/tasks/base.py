@@ -73,3 +73,15 @@ class Task:
         n = batch_size or self.target_batch_size
         x = self.example_input[:1]
         return x.expand(n, *x.shape[1:]).contiguous()
+
+    def validation_batch(self, rows: int = 64) -> torch.Tensor:
+        """Up to ``rows`` real validation inputs (for PyTorch/ONNX agreement checks).
+
+        Falls back to the example input when the task has no validation data.
+        """
+        if self.val_loader is not None:
+            batch = next(iter(self.val_loader), None)
+            if batch is not None:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                return x[:rows]
+        return self.example_input
