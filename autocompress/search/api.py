@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
 import torch
 import yaml
+from optuna.storages import BaseStorage
 
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
@@ -45,6 +46,9 @@ from autocompress.search.optuna_backend import (
 )
 from autocompress.space import ResolvedSpace, SearchSpace, default_space
 from autocompress.tasks import Task, load_task
+
+if TYPE_CHECKING:
+    from autocompress.cost.lut import LatencyLUT
 
 LOG = logging.getLogger("autocompress.search")
 EXIT_OK = 0
@@ -138,8 +142,68 @@ def run(
     return _run(cfg, task, progress, log)
 
 
-def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) -> SearchResult:
-    t_start = time.perf_counter()
+@dataclass
+class PreparedRun:
+    """Everything fixed for one search run before its first trial, whatever runs the trials.
+
+    Built by :func:`prepare_run` for ``autocompress search`` (both backends) and
+    ``autocompress worker``. ``study`` holds the contract's study attributes
+    (``autocompress``, ``baseline``, ``inventory_sha256``); ``objective`` scores
+    a policy; ``lut`` is the latency table (None when the budget does not limit
+    latency); ``where`` names the storage in messages; ``created`` is True when
+    this call created the study.
+    """
+
+    config: SearchConfig
+    task: Task
+    inventory: LayerInventory
+    space: ResolvedSpace
+    budget: Budget
+    target: Target
+    study: optuna.Study
+    created: bool
+    objective: Objective
+    lut: LatencyLUT | None
+    where: str
+
+    @property
+    def out(self) -> Path:
+        """The results folder (``config.out_dir``)."""
+        return self.config.out_dir
+
+    @property
+    def baseline(self) -> Costs:
+        """The uncompressed model's costs (latency as stored in the study)."""
+        return self.objective.baseline
+
+
+def prepare_run(
+    cfg: SearchConfig,
+    task: Task | None = None,
+    storage: BaseStorage | str | None = None,
+    log: Log | None = None,
+    sampler_seed: int | None = None,
+    progress: bool = False,
+) -> PreparedRun:
+    """Everything a run fixes before its first trial; the one setup every backend and worker uses.
+
+    Checks budget, target and space (cheap, before any model is loaded), loads
+    the task, writes ``config.resolved.yaml`` and ``env.json``, opens (or
+    creates) the study, measures the baseline once per study, seeds and
+    measures the latency table, builds the
+    :class:`~autocompress.search.objective.Objective` and warns when the budget
+    looks out of reach. ``storage``: an opened storage (e.g.
+    :func:`autocompress.search.workers.open_storage` with a heartbeat), a URL,
+    or None for ``cfg.storage`` / the run's journal file. ``sampler_seed``
+    replaces ``cfg.seed`` for the sampler only (see
+    :func:`autocompress.search.workers.worker_seed`). ``progress`` shows a
+    spinner on stderr during the slow steps.
+
+    >>> prep = prepare_run(SearchConfig.build(None, {"task": "digits",  # doctest: +SKIP
+    ...                    "budget": "macs<=50%", "out": "results/digits"}))
+    >>> prep.objective(prep.space.smallest_policy()).feasible  # doctest: +SKIP
+    True
+    """
     quiet_optuna()
     say: Log = log or LOG.warning
     # Cheap checks first: a bad budget, target or space fails before any model is loaded.
@@ -170,34 +234,39 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     }
     _write_run_files(out, resolved_cfg, target)
 
-    where = str(out / STUDY_FILE) if not cfg.storage else cfg.storage
+    if storage is None:
+        storage = storage_for(out, cfg.storage)
+        where = cfg.storage or str(out / STUDY_FILE)
+    else:
+        from autocompress.search.workers import redact_url
+
+        where = redact_url(storage) if isinstance(storage, str) else (cfg.storage or "the storage")
     study, created = open_study(
-        storage_for(out, cfg.storage), cfg.study_name, _directions(task, cfg.mode),
-        make_sampler(cfg.strategy, cfg.mode, cfg.seed, cfg.trials),
+        storage, cfg.study_name, _directions(task, cfg.mode),
+        make_sampler(cfg.strategy, cfg.mode,
+                     cfg.seed if sampler_seed is None else sampler_seed, cfg.trials),
         make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
         resolved_cfg, where,
     )
     val_loader = val_subset(task, settings.val_samples)
     baseline = _baseline(study, task, inventory, target, val_loader, say)
+    # Processes that created a shared study at the same moment may each have measured a
+    # baseline; the one stored last is the study's, so every process judges the budget
+    # against it (one process alone reads back its own value).
+    stored = study.user_attrs.get("baseline") or {}
+    if stored.get("latency_ms") is not None:
+        baseline = baseline.with_latency(float(stored["latency_ms"]))
 
     latency_fn = None
     lut = None
     if budget.needs_latency:
         from autocompress.cost.lut import LatencyLUT
 
-        lut_path = _seed_lut(out / LUT_FILE)
-        lut = LatencyLUT(lut_path, target)
-        model, x = task.model, task.example_input
-
-        def latency_fn(policy: CompressionPolicy) -> float:
-            # Floor: a model is never faster than its layers measured alone. The table's
-            # remainder fit (model minus layers, linear in activations) can extrapolate below
-            # zero for heavily pruned policies when the machine is noisy.
-            p = lut.predict_breakdown(policy, inventory, model, x)
-            return float(max(p.latency_ms, sum(p.layers_ms.values())))
-
+        lut = LatencyLUT(_seed_lut(out / LUT_FILE), target)
+        latency_fn = lut_latency_fn(lut, inventory, task)
         with _status(progress, f"measuring the latency table on {target.name} ..."):
-            latency_fn(CompressionPolicy(layers={}))
+            latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
+        lut.save()
 
     objective = Objective(
         task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
@@ -206,14 +275,39 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     )
     with _status(progress, "checking the budget against the smallest policy ..."):
         _warn_out_of_reach(objective, resolved, budget, say)
+    return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
+                       objective, lut, where)
 
-    planner = _planner(cfg, study, objective, resolved, task, inventory, val_loader, progress)
+
+def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
+    """``policy -> predicted ms`` from ``lut`` (new layer shapes are measured and saved)."""
+    model, x = task.model, task.example_input
+
+    def latency_fn(policy: Any) -> float:
+        # Floor: a model is never faster than its layers measured alone. The table's
+        # remainder fit (model minus layers, linear in activations) can extrapolate below
+        # zero for heavily pruned policies when the machine is noisy.
+        p = lut.predict_breakdown(policy, inventory, model, x)
+        return float(max(p.latency_ms, sum(p.layers_ms.values())))
+
+    return latency_fn
+
+
+def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) -> SearchResult:
+    t_start = time.perf_counter()
+    say: Log = log or LOG.warning
+    prep = prepare_run(cfg, task, log=say, progress=progress)
+    cfg, study, objective, task = prep.config, prep.study, prep.objective, prep.task
+    lut, where, out = prep.lut, prep.where, prep.out
+
+    planner = _planner(cfg, study, objective, prep.space, task, prep.inventory,
+                       objective.val_loader, progress)
     failed = fail_dead_trials(study, requeue=planner is None)
     if failed:
         say(f"resuming: trial(s) {', '.join(map(str, failed))} of a killed run marked FAIL "
             "and run again")
     done_before = n_done(study)
-    if done_before and not created:
+    if done_before and not prep.created:
         say(f"resuming {where}: {done_before} of {cfg.trials} trials already finished")
 
     bar = _Progress(progress, cfg.trials, done_before, objective)
@@ -224,20 +318,31 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         lut.save()
         _share_lut(out / LUT_FILE)
 
-    # The same pick as the export (pareto.pick_best: best metric among feasible COMPLETE
-    # trials, ties to the cheaper one), so the result and the results folder agree.
+    return finish_run(prep, t_start, lut_path=(out / LUT_FILE) if lut is not None else None,
+                      progress=progress)
+
+
+def finish_run(
+    prep: PreparedRun, t_start: float, *, lut_path: Path | None, progress: bool = False
+) -> SearchResult:
+    """The :class:`SearchResult` of a run whose trials are done (exported when ``cfg.export``).
+
+    The best trial is the export's pick (:func:`autocompress.pareto.pick_best`:
+    best metric among feasible COMPLETE trials, ties to the cheaper one), so the
+    result and the results folder agree. ``lut_path``: the latency table the
+    export reads (None: none); ``t_start``: ``time.perf_counter()`` at the start.
+    """
     from autocompress.pareto import pick_best
 
+    cfg, study, out = prep.config, prep.study, prep.out
     best = pick_best(study)
     summary = None
     if cfg.export:
         from autocompress.export import export_results
 
         with _status(progress, "exporting the best model and the report ..."):
-            summary = export_results(
-                study, task, out, target=target, budget=budget,
-                lut_path=(out / LUT_FILE) if lut is not None else None,
-            )
+            summary = export_results(study, prep.task, out, target=prep.target,
+                                     budget=prep.budget, lut_path=lut_path)
     best_policy = None
     if best is not None:
         best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],

@@ -43,10 +43,9 @@ from autocompress.errors import ConfigError
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
-    from autocompress.search.api import SearchResult
+    from autocompress.search.api import PreparedRun, SearchResult
     from autocompress.search.config import SearchConfig
     from autocompress.search.objective import Objective
-    from autocompress.search.workers import PreparedRun
     from autocompress.tasks import Task
 
 LOG = logging.getLogger("autocompress.search")
@@ -92,7 +91,7 @@ class TrialKit:
         if self.lut_path is None or self.target is None:
             return self.objective, None
         from autocompress.cost.lut import LatencyLUT
-        from autocompress.search.workers import lut_latency_fn
+        from autocompress.search.api import lut_latency_fn
 
         if Path(self.lut_path).is_file():
             lut = LatencyLUT(self.lut_path, self.target)
@@ -453,9 +452,8 @@ def run_ray(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from autocompress.search.api import EXIT_NO_FEASIBLE, EXIT_OK, LUT_FILE, SearchResult
+    from autocompress.search.api import LUT_FILE, finish_run, prepare_run
     from autocompress.search.optuna_backend import make_sampler, n_done
-    from autocompress.search.workers import prepare_run
 
     t_start = time.perf_counter()
     say = log or LOG.warning
@@ -468,14 +466,12 @@ def run_ray(
         )
     if cpus_per_trial <= 0:
         raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
-    prep = prepare_run(cfg, task, log_fn=say)
+    prep = prepare_run(cfg, task, log=say)
     cfg, study, objective = prep.config, prep.study, prep.objective
     out = prep.out
     stored = dict(study.user_attrs.get("autocompress") or {})
     if prep.created or "backend" not in stored:  # the export's provenance reads it
         study.set_user_attr("autocompress", {**stored, "backend": "ray"})
-    if prep.lut is not None:
-        prep.lut.save()
     exp_root = (out / RAY_DIR).resolve()
     owns_ray = False
     try:
@@ -543,34 +539,8 @@ def run_ray(
 
             ray.shutdown()
 
-    from autocompress.pareto import pick_best
-
-    best = pick_best(study)  # the export's pick, as autocompress search reports it
-    summary = None
-    if cfg.export:
-        from autocompress.export import export_results
-
-        lut_file = out / LUT_FILE
-        summary = export_results(study, prep.task, out, target=prep.target, budget=prep.budget,
-                                 lut_path=lut_file if lut_file.is_file() else None)
-    from autocompress.policy import CompressionPolicy
-
-    best_policy = None
-    if best is not None:
-        best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],
-                                                  source=f"trial {best.number}")
-    return SearchResult(
-        best_policy=best_policy,
-        best_metric=float(best.user_attrs["metric"]) if best is not None else None,
-        best_trial=best.number if best is not None else None,
-        trials=study.trials_dataframe(),
-        out=out,
-        exit_status=EXIT_OK if best is not None else EXIT_NO_FEASIBLE,
-        study=study,
-        config=cfg,
-        summary=summary,
-        seconds=time.perf_counter() - t_start,
-    )
+    lut_file = out / LUT_FILE
+    return finish_run(prep, t_start, lut_path=lut_file if lut_file.is_file() else None)
 
 
 def _experiments(root: Path) -> list[Path]:

@@ -43,14 +43,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError
+from autocompress.search import api
+from autocompress.search.api import PreparedRun
 
 if TYPE_CHECKING:
-    from autocompress.cost import Budget, Target
-    from autocompress.cost.lut import LatencyLUT
-    from autocompress.inventory import LayerInventory
     from autocompress.search.config import SearchConfig
     from autocompress.search.objective import Objective
-    from autocompress.space import ResolvedSpace
     from autocompress.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -123,7 +121,7 @@ def open_storage(
     if not is_rdb_url(text):
         if "://" in text and not text.startswith("journal:"):
             raise ConfigError(
-                f"storage {_redact(text)!r} is not a database URL this version knows "
+                f"storage {redact_url(text)!r} is not a database URL this version knows "
                 f"({', '.join(s + '://' for s in RDB_SCHEMES)}) nor a journal file path; "
                 f"give e.g. postgresql://user:pass@host:5432/db or results/run/study.log"
             )
@@ -153,7 +151,7 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy / driver errors: say what failed, in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"cannot open storage {_redact(text)!r}: {first}; check that the database server "
+            f"cannot open storage {redact_url(text)!r}: {first}; check that the database server "
             f"is running and the URL (user, password, host, port, database) is right"
         ) from None
 
@@ -168,7 +166,7 @@ def load_shared_study(storage: str | Path | BaseStorage, study_name: str, **stor
         return optuna.load_study(study_name=study_name, storage=st)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-        where = _redact(str(storage)) if not isinstance(storage, BaseStorage) else "the storage"
+        where = redact_url(str(storage)) if not isinstance(storage, BaseStorage) else "the storage"
         raise ConfigError(
             f"study {study_name!r} is not in {where}; it holds "
             f"{', '.join(repr(n) for n in names) if names else 'no studies'}; start it with "
@@ -285,10 +283,10 @@ def retried_trials(study: optuna.Study) -> dict[int, int]:
     return out
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for error messages and logs).
 
-    >>> _redact("postgresql://me:secret@db:5432/x")
+    >>> redact_url("postgresql://me:secret@db:5432/x")
     'postgresql://me:***@db:5432/x'
     """
     if "://" not in url or "@" not in url:
@@ -301,32 +299,6 @@ def _redact(url: str) -> str:
 
 
 # ---------------------------------------------------------------- one run's fixed parts
-@dataclass
-class PreparedRun:
-    """Everything fixed for one search run, before any trial: what every backend and worker shares.
-
-    ``study`` holds the contract's study attributes (``autocompress``,
-    ``baseline``, ``inventory_sha256``); ``objective`` scores a policy;
-    ``lut`` is the latency table (None when the budget does not limit latency).
-    """
-
-    config: SearchConfig
-    task: Task
-    inventory: LayerInventory
-    space: ResolvedSpace
-    budget: Budget
-    target: Target
-    study: optuna.Study
-    created: bool
-    objective: Objective
-    lut: LatencyLUT | None
-    where: str
-
-    @property
-    def out(self) -> Path:
-        return self.config.out_dir
-
-
 def prepare_run(
     cfg: SearchConfig,
     task: Task | None = None,
@@ -334,109 +306,15 @@ def prepare_run(
     log_fn: Callable[[str], None] | None = None,
     sampler_seed: int | None = None,
 ) -> PreparedRun:
-    """Build a run's study, objective and latency table exactly as ``autocompress search`` does.
+    """:func:`autocompress.search.api.prepare_run` for a worker (its log defaults to this module's).
 
-    The same steps as :func:`autocompress.search.api.run` before its trial
-    loop (run files, study with the contract's attributes, baseline measured
-    once per study, latency table, :class:`~autocompress.search.objective.Objective`),
-    reusing its pieces, so a worker or the Ray backend scores candidates the
-    same way. ``storage``: an opened storage (e.g. :func:`open_storage` with a
-    heartbeat), a URL, or None for ``cfg.storage`` / the journal file.
+    Build a run's study, objective and latency table exactly as ``autocompress
+    search`` does. ``storage``: an opened storage (e.g. :func:`open_storage`
+    with a heartbeat), a URL, or None for ``cfg.storage`` / the journal file.
     ``sampler_seed`` replaces ``cfg.seed`` for the sampler only (see :func:`worker_seed`).
     """
-    from autocompress import __version__
-    from autocompress.cost import parse_budget, parse_target
-    from autocompress.evaluate import FinetuneSettings, val_subset
-    from autocompress.inventory import build_inventory
-    from autocompress.policy import CompressionPolicy
-    from autocompress.search import api
-    from autocompress.search.objective import Objective
-    from autocompress.search.optuna_backend import (
-        STUDY_FILE,
-        make_pruner,
-        make_sampler,
-        open_study,
-        quiet_optuna,
-        storage_for,
-    )
-    from autocompress.space import SearchSpace, default_space
-    from autocompress.tasks import load_task
-
-    quiet_optuna()
-    say = log_fn or log.warning
-    budget = parse_budget(cfg.budget)
-    target0 = parse_target(cfg.target)
-    space = SearchSpace.load(cfg.space) if cfg.space else None
-    if task is None:
-        task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
-    if space is None:
-        space = default_space(task.name)
-    target = target0.with_batch(task.target_batch_size)
-    inventory = build_inventory(task.model, task.example_input)
-    resolved = space.resolve(inventory)
-    cfg = cfg.model_copy(update={"task": task.name, "space": space.source})
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    settings = FinetuneSettings(
-        steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
-        seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
-        threads=cfg.threads,
-    )
-    resolved_cfg = {
-        **cfg.model_dump(), "version": __version__, "budget": budget.text,
-        "target": target.name, "space_sha256": space.sha256, "finetune": settings.to_dict(),
-    }
-    api._write_run_files(out, resolved_cfg, target)
-    if storage is None:
-        storage = storage_for(out, cfg.storage)
-        where = cfg.storage or str(out / STUDY_FILE)
-    else:
-        where = _redact(storage) if isinstance(storage, str) else (cfg.storage or "the storage")
-    study, created = open_study(
-        storage, cfg.study_name, api._directions(task, cfg.mode),
-        make_sampler(cfg.strategy, cfg.mode,
-                     cfg.seed if sampler_seed is None else sampler_seed, cfg.trials),
-        make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
-        resolved_cfg, where,
-    )
-    val_loader = val_subset(task, settings.val_samples)
-    baseline = api._baseline(study, task, inventory, target, val_loader, say)
-    # Workers that created the study at the same moment may each have measured a baseline;
-    # the one stored last is the study's, so every worker judges the budget against it.
-    stored = study.user_attrs.get("baseline") or {}
-    if stored.get("latency_ms") is not None:
-        baseline = baseline.with_latency(float(stored["latency_ms"]))
-
-    lut = None
-    latency_fn = None
-    if budget.needs_latency:
-        from autocompress.cost.lut import LatencyLUT
-
-        lut = LatencyLUT(api._seed_lut(out / api.LUT_FILE), target)
-        latency_fn = lut_latency_fn(lut, inventory, task)
-        latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
-        lut.save()
-    objective = Objective(
-        task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
-        mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
-        budget_section=budget.to_dict(baseline, target.name),
-    )
-    api._warn_out_of_reach(objective, resolved, budget, say)
-    return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
-                       objective, lut, where)
-
-
-def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
-    """``policy -> predicted ms`` from ``lut`` (new layer shapes are measured and saved)."""
-    model, x = task.model, task.example_input
-
-    def latency_fn(policy: Any) -> float:
-        # As autocompress search: never faster than the policy's layers measured alone (the
-        # remainder fit can extrapolate below zero for heavily pruned policies).
-        p = lut.predict_breakdown(policy, inventory, model, x)
-        return float(max(p.latency_ms, sum(p.layers_ms.values())))
-
-    return latency_fn
+    return api.prepare_run(cfg, task, storage, log=log_fn or log.warning,
+                           sampler_seed=sampler_seed)
 
 
 def worker_id() -> str:
