@@ -59,6 +59,7 @@ def test_caching_counts_measurements_and_reuses_the_file(cnn, tmp_path):
     first = lut.predict(policy, inv, model, X)
     n_layers, n_models = lut.measured, lut.model_measurements
     assert first > 0 and n_layers >= len(inv) and n_models == 2 + 3  # fit + calibration
+    assert len(lut.remainder(inv, None, X)["calibration_residuals_ms"]) == 3
     assert lut.predict(policy, inv, model, X) == first and lut.measured == n_layers  # cache hit
 
     again = LatencyLUT(path, parse_target(FAST))  # a new process would do the same

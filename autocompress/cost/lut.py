@@ -440,8 +440,6 @@ class LatencyLUT:
                                     blocks=MODEL_BLOCKS)
             self.model_measurements += 1
             rem = fit["fixed_ms"] + fit["per_activation_ms"] * activation_fraction(policy, inventory)
-        if changes_structure(policy, inventory):
-            rem += fit.get("offset_ms", 0.0)
             residuals.append(stats.stable_ms - layers - rem)
         return {"offset_ms": float(np.median(residuals)) if residuals else 0.0,
                 "calibration_residuals_ms": residuals}  # type: ignore[dict-item]
