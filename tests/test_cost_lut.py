@@ -144,3 +144,20 @@ def test_costs_and_baseline_feed_a_budget(cnn):
     assert small.macs < base.macs and small.latency_ms is not None and small.latency_ms > 0
     ok, violations = parse_budget("macs<=0.9x,latency<=100x").check(small, base)
     assert ok and set(violations) == {"macs", "latency"}
+
+
+def test_a_stale_whole_model_fit_is_forgotten_and_remeasured(cnn, tmp_path):
+    model, inv = cnn
+    lut = LatencyLUT(tmp_path / "lut.json", parse_target(FAST))
+    fit = lut.remainder(inv, model, X)
+    true_ms = fit["model_ms"]
+    assert not lut.forget_model_if_stale(inv, X, true_ms * 1.1)  # within tolerance: kept
+    fit["model_ms"] = true_ms * 5  # as if measured while another job loaded the machine
+    assert lut.forget_model_if_stale(inv, X, true_ms)
+    assert lut.entries == {}  # layers timed in the same period are redone too
+    lut.save()
+    assert LatencyLUT(tmp_path / "lut.json", parse_target(FAST)).entries == {}  # not merged back
+    before = lut.model_measurements
+    again = lut.remainder(inv, model, X)
+    assert lut.model_measurements > before  # re-measured, not read back
+    assert again["model_ms"] < true_ms * 5

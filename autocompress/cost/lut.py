@@ -100,6 +100,10 @@ class Prediction:
     remainder_ms: float
 
 
+# A cached whole-model fit further than this (relative) from a fresh measurement is redone.
+STALE_TOLERANCE = 0.3
+
+
 def _padding(k: int, s: int, size_in: int, size_out: int) -> int:
     """Smallest symmetric padding that maps ``size_in`` to ``size_out`` (dilation 1)."""
     return max(0, math.ceil(((size_out - 1) * s + k - size_in) / 2))
@@ -238,6 +242,7 @@ class LatencyLUT:
         entry.setdefault("layers", {})
         entry.setdefault("models", {})
         self._dirty = False
+        self._forgotten = False  # set by forget_model_if_stale: do not merge old entries back
 
     # ---- file ----------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
@@ -273,8 +278,8 @@ class LatencyLUT:
         disk = self._load()
         for key, theirs in disk["targets"].items():
             mine = self._data["targets"].setdefault(key, theirs)
-            if mine is theirs:
-                continue
+            if mine is theirs or (key == self.key and self._forgotten):
+                continue  # forgotten entries stay forgotten; the file gets the new ones
             for section in ("layers", "models"):
                 ours = mine.setdefault(section, {})
                 for k, v in theirs.get(section, {}).items():
@@ -285,6 +290,7 @@ class LatencyLUT:
             json.dump(self._data, fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
         self._dirty = False
+        self._forgotten = False
 
     # ---- layers --------------------------------------------------------------------
     def layer_ms(self, shape: LayerShape) -> float:
@@ -411,6 +417,32 @@ class LatencyLUT:
         self._dirty = True
         self.save()
         return fit
+
+    def forget_model_if_stale(
+        self, inventory: LayerInventory, example_input: torch.Tensor, model_ms: float,
+        tolerance: float = STALE_TOLERANCE,
+    ) -> bool:
+        """Drop the cached whole-model fit when a fresh measurement of the model disagrees.
+
+        The fit is measured once and shared across runs; one taken while another job
+        loaded the machine would skew every later prediction. A caller that has just
+        measured the uncompressed model (the search does, once per study) passes that
+        time; if it differs from the cached ``model_ms`` by more than ``tolerance``
+        (relative), the machine was not in the state the table describes: the fit and
+        this target's layer entries are forgotten and re-measured on next use (layers
+        timed in the same noisy period would keep skewing predictions). Returns True then.
+        """
+        key = self.model_key(inventory, example_input)
+        fit = self._entry["models"].get(key)
+        if fit is None or model_ms <= 0:
+            return False
+        if abs(float(fit["model_ms"]) - model_ms) <= tolerance * model_ms:
+            return False
+        self._entry["models"].clear()
+        self._entry["layers"].clear()
+        self._forgotten = True
+        self._dirty = True
+        return True
 
     def _calibrate_offset(
         self, inventory: LayerInventory, model: nn.Module, example_input: torch.Tensor,

@@ -264,6 +264,10 @@ def prepare_run(
 
         lut = LatencyLUT(_seed_lut(out / LUT_FILE), target)
         latency_fn = lut_latency_fn(lut, inventory, task)
+        if baseline.latency_ms and lut.forget_model_if_stale(
+                inventory, task.example_input, float(baseline.latency_ms)):
+            say("the cached whole-model latency disagrees with this study's baseline "
+                "measurement by more than 30%; re-measuring it")
         with _status(progress, f"measuring the latency table on {target.name} ..."):
             latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
         lut.save()
