@@ -13,7 +13,8 @@ from rich.table import Table
 
 from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
 from autocompress.cli.common import task_and_inventory
-from autocompress.cost.lut import LatencyLUT, default_lut_path
+from autocompress.cost.latency import measure_latency
+from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, default_lut_path
 from autocompress.cost.target import parse_target
 
 TARGET_HELP = 'runtime[-cpu][-<N>t][-b<B>]: "ort", "torch", "ort-cpu-2t-b64"'
@@ -56,6 +57,13 @@ def profile(
         job = bar.add_task(f"latency table on {tgt.name}", total=None)
         lut = LatencyLUT(path, tgt, model_runs=runs,
                          progress=lambda msg: bar.update(job, description=f"measuring {msg}"))
+        # A cached table from a noisy period is redone rather than trusted (see the LUT).
+        bar.update(job, description="measuring the whole model")
+        fresh = measure_latency(task_obj.model, task_obj.example_input, tgt, runs=runs,
+                                blocks=MODEL_BLOCKS).stable_ms
+        if lut.forget_model_if_stale(inventory, task_obj.example_input, fresh):
+            err_console.print("the cached latency table disagrees with a fresh measurement of "
+                              "the model by more than 30%; re-measuring it", highlight=False)
         layers = lut.layer_table(inventory)
         fit = lut.remainder(inventory, task_obj.model, task_obj.example_input)
         bar.update(job, description="done", total=1, completed=1)
