@@ -111,7 +111,7 @@ def cost_key(trials: Sequence[FrozenTrial], preferred: str | None = None) -> str
     'size_bytes'
     """
     for key in ((preferred,) if preferred else ()) + COST_KEYS:
-        if trials and all(_number(t.user_attrs.get(key)) is not None for t in trials):
+        if trials and all(as_number(t.user_attrs.get(key)) is not None for t in trials):
             return key
     return "macs"
 
@@ -161,12 +161,12 @@ def pareto_front(
         front = [t for t in study.best_trials if is_feasible(t)]
     else:
         points = [
-            (float(trial_metric(t) or 0.0), _number(t.user_attrs.get(key)) or 0.0)
+            (float(trial_metric(t) or 0.0), as_number(t.user_attrs.get(key)) or 0.0)
             for t in feasible
         ]
         idx = non_dominated(points, [metric_direction(study), StudyDirection.MINIMIZE])
         front = [feasible[i] for i in idx]
-    return sorted(front, key=lambda t: (_number(t.user_attrs.get(key)) or 0.0, t.number))
+    return sorted(front, key=lambda t: (as_number(t.user_attrs.get(key)) or 0.0, t.number))
 
 
 def pick_best(
@@ -185,8 +185,8 @@ def pick_best(
     sign = -1.0 if _is_max(metric_direction(study)) else 1.0
 
     def rank(t: FrozenTrial) -> tuple[float, float, float, int]:
-        lat = _number(t.user_attrs.get("predicted_latency_ms"))
-        macs = _number(t.user_attrs.get("macs"))
+        lat = as_number(t.user_attrs.get("predicted_latency_ms"))
+        macs = as_number(t.user_attrs.get("macs"))
         return (
             sign * float(trial_metric(t) or 0.0),
             math.inf if lat is None else lat,
@@ -203,11 +203,16 @@ def _is_max(direction: StudyDirection | str) -> bool:
     return str(direction).lower() in ("maximize", "max")
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a float, or ``default`` for None, bools, NaN and non-numbers.
+
+    >>> as_number("0.5"), as_number(None), as_number(float("nan"), 0.0), as_number(True)
+    (0.5, None, 0.0, None)
+    """
     if value is None or isinstance(value, bool):
-        return None
+        return default
     try:
         f = float(value)
     except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+        return default
+    return default if math.isnan(f) else f

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from plotly.subplots import make_subplots
 
 from autocompress.pareto import (
     BUDGET_COST_ATTRS,
+    as_number,
     budget_cost_key,
     cost_key,
     feasible_trials,
@@ -122,19 +122,19 @@ def pareto_figure(
 
     feas = feasible_trials(done)
     fig.add_trace(go.Scatter(
-        x=[_num(t.user_attrs.get(key)) for t in feas],
+        x=[as_number(t.user_attrs.get(key)) for t in feas],
         y=[trial_metric(t) for t in feas],
         mode="markers", name="feasible", marker={"color": "#1f77b4", "size": 8},
         text=[f"trial {t.number}" for t in feas], hovertemplate="%{text}<br>%{x}, %{y}",
     ))
     infeas = [t for t in done if not is_feasible(t)]
     if infeas:
-        metrics = [trial_metric(t) for t in feas] + [_num(baseline.get("metric"))]
+        metrics = [trial_metric(t) for t in feas] + [as_number(baseline.get("metric"))]
         known = [m for m in metrics if m is not None]
         floor = min(known) if known else 0.0
         ys = [trial_metric(t) if trial_metric(t) is not None else floor for t in infeas]
         fig.add_trace(go.Scatter(
-            x=[_num(t.user_attrs.get(key)) for t in infeas], y=ys, mode="markers",
+            x=[as_number(t.user_attrs.get(key)) for t in infeas], y=ys, mode="markers",
             name="infeasible (over budget; not fine-tuned, drawn at the bottom)",
             marker={"color": "#d62728", "symbol": "x", "size": 8},
             text=[_violations_text(t) for t in infeas], hovertemplate="%{text}<br>%{x}",
@@ -142,17 +142,17 @@ def pareto_figure(
     front = pareto_front(study, done) if len(study.directions) == 1 else pareto_front(study)
     if front:
         fig.add_trace(go.Scatter(
-            x=[_num(t.user_attrs.get(key)) for t in front], y=[trial_metric(t) for t in front],
+            x=[as_number(t.user_attrs.get(key)) for t in front], y=[trial_metric(t) for t in front],
             mode="lines+markers", name="Pareto front", line={"color": "#2ca02c", "shape": "hv"},
             marker={"size": 10, "symbol": "circle-open"},
         ))
-    base_x = _num(baseline.get("latency_ms" if key == "predicted_latency_ms" else key))
-    if base_x is not None and _num(baseline.get("metric")) is not None:
+    base_x = as_number(baseline.get("latency_ms" if key == "predicted_latency_ms" else key))
+    if base_x is not None and as_number(baseline.get("metric")) is not None:
         fig.add_trace(go.Scatter(
             x=[base_x], y=[baseline["metric"]], mode="markers", name="uncompressed baseline",
             marker={"color": "black", "symbol": "star", "size": 14},
         ))
-        fresh = _num(summary.get("baseline_latency_ms"))
+        fresh = as_number(summary.get("baseline_latency_ms"))
         if key == "predicted_latency_ms" and fresh is not None:
             fig.add_trace(go.Scatter(
                 x=[fresh], y=[baseline["metric"]], mode="markers",
@@ -160,14 +160,14 @@ def pareto_figure(
                 marker={"color": "black", "symbol": "star-open", "size": 14},
             ))
     if best is not None:
-        px = _num(best.user_attrs.get(key))
+        px = as_number(best.user_attrs.get(key))
         fig.add_trace(go.Scatter(
             x=[px], y=[trial_metric(best)], mode="markers",
             name=f"best (trial {best.number}), predicted",
             marker={"color": "#ff7f0e", "symbol": "diamond", "size": 14},
         ))
-        measured = _num(summary.get("measured_latency_ms"))
-        best_metric = _num(summary.get("best_metric"))
+        measured = as_number(summary.get("measured_latency_ms"))
+        best_metric = as_number(summary.get("best_metric"))
         if key == "predicted_latency_ms" and measured is not None:
             fig.add_trace(go.Scatter(
                 x=[measured], y=[best_metric if best_metric is not None else trial_metric(best)],
@@ -395,7 +395,7 @@ def _study_limits(study: optuna.Study) -> dict[str, float]:
         baseline = Costs(
             macs=int(base.get("macs") or 0), bops=int(base.get("bops") or 0),
             params=int(base.get("params") or 0), size_bytes=int(base.get("size_bytes") or 0),
-            latency_ms=_num(base.get("latency_ms")),
+            latency_ms=as_number(base.get("latency_ms")),
         )
         return parse_budget(text).limits(baseline)
     except Exception:  # a relative clause whose baseline is missing: no line, not no report
@@ -408,8 +408,8 @@ def _budget_limit(key: str, limits: Mapping[str, Any]) -> float | None:
     metric = {attr: m for m, attr in BUDGET_COST_ATTRS.items()}.get(key, key)
     wanted = (metric, "latency_ms") if metric == "latency" else (metric, key)
     for name in wanted:
-        if _num(limits.get(name)) is not None:
-            return _num(limits.get(name))
+        if as_number(limits.get(name)) is not None:
+            return as_number(limits.get(name))
     return None
 
 
@@ -440,16 +440,6 @@ def _as_dict(summary: Any) -> dict[str, Any]:
     if hasattr(summary, "to_dict"):
         return dict(summary.to_dict())
     raise TypeError(f"summary must be a mapping or have to_dict(), got {type(summary).__name__}")
-
-
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def _fmt(v: Any) -> str:

@@ -37,7 +37,7 @@ from autocompress.export.results import (
 )
 from autocompress.export.summary import ExportSummary
 from autocompress.inventory import LayerInventory, build_inventory
-from autocompress.pareto import feasible_trials, pick_best, trial_metric
+from autocompress.pareto import as_number, feasible_trials, pick_best, trial_metric
 from autocompress.policy import CompressionPolicy
 from autocompress.report import write_report
 from autocompress.tasks import Task
@@ -102,8 +102,8 @@ def export_results(
         budget=bud.text,
         target=tgt.name,
         higher_is_better=bool(base.get("higher_is_better", task.higher_is_better)),
-        baseline_metric=_num(base.get("metric"), task.baseline_metric),
-        baseline_latency_study_ms=_num(base.get("latency_ms")),
+        baseline_metric=as_number(base.get("metric"), task.baseline_metric),
+        baseline_latency_study_ms=as_number(base.get("latency_ms")),
         n_trials=len(trials),
         n_complete=sum(t.state == TrialState.COMPLETE for t in trials),
         n_feasible=len(feasible_trials(trials)),
@@ -135,7 +135,7 @@ def export_results(
     # ---- the best policy, rebuilt into a model ----------------------------------------------
     summary.best_trial = best.number
     summary.trial_metric = trial_metric(best)
-    summary.predicted_latency_ms = _num(best.user_attrs.get("predicted_latency_ms"))
+    summary.predicted_latency_ms = as_number(best.user_attrs.get("predicted_latency_ms"))
     policy = trial_policy(best, study)
     policy.validate_against(inventory, source=f"trial {best.number} policy")
     write_policies(study, out)
@@ -385,11 +385,3 @@ def _budget_limits(budget: Budget, baseline: Costs) -> dict[str, float]:
         return {}
 
 
-def _num(value: Any, default: float | None = None) -> float | None:
-    if value is None or isinstance(value, bool):
-        return default
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return default
-    return default if math.isnan(f) else f

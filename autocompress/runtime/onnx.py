@@ -46,8 +46,9 @@ def export_onnx(
     return data
 
 
-def ort_session(model: bytes | str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full optimisation."""
+def session_options(threads: int = 1):
+    """ONNX Runtime options every run and measurement shares: fixed intra-op threads,
+    sequential execution, full graph optimisation, quiet logs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -56,6 +57,14 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    return opts
+
+
+def ort_session(model: bytes | str | Path, threads: int = 1):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full optimisation."""
+    import onnxruntime as ort
+
+    opts = session_options(threads)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
