@@ -92,6 +92,9 @@ class LayerInventory:
     total_params: int
     unsupported_ops: dict[str, int] = field(default_factory=dict)
     pruning_error: str | None = None
+    # Layers whose output is the model's output (the logits): never pruned, and search
+    # spaces can match them with ``{output: true}`` to keep ranks and bits high there.
+    outputs: tuple[str, ...] = ()
 
     def __iter__(self):
         return iter(self.layers)
@@ -214,6 +217,8 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
     modules = compressible_modules(model)
     shapes = _shapes(model, example_input, modules)
     macs, unsupported = count_macs(model, example_input)
+    name_of = {id(m): n for n, m in modules.items()}
+    outputs = tuple(name_of[id(m)] for m in output_layers(model, example_input))
     pruning_error = None
     try:
         groups, in_groups = pruning_groups(model, example_input)
@@ -256,6 +261,7 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
         total_params=sum(p.numel() for p in model.parameters()),
         unsupported_ops=unsupported,
         pruning_error=pruning_error,
+        outputs=outputs,
     )
 
 

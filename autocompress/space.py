@@ -2,7 +2,8 @@
 
 A space file (DESIGN.md section 4) has ``defaults`` for every compressible
 layer and ``rules`` matched first-match-wins by ``fqn`` (exact, or
-``"re:<regex>"``) and/or ``kind``. A knob that is ``null`` (or absent from the
+``"re:<regex>"``), ``kind`` and/or ``output`` (``true``: the layers whose output
+is the model's output, i.e. the logits). A knob that is ``null`` (or absent from the
 defaults) is not searched and leaves the layer untouched; a knob absent from a
 rule inherits the default.
 
@@ -163,17 +164,28 @@ class Knobs(BaseModel):
 
 
 class Match(BaseModel):
-    """Which layers a rule applies to: ``fqn`` (exact or ``re:<regex>``) and/or ``kind``."""
+    """Which layers a rule applies to: ``fqn`` (exact or ``re:<regex>``), ``kind`` and/or ``output``.
+
+    ``output: true`` matches the layers whose output is the model's output (the
+    logits), which is how a generic space keeps the classifier's rank and bits high
+    without naming it; ``output: false`` matches every other layer.
+
+    >>> Match(output=True).matches("net.5", "Linear", is_output=True)
+    True
+    >>> Match(kind="Linear", output=False).matches("net.5", "Linear", is_output=True)
+    False
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fqn: str | None = None
     kind: Literal["Conv2d", "DepthwiseConv2d", "Linear"] | None = None
+    output: bool | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Match:
-        if self.fqn is None and self.kind is None:
-            raise ValueError("match needs fqn and/or kind")
+        if self.fqn is None and self.kind is None and self.output is None:
+            raise ValueError("match needs fqn, kind and/or output")
         if self.fqn is not None and self.fqn.startswith("re:"):
             try:
                 re.compile(self.fqn[3:])
@@ -181,8 +193,10 @@ class Match(BaseModel):
                 raise ValueError(f"bad regex {self.fqn[3:]!r} ({exc})") from None
         return self
 
-    def matches(self, fqn: str, kind: str) -> bool:
+    def matches(self, fqn: str, kind: str, is_output: bool = False) -> bool:
         if self.kind is not None and kind != self.kind:
+            return False
+        if self.output is not None and is_output != self.output:
             return False
         if self.fqn is None:
             return True
@@ -191,7 +205,9 @@ class Match(BaseModel):
         return fqn == self.fqn
 
     def describe(self) -> str:
-        parts = [f"{k}: {v}" for k, v in (("fqn", self.fqn), ("kind", self.kind)) if v is not None]
+        given = (("fqn", self.fqn), ("kind", self.kind), ("output", self.output))
+        parts = [f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in given
+                 if v is not None]
         return "{" + ", ".join(parts) + "}"
 
 
@@ -453,7 +469,8 @@ class SearchSpace:
         """
         rules = self.spec.rules
         for i, rule in enumerate(rules):
-            hits = [layer.fqn for layer in inventory if rule.match.matches(layer.fqn, layer.kind)]
+            hits = [layer.fqn for layer in inventory
+                    if rule.match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs)]
             if hits:
                 continue
             m = rule.match
@@ -475,7 +492,8 @@ class SearchSpace:
         rule_of: dict[str, int | None] = {}
         for layer in inventory:
             idx = next(
-                (i for i, r in enumerate(rules) if r.match.matches(layer.fqn, layer.kind)), None
+                (i for i, r in enumerate(rules)
+                 if r.match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs)), None
             )
             rule_of[layer.fqn] = idx
             knobs = _merge(self.spec.defaults, rules[idx] if idx is not None else None)
@@ -598,7 +616,7 @@ def _explain(exc: ValidationError, data: dict[str, Any]) -> str:
         if knob and len(rest) > 1:
             valid = "low, high, step or choices"
         elif where.startswith("rule") and rest and rest[0] == "match":
-            valid = "fqn (exact or re:<regex>), kind"
+            valid = "fqn (exact or re:<regex>), kind, output (true|false)"
         elif where == "top level":
             valid = "schema_version, description, defaults, rules"
         else:

@@ -76,8 +76,8 @@ def test_lowrank_counts_both_factors_and_break_even_stays_dense():
     inv = build_inventory(model, x)
     c = analytic_costs(CompressionPolicy(layers={"net.1": LayerPolicy(rank=8)}), inv)
     net1 = c.layers[0]
-    assert net1.rank == 8 and net1.macs == 8 * 64 + 256 * 8 and net1.params == 8 * 64 + 256 * 8 + 256
-    # rank 60 on a 256x64 weight: 60 * 320 >= 256 * 64, so apply_policy leaves it dense
+    assert net1.rank == 8 and net1.macs == 8 * 64 + 512 * 8 and net1.params == 8 * 64 + 512 * 8 + 512
+    # rank 60 on a 512x64 weight: 60 * 576 >= 512 * 64, so apply_policy leaves it dense
     dense = analytic_costs(CompressionPolicy(layers={"net.1": LayerPolicy(rank=60)}), inv)
     assert dense.layers[0].rank is None and dense.macs == inv.total_macs
 

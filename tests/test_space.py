@@ -49,6 +49,11 @@ def test_embedded_default_spaces_resolve_on_their_tasks(cnn_inv, resnet_inv):
     assert default_space("cifar10-resnet20").resolve(resnet_inv).names
     linear = default_space("digits-mlp").resolve(mlp)
     assert {p.knob for p in linear.params.values()} == {"rank", "bits", "sparsity"}
+    # the logits layer (matched by `output: true`, not by name) keeps its rank and 8+ bits
+    assert mlp.outputs == ("net.5",)
+    assert [n for n in linear.names if n.startswith("net.5/")] == ["net.5/bits"]
+    assert set(linear.params["net.5/bits"].distribution.choices) == {8, 32}
+    assert "net.3/rank" in linear.names
     assert default_space("torchvision:resnet18").source == "embedded:torchvision_cnn"
     with pytest.raises(SpaceError, match="has no default search space; pass --space"):
         default_space("mypkg.tasks:my_task")
@@ -174,6 +179,7 @@ def test_ray_param_space_has_the_same_names(cnn_inv):
          "rule 1 .*unknown kind 'Conv3d'; valid kinds: Conv2d, DepthwiseConv2d, Linear"),
         ("rules:\n  - match: {fqn: 're:(['}\n    bits: {choices: [8]}", "rule 1 .*bad regex"),
         ("rules:\n  - match: {name: x}\n", "rule 1 .*unknown key 'name'; valid keys: fqn"),
+        ("rules:\n  - match: {}\n    bits: {choices: [8]}", "rule 1: match needs fqn, kind and/or output"),
         ("rules:\n  - match: {fqn: a}\n    bits: {choices: [8]}\n  - bits: {choices: [8]}",
          "rule 2: missing 'match'"),
         ("[1, 2]", "must be a YAML mapping with defaults/rules, got list"),

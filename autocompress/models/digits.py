@@ -34,7 +34,11 @@ class DigitsCNN(nn.Module):
 
 
 class DigitsMLP(nn.Module):
-    """A Linear-only network: 64 -> 256 -> 128 -> 10.
+    """A Linear-only network: 64 -> 512 -> 512 -> 10.
+
+    Wide enough that a batch of 64 is bound by its matrix products, not by the
+    runtime's per-operator overhead (a 64 -> 256 -> 128 -> 10 MLP ran in 0.09 ms,
+    mostly overhead, so no compression could halve its latency).
 
     >>> DigitsMLP()(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
@@ -44,11 +48,11 @@ class DigitsMLP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(64, 256),
+            nn.Linear(64, 512),
             nn.ReLU(),
-            nn.Linear(256, 128),
+            nn.Linear(512, 512),
             nn.ReLU(),
-            nn.Linear(128, num_classes),
+            nn.Linear(512, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -276,6 +276,7 @@ def prepare_run(
         task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
         mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
         budget_section=budget.to_dict(baseline, target.name),
+        measure_seconds=(lambda: lut.measure_seconds) if lut is not None else None,
     )
     with _status(progress, "checking the budget against the smallest policy ..."):
         _warn_out_of_reach(objective, resolved, budget, say)

@@ -64,7 +64,10 @@ class Objective:
     ``baseline`` is the uncompressed model's :class:`Costs` with its measured
     latency (relative budgets are fractions of it); ``latency_fn`` predicts a
     policy's latency in ms on the target (the per-layer table) and is only
-    called when the budget limits latency.
+    called when the budget limits latency; ``measure_seconds`` returns the
+    table's running total of seconds spent measuring new layer shapes, so that
+    a trial's one-off measurements (``lut_measure_s``) are told apart from the
+    per-trial cost of predicting.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Objective:
         cost_fn: Callable[[CompressionPolicy, LayerInventory], Costs] | None = None,
         val_loader: DataLoader | None = None,
         budget_section: dict[str, Any] | None = None,
+        measure_seconds: Callable[[], float] | None = None,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -97,6 +101,7 @@ class Objective:
         self.val_loader = val_loader if val_loader is not None else val_subset(
             task, settings.val_samples)
         self.budget_section = budget_section or budget.to_dict(baseline)
+        self.measure_seconds = measure_seconds or (lambda: 0.0)
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -146,10 +151,12 @@ class Objective:
     ) -> TrialOutcome:
         """Evaluate one candidate (see the module docstring)."""
         t0 = time.perf_counter()
+        measured0 = self.measure_seconds()
         costs = self.predict(policy)
         feasible, constraints = self.check(costs)
         cost_s = time.perf_counter() - t0
-        timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": cost_s}
+        timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": cost_s,
+                   "lut_measure_s": self.measure_seconds() - measured0}
         metric: float | None = None
         pruned = False
         intermediate: list[tuple[int, float]] = []

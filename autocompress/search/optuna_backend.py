@@ -1,10 +1,11 @@
 """The Optuna controller: a resumable study in a journal file, samplers, pruner, trial loop.
 
 The study lives in ``<out>/study.log`` (``JournalStorage`` +
-``JournalFileBackend``) unless a storage URL is given. Re-running the same
-command after a kill loads it: finished trials are kept, trials left RUNNING
-by a dead process on this host are marked FAIL (and their parameters queued
-again), and trials are run until ``trials`` are finished (COMPLETE + PRUNED).
+:class:`~autocompress.search.journal.TrialDurableJournal`, fsynced once per
+finished trial) unless a storage URL is given. Re-running the same command
+after a kill loads it: finished trials are kept, trials left RUNNING by a dead
+process on this host are marked FAIL (and their parameters queued again), and
+trials are run until ``trials`` are finished (COMPLETE + PRUNED).
 A different configuration for an existing study is a :class:`ConfigError`.
 
 Baselines (``uniform``, ``greedy``) enqueue their candidates
@@ -23,12 +24,12 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError, MethodError
 from autocompress.search.baselines import params_key
 from autocompress.search.config import RESUME_KEYS
+from autocompress.search.journal import TrialDurableJournal
 from autocompress.search.objective import Objective, TrialOutcome
 
 LOG = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def storage_for(out_dir: Path, url: str | None = None) -> str | BaseStorage:
 
         return open_storage(url) if is_rdb_url(url) else url
     out_dir.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(out_dir / STUDY_FILE)))
+    return JournalStorage(TrialDurableJournal(str(out_dir / STUDY_FILE)))
 
 
 def make_sampler(strategy: str, mode: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:

@@ -103,6 +103,7 @@ class TrialKit:
             return self.objective, None
         self.objective.latency_fn = lut_latency_fn(lut, self.objective.inventory,
                                                    self.objective.task)
+        self.objective.measure_seconds = lambda: lut.measure_seconds
         return self.objective, lut
 
 

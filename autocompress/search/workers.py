@@ -39,12 +39,12 @@ from optuna.storages import (
     fail_stale_trials,
 )
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError
 from autocompress.search import api
 from autocompress.search.api import PreparedRun
+from autocompress.search.journal import TrialDurableJournal
 
 if TYPE_CHECKING:
     from autocompress.search.config import SearchConfig
@@ -127,7 +127,7 @@ def open_storage(
             )
         path = Path(text.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(TrialDurableJournal(str(path)))
     if heartbeat_interval is not None and heartbeat_interval < 1:
         raise ConfigError(
             f"heartbeat_interval must be a whole number of seconds >= 1, got {heartbeat_interval}"
@@ -438,7 +438,7 @@ def export_shared_study(
     if str(Path(str(storage)).resolve()) != str(log_path.resolve()):
         if log_path.exists():
             log_path.unlink()  # a fresh copy: the shared study is the truth
-        dst = JournalStorage(JournalFileBackend(str(log_path)))
+        dst = JournalStorage(TrialDurableJournal(str(log_path)))
         optuna.copy_study(from_study_name=study_name, from_storage=src, to_storage=dst,
                           to_study_name=study_name)
         study = optuna.load_study(study_name=study_name, storage=dst)
