@@ -70,7 +70,10 @@ def test_resnet20_residual_groups_prune_together() -> None:
     small = apply_policy(
         model, CompressionPolicy(layers={"layer1.1.conv2": LayerPolicy(prune=0.75)}), x, inv
     )
-    assert [small.get_submodule(f).out_channels for f in stage1] == [4, 4, 4, 4]
-    assert small.layer1[0].conv1.in_channels == 4 and small.layer2[0].shortcut[0].in_channels == 4
+    keep = kept_channels(16, 0.75)
+    assert keep == 8  # 4 rounded up to one block of CHANNEL_MULTIPLE channels
+    assert [small.get_submodule(f).out_channels for f in stage1] == [keep] * 4
+    assert small.layer1[0].conv1.in_channels == keep
+    assert small.layer2[0].shortcut[0].in_channels == keep
     assert small.layer1[0].conv1.out_channels == 16  # its own group, untouched
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -87,7 +87,7 @@ def profile(
         "fingerprint": lut.key,
         "lut_path": str(path),
         "model": {k: fit.get(k, 0.0) for k in ("model_ms", "layers_ms", "remainder_ms",
-                                               "fixed_ms", "offset_ms", "per_activation_ms")},
+                                               "layer_scale", "compressed_fixed_ms")},
         "layers": layers,
         "load_average": list(os.getloadavg()),
     })
@@ -119,9 +119,9 @@ def _print_tables(result: dict[str, Any], n_layers: int, validate: int) -> None:
     m = result["model"]
     console.print(
         f"whole model {m['model_ms']:.4f} ms measured = layers {m['layers_ms']:.4f} ms + "
-        f"remainder {m['remainder_ms']:.4f} ms (fixed {m['fixed_ms']:.4f} ms + "
-        f"{m['per_activation_ms']:.4f} ms x activation fraction; compressed graphs "
-        f"+{m['offset_ms']:.4f} ms); table: {result['lut_path']}"
+        f"remainder {m['remainder_ms']:.4f} ms; compressed graphs: "
+        f"{m['layer_scale']:.3f} x layers {m['compressed_fixed_ms']:+.4f} ms; "
+        f"table: {result['lut_path']}"
     )
     if not validate:
         return

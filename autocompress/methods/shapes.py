@@ -15,15 +15,34 @@ if TYPE_CHECKING:
     from autocompress.policy import CompressionPolicy
 
 
-def kept_channels(n: int, prune: float | None) -> int:
+# Pruned layers keep a multiple of this many channels (when they have at least two such
+# blocks): 8 fp32 lanes fill one AVX2 register, and ONNX Runtime's NCHWc convolutions work
+# in blocks of 8 on AVX2 CPUs. Measured on this machine (digits CNN, ort-1t, batch 64): the
+# first conv cut from 32 to 29 channels made the whole model 25% SLOWER than unpruned
+# (3.01 ms against 2.39 ms), cut to 24 it ran in 1.54 ms, to 15 in 1.62 ms, to 16 in 1.09 ms.
+# Torch-Pruning's ``round_to`` and NNCF's pruning do the same for the same reason.
+CHANNEL_MULTIPLE = 8
+
+
+def kept_channels(n: int, prune: float | None, multiple: int = CHANNEL_MULTIPLE) -> int:
     """Channels left after removing the fraction ``prune`` of ``n`` (at least one).
+
+    A layer with at least ``2 * multiple`` channels keeps the multiple of
+    ``multiple`` nearest to ``n * (1 - prune)`` (ties keep more; at least
+    ``multiple``), so pruned layers stay on the fast, vectorised kernels;
+    smaller layers keep exactly ``n - floor(prune * n)``.
 
     >>> kept_channels(32, 0.5), kept_channels(10, 0.25), kept_channels(4, 0.99)
     (16, 8, 1)
+    >>> kept_channels(32, 0.1), kept_channels(32, 0.55), kept_channels(64, 0.45), kept_channels(64, 0.99)
+    (32, 16, 40, 8)
     """
     if not prune:
         return n
-    return max(1, n - int(math.floor(prune * n + 1e-9)))
+    keep = max(1, n - int(math.floor(prune * n + 1e-9)))
+    if multiple > 1 and n >= 2 * multiple:
+        keep = min(n, max(multiple, multiple * math.floor(keep / multiple + 0.5)))
+    return keep
 
 
 def group_prune_ratios(policy: CompressionPolicy, inventory: LayerInventory) -> dict[str, float]:
