@@ -82,6 +82,30 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path) 
     }
 
 
+def diagnostics(r: dict[str, Any]) -> dict[str, float]:
+    """What limits a row: measurement noise, and the best any calibration of the table could do.
+
+    ``noise``: mean (p90 - p10 spread) / median of the policies' own measurements, in
+    percent. ``ceiling``: the scores of the best affine map ``a * sum(layers) + b`` fitted
+    to the measurements themselves (in hindsight): no calibration of these per-layer
+    entries can beat it, so a gap between LUT and ceiling is the calibration's fault, a
+    low ceiling the entries' (or the machine's).
+    """
+    import numpy as np
+
+    from autocompress.cost.fidelity import scores
+
+    rows = r["rows"]
+    measured = np.array([x["measured_ms"] for x in rows])
+    layers = np.array([x["lut_layers_ms"] for x in rows])
+    design = np.c_[layers, np.ones_like(layers)]
+    coef = np.linalg.lstsq(design, measured, rcond=None)[0]
+    best = scores(list(design @ coef), list(measured))
+    noise = np.mean([x["measured_spread_ms"] / x["measured_median_ms"] for x in rows]) * 100
+    return {"noise_pct": float(noise), "ceiling_tau": best["kendall_tau"],
+            "ceiling_within_10pct": best["within_10pct"]}
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Latency-model fidelity",
@@ -96,16 +120,20 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "start/end of the row (2 cores: anything near or above 1 means another process competed).",
         "",
         "| task | target | baseline ms | LUT tau | LUT MAPE | LUT within 10% | MACs tau | MACs MAPE "
-        "| MACs within 10% | LUT beats MACs | LUT build (base) | LUT entries / s | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---|",
+        "| MACs within 10% | LUT beats MACs | ceiling tau / within 10% | noise % "
+        "| LUT build (base) | LUT entries / s | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lut, macs = r["lut"], r["macs"]
         beats = lut["mape"] < macs["mape"] and lut["kendall_tau"] >= macs["kendall_tau"]
+        diag = diagnostics(r)
         lines.append(
             f"| {r['task']} | {r['target']} | {r['baseline_ms']:.3f} | {lut['kendall_tau']:.3f} "
             f"| {lut['mape']:.1f} | {lut['within_10pct']:.0f} | {macs['kendall_tau']:.3f} "
             f"| {macs['mape']:.1f} | {macs['within_10pct']:.0f} | {'yes' if beats else 'no'} "
+            f"| {diag['ceiling_tau']:.3f} / {diag['ceiling_within_10pct']:.0f} "
+            f"| {diag['noise_pct']:.1f} "
             f"| {r['lut_base_build_s']:.0f} s ({r['lut_base_entries']} entries) "
             f"| {r['lut_total_entries']} / {r['lut_total_measure_s']:.0f} s "
             f"| {r['load_start'][0]:.1f} -> {r['load_end'][0]:.1f} |"
@@ -118,10 +146,16 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + ", ".join(f"{r['task']}/{r['target']} waited {r['quiet_wait_s']:.0f} s, gave up "
                     f"{r['quiet_gave_up']}x" for r in results) + ".",
         "",
-        "LUT build (base): full-size layers, the uniformly pruned and 3 calibration models'",
-        "layers, and those 5 whole-model measurements (remainder fit and structural offset;",
-        "the calibration policies use another seed than the scored ones). LUT entries / s: every layer config",
-        "measured for the row (base + the random policies' configs) and the time spent measuring.",
+        "LUT build (base): full-size layers, the uniformly pruned and 4 calibration models'",
+        "layers, and those 6 whole-model measurements (the uncompressed model's remainder and",
+        "the least-squares line for compressed graphs; the calibration policies use another",
+        "seed than the scored ones). LUT entries / s: every layer config measured for the row",
+        "(base + the random policies' configs) and the time spent measuring.",
+        "",
+        "Ceiling: the scores of the best affine map `a * sum(layers) + b` fitted, in hindsight,",
+        "to the row's own measurements: no calibration of these per-layer entries does better,",
+        "so LUT close to ceiling means the calibration works and the remaining error is in the",
+        "entries or the machine. Noise: mean (p90 - p10) / median of each policy's measurement.",
         "",
     ]
     return "\n".join(lines)
@@ -139,8 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                         "processes to use < 0.3 cores (0: off)")
     parser.add_argument("--quiet-budget", type=float, default=30.0,
                         help="total seconds of such waiting per task and target")
+    parser.add_argument("--table", action="store_true",
+                        help="only re-render the markdown from the JSON of --out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.table:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(saved["results"], saved["meta"]))
+        print(markdown(saved["results"], saved["meta"]))
+        return 0
 
     from autocompress.cost import latency
 
