@@ -53,7 +53,8 @@ STRATEGIES: dict[str, tuple[str, str]] = {
 SEARCHED = ("tpe", "nsga2")
 TASKS = ["digits", "digits-mlp"]
 BUDGETS = ["latency<=0.5x", "latency<=0.35x", "latency<=0.25x", "size<=15%"]
-FULL: dict[str, Any] = {"tasks": TASKS, "budgets": BUDGETS, "seeds": [0, 1, 2], "trials": 30, "steps": 150}
+FULL: dict[str, Any] = {"tasks": TASKS, "budgets": BUDGETS, "seeds": [0, 1, 2], "trials": 20,
+                         "steps": 100}
 QUICK: dict[str, Any] = {"tasks": ["digits"], "budgets": ["latency<=0.5x", "latency<=0.25x"], "seeds": [0],
          "trials": 12, "steps": 100}
 KEY = ["task", "budget", "strategy", "seed", "trials", "finetune_steps", "target"]
