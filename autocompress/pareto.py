@@ -169,6 +169,18 @@ def pareto_front(
     return sorted(front, key=lambda t: (as_number(t.user_attrs.get(key)) or 0.0, t.number))
 
 
+# Study attribute where the search records candidates measured against a latency budget
+# before export ({str(trial number): {"measured_ms", "limit_ms", "predicted_ms", "meets"}};
+# written by autocompress.search.verify).
+LATENCY_CHECKS_ATTR = "latency_checks"
+
+
+def failed_latency_checks(study: optuna.Study) -> set[int]:
+    """Trials that were measured against the latency budget and missed it."""
+    checks = study.user_attrs.get(LATENCY_CHECKS_ATTR) or {}
+    return {int(n) for n, c in checks.items() if isinstance(c, dict) and c.get("meets") is False}
+
+
 def pick_best(
     study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
 ) -> FrozenTrial | None:
@@ -177,9 +189,12 @@ def pick_best(
     Best metric first (in the study's direction); ties go to the lower
     predicted latency, then the lower MACs, then the earlier trial. The best
     metric is always on the front, so this is also the pick in ``pareto`` mode.
+    Trials whose built model was measured and missed the latency budget
+    (:data:`LATENCY_CHECKS_ATTR`) are not picked, whatever the table predicted.
     """
     all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
-    feasible = feasible_trials(all_trials)
+    failed = failed_latency_checks(study)
+    feasible = [t for t in feasible_trials(all_trials) if t.number not in failed]
     if not feasible:
         return None
     sign = -1.0 if _is_max(metric_direction(study)) else 1.0

@@ -195,8 +195,19 @@ def test_pareto_mode_with_nsga2(digits_task, tmp_path):
 
 def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
     out = tmp_path / "run"
-    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
+    result = fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
     study = load(out)
+    # before the pick, the best candidates were built and measured against the budget
+    checks = study.user_attrs.get("latency_checks") or {}
+    feasible = [t for t in study.trials if t.user_attrs["feasible"]]
+    assert bool(checks) == bool(feasible)
+    for check in checks.values():
+        assert check["measured_ms"] > 0 and check["predicted_ms"] > 0
+        assert check["meets"] == (check["measured_ms"] <= check["limit_ms"] + 1e-12)
+        assert check["limit_ms"] == pytest.approx(0.8 * study.user_attrs["baseline"]["latency_ms"])
+    if result.best_trial is not None:
+        assert checks.get(str(result.best_trial), {}).get("meets") in (True, None)
+    assert not any(c["meets"] is False and int(n) == result.best_trial for n, c in checks.items())
     assert (out / "latency_lut.json").is_file()
     for t in study.trials:
         assert t.user_attrs["predicted_latency_ms"] > 0

@@ -333,12 +333,19 @@ def finish_run(
 
     The best trial is the export's pick (:func:`autocompress.pareto.pick_best`:
     best metric among feasible COMPLETE trials, ties to the cheaper one), so the
-    result and the results folder agree. ``lut_path``: the latency table the
+    result and the results folder agree. Under a latency budget the best
+    candidates are first built and measured (:func:`autocompress.search.verify.
+    verify_latency`), and one that misses the budget is not picked. ``lut_path``: the latency table the
     export reads (None: none); ``t_start``: ``time.perf_counter()`` at the start.
     """
     from autocompress.pareto import pick_best
 
     cfg, study, out = prep.config, prep.study, prep.out
+    if prep.budget.needs_latency:
+        from autocompress.search.verify import verify_latency
+
+        with _status(progress, "measuring the best candidates against the latency budget ..."):
+            verify_latency(prep)
     best = pick_best(study)
     summary = None
     if cfg.export:
