@@ -33,7 +33,7 @@ uniformly pruned one and :data:`CALIBRATION_POLICIES` seeded random policies.
   microseconds per kernel, which dominates small layers; fusions and layout
   reorders appear once channel counts, factors and 8-bit inputs are mixed. Measured
   on the digits CNN (ort-1t, 25 policies of its search space), a plain sum with a
-  constant offset was 30% pessimistic (MAPE); the line is within 12%.
+  constant offset was 30% pessimistic (MAPE); the line is within 12-15%.
 
 The table lives in one JSON file (``latency_lut.json``), keyed by the target
 fingerprint (:func:`~autocompress.cost.latency.env_fingerprint`) and then by a
@@ -78,7 +78,7 @@ DEFAULT_FILE = "latency_lut.json"
 REMAINDER_PRUNE = 0.5
 # Whole-model measurements are split in this many blocks; the smallest block median counts.
 MODEL_BLOCKS = 10
-# Random policies the compressed-model line is calibrated on (seeded; see _calibrate).
+# Random policies the compressed-model line is calibrated on (seeded; see LatencyLUT.remainder).
 CALIBRATION_POLICIES = 4
 # Bounds of the fitted layer_scale: outside them two noisy points made the line, not the machine.
 LAYER_SCALE_BOUNDS = (0.5, 2.0)
@@ -488,7 +488,7 @@ class LatencyLUT:
             rem = (fit["layer_scale"] - 1.0) * total + fit["compressed_fixed_ms"]
         else:
             rem = fit["remainder_ms"]
-        # Guard: a noisy fit must never predict (near) zero; layers alone bound it from below.
+        # Guard: a noisy fit must never predict (near) zero; half the layers' sum bounds it.
         rem = max(rem, -0.5 * total)
         return Prediction(latency_ms=total + rem, layers_ms=layers, remainder_ms=rem)
 

@@ -389,6 +389,24 @@ def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target) ->
     (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
 
 
+# Whole-model timings of the search (the study's baseline, the picks verify_latency checks):
+# runs split into blocks, the smallest block median kept, as the latency table times models.
+WHOLE_MODEL_RUNS = 100
+
+
+def whole_model_ms(model: torch.nn.Module, task: Task, target: Target) -> float:
+    """``model``'s latency on ``target`` (ms): the smallest of 10 block medians of 100 runs.
+
+    One block on a shared machine can come out several times too slow; the smallest
+    block median cannot, so a relative budget judged against it is not loosened.
+    """
+    from autocompress.cost import measure_latency
+    from autocompress.cost.lut import MODEL_BLOCKS
+
+    return float(measure_latency(model, task.example_input, target, runs=WHOLE_MODEL_RUNS,
+                                 blocks=MODEL_BLOCKS).stable_ms)
+
+
 def _baseline(
     study: optuna.Study,
     task: Task,
@@ -398,15 +416,10 @@ def _baseline(
     say: Log,
 ) -> Costs:
     """The uncompressed model's costs with its latency, measured once per study and stored."""
-    from autocompress.cost import measure_latency
-
     stored = study.user_attrs.get("baseline")
     costs = analytic_costs(None, inventory, include_layers=False)
     if stored is None:
-        # The smallest of 10 block medians, as the latency table times layers: one block on a
-        # shared machine can come out several times too slow and loosen a relative budget.
-        latency = measure_latency(task.model, task.example_input, target,
-                                  runs=100, blocks=10).stable_ms
+        latency = whole_model_ms(task.model, task, target)
         stored = {
             "metric": evaluate(task.model, task, val_loader),
             "metric_name": task.metric_name,

@@ -11,8 +11,8 @@ So before export, :func:`verify_latency` builds the best feasible candidates
 target the way the study measured its baseline, next to a fresh measurement of
 the uncompressed model (relative budgets are judged against it), and records
 the result in the study attribute ``latency_checks`` (``{trial number:
-{"measured_ms", "predicted_ms", "limit_ms", "baseline_ms", "meets"}}``). :func:`autocompress.pareto.pick_best` skips trials
-whose check failed, so the search result, ``best_policy.json`` and the report
+{"measured_ms", "predicted_ms", "limit_ms", "baseline_ms", "meets"}}``).
+:func:`autocompress.pareto.pick_best` skips trials whose check failed, so the search result, ``best_policy.json`` and the report
 agree on a pick that met the budget when measured; the export still measures
 the exported files afresh.
 """
@@ -29,8 +29,6 @@ LOG = logging.getLogger(__name__)
 # Candidates measured at most per run: beyond that the table is off by more than a
 # few percent near the line, and the export's fresh measurement has the last word.
 MAX_CHECKS = 5
-# Same measurement as the study's baseline (api._baseline): comparable numbers.
-CHECK_RUNS, CHECK_BLOCKS = 100, 10
 
 
 def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | None:
@@ -41,10 +39,10 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
     nothing when the budget does not limit latency. Checks already recorded
     (a resumed run) are reused, not measured again.
     """
-    from autocompress.cost import measure_latency
     from autocompress.export.results import trial_policy
     from autocompress.methods import apply_policy
     from autocompress.pareto import LATENCY_CHECKS_ATTR, pick_best
+    from autocompress.search.api import whole_model_ms
 
     if not prep.budget.needs_latency:
         return None
@@ -64,14 +62,12 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
             LOG.info("%d candidates measured; the export's measurement decides the rest",
                      len(checks))
             return None
-        if baseline is None:
-            base_ms = measure_latency(task.model, task.example_input, prep.target,
-                                      runs=CHECK_RUNS, blocks=CHECK_BLOCKS).stable_ms
-            baseline = objective.baseline.with_latency(base_ms)
+        if baseline is None:  # measured as the study measured its own (api.whole_model_ms)
+            baseline = objective.baseline.with_latency(
+                whole_model_ms(task.model, task, prep.target))
         policy = trial_policy(best, study)
         model = apply_policy(task.model, policy, task.example_input, inventory=prep.inventory)
-        measured = measure_latency(model, task.example_input, prep.target,
-                                   runs=CHECK_RUNS, blocks=CHECK_BLOCKS).stable_ms
+        measured = whole_model_ms(model, task, prep.target)
         predicted = objective.predict(policy)
         meets, violations = objective.budget.check(predicted.with_latency(measured), baseline)
         over = violations.get("latency")
