@@ -300,7 +300,11 @@ def tables(rows: list[dict[str, Any]]) -> str:
     ov = overhead_table(df).loc[lambda t: t.index.get_level_values("strategy").isin(order)]
     out += ["### Controller overhead (share of trial time outside apply + fine-tune + eval)", "",
             "Pooled over runs (summed seconds / summed trial time, so runs whose trials were "
-            "all over budget and never fine-tuned weigh what they cost). `overhead` = cost "
+            "all over budget and never fine-tuned weigh what they cost). `trials` = every "
+            "finished trial, `evaluated` = those fine-tuned (under the budget as predicted; "
+            "since this session the candidates predicted over it are skipped and do not count "
+            "toward the trial budget, so a strategy gets as many evaluations as the others, and "
+            "their ask/tell time is part of the overhead). `overhead` = cost "
             "prediction + sampler/storage, per trial in `overhead_ms`; `cost` = cost prediction "
             "(analytic + latency-table lookups); `sampler` = everything outside the objective "
             "call (Optuna ask/sample/tell, journal writes, baseline planning); `lut_fill` = the "
@@ -325,11 +329,13 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
                   samp_s=df["sampler_share"] * df["trials_s"],
                   fill_s=df["lut_fill_share"].fillna(0.0) * df["trials_s"])
     g = d.groupby(["setting", "strategy"], sort=False).agg(
-        runs=("seed", "count"), trials=("trials", "sum"), trials_s=("trials_s", "sum"),
+        runs=("seed", "count"), trials=("trials", "sum"), evaluated=("n_feasible_trials", "sum"),
+        trials_s=("trials_s", "sum"),
         ov_s=("ov_s", "sum"), cost_s=("cost_s", "sum"), samp_s=("samp_s", "sum"),
         fill_s=("fill_s", "sum"), wall_s=("wall_s", "mean"))
     out = pd.DataFrame({
-        "runs": g["runs"], "trials": g["trials"], "trials_s": g["trials_s"],
+        "runs": g["runs"], "trials": g["trials"], "evaluated": g["evaluated"],
+        "trials_s": g["trials_s"],
         "overhead": (g["ov_s"] / g["trials_s"] * 100).map("{:.2f}%".format),
         "overhead_ms": g["ov_s"] / g["trials"].clip(lower=1) * 1000,
         "cost": (g["cost_s"] / g["trials_s"] * 100).map("{:.2f}%".format),

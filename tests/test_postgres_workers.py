@@ -293,3 +293,27 @@ def test_slurm_example_submits_init_array_and_export(tmp_path):
 
     cfg = SearchConfig.build(root / "examples" / "search_digits.yaml")  # the shared config
     assert cfg.task == "digits" and cfg.study_name == "digits"
+
+
+def test_run_worker_does_not_count_candidates_over_the_budget(tmp_path):
+    """A trial marked ``feasible=False`` (predicted over the budget, never fine-tuned) is kept
+    in the study but does not count toward the total, nor toward the worker's share."""
+    from autocompress.search.workers import run_worker
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=None)
+    study = optuna.create_study(storage=storage, study_name="s",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("feasible", x < 0.5)
+        return x
+
+    res = run_worker(study, objective, 3)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    feasible = [t for t in done if t.user_attrs["feasible"]]
+    assert len(feasible) == 3 and res.trials_run == 3
+    assert res.progress.finished == 3 and res.progress.skipped == len(done) - 3 > 0
+    # counted the old way, the same study would already be past its total
+    again = run_worker(study, objective, 3, count_skipped=True)
+    assert again.trials_run == 0 and len(study.trials) == len(done)

@@ -102,18 +102,37 @@ def test_impossible_budget_exits_3_without_finetuning(digits_task, tmp_path):
         assert t.constraints["macs"] > 0
 
 
+def test_candidates_over_the_budget_are_recorded_but_not_counted(digits_task, tmp_path):
+    """``trials`` counts evaluated candidates: one the cost model puts over the budget is told
+    to the sampler (it learns the budget's edge) but costs no fine-tune and no trial."""
+    out = tmp_path / "run"
+    result = fast(digits_task, out, strategy="random", budget="macs<=20%", trials=3)
+    study = load(out)
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    evaluated = [t for t in done if t.user_attrs["feasible"]]
+    skipped = [t for t in done if not t.user_attrs["feasible"]]
+    assert len(evaluated) == 3 and skipped  # random sampling lands over 20% of the MACs often
+    assert all(t.user_attrs["finetune_s"] == 0 and t.constraints["macs"] > 0 for t in skipped)
+    assert all(t.user_attrs["finetune_s"] > 0 for t in evaluated)
+    assert result.exit_status == 0
+    n = len(study.trials)
+    fast(digits_task, out, strategy="random", budget="macs<=20%", trials=3)  # done: no new trial
+    assert len(load(out).trials) == n
+
+
 def test_trials_is_the_total_and_a_rerun_resumes(digits_task, tmp_path):
     out = tmp_path / "run"
     fast(digits_task, out, trials=3)
     first = [(t.number, t.params, t.values) for t in load(out).trials]
     result = fast(digits_task, out, trials=5)
     study = load(out)
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len([t for t in done if t.user_attrs["feasible"]]) == 5  # skipped ones do not count
     assert [(t.number, t.params, t.values) for t in study.trials[:3]] == first
-    assert len(result.trials) == 5
+    assert len(result.trials) == len(study.trials)
     # a third run with the same total does nothing
     fast(digits_task, out, trials=5)
-    assert len(load(out).trials) == 5
+    assert len(load(out).trials) == len(study.trials)
     # a different configuration for the same folder is refused
     with pytest.raises(ConfigError, match="already holds a study made with budget='macs<=60%'.*"
                                           "use a new --out"):

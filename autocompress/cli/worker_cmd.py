@@ -109,11 +109,12 @@ def worker(
 
     result = run_worker(
         prep.study, optuna_objective(prep.objective, {"worker": me}), cfg.trials,
-        poll_s=poll, max_trials=max_trials, callbacks=[done],
+        poll_s=poll, max_trials=max_trials, callbacks=[done], count_skipped=not prep.reachable,
     )
     p = result.progress
+    skipped = f", {p.skipped} skipped over budget" if p.skipped else ""
     console.print(
         f"worker {me}: ran {result.trials_run} trials in {result.seconds:.0f} s; study "
-        f"{study!r} has {p.finished} finished, {p.running} running, {p.failed} failed",
+        f"{study!r} has {p.finished} finished, {p.running} running, {p.failed} failed{skipped}",
         highlight=False,
     )

@@ -39,6 +39,7 @@ from autocompress.search.optuna_backend import (
     make_pruner,
     make_sampler,
     n_done,
+    n_finished,
     open_study,
     quiet_optuna,
     run_trials,
@@ -151,7 +152,9 @@ class PreparedRun:
     (``autocompress``, ``baseline``, ``inventory_sha256``); ``objective`` scores
     a policy; ``lut`` is the latency table (None when the budget does not limit
     latency); ``where`` names the storage in messages; ``created`` is True when
-    this call created the study.
+    this call created the study; ``reachable`` is False when even the space's
+    smallest policy is predicted over the budget (then every trial counts toward
+    ``trials``: hunting for a candidate under the budget would be in vain).
     """
 
     config: SearchConfig
@@ -165,6 +168,7 @@ class PreparedRun:
     objective: Objective
     lut: LatencyLUT | None
     where: str
+    reachable: bool = True
 
     @property
     def out(self) -> Path:
@@ -279,9 +283,9 @@ def prepare_run(
         measure_seconds=(lambda: lut.measure_seconds) if lut is not None else None,
     )
     with _status(progress, "checking the budget against the smallest policy ..."):
-        _warn_out_of_reach(objective, resolved, budget, say)
+        reachable = _check_reach(objective, resolved, budget, say)
     return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
-                       objective, lut, where)
+                       objective, lut, where, reachable)
 
 
 def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
@@ -310,14 +314,14 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     if failed:
         say(f"resuming: trial(s) {', '.join(map(str, failed))} of a killed run marked FAIL "
             "and run again")
-    done_before = n_done(study)
+    done_before = n_finished(study) if not prep.reachable else n_done(study)
     if done_before and not prep.created:
         say(f"resuming {where}: {done_before} of {cfg.trials} trials already finished")
 
-    bar = _Progress(progress, cfg.trials, done_before, objective)
+    bar = _Progress(progress, cfg.trials, done_before, objective, count_skipped=not prep.reachable)
     with bar:
         run_trials(study, objective, cfg.trials, planner=planner, on_trial=bar.update,
-                   provenance={"backend": "optuna"})
+                   provenance={"backend": "optuna"}, count_skipped=not prep.reachable)
     if lut is not None:
         lut.save()
         _share_lut(out / LUT_FILE)
@@ -441,18 +445,20 @@ def _baseline(
     return costs.with_latency(float(stored["latency_ms"]))
 
 
-def _warn_out_of_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
-                       say: Log) -> None:
+def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
+                 say: Log) -> bool:
+    """Whether the space's smallest policy is predicted to meet the budget (warns when not)."""
     costs = objective.predict(resolved.smallest_policy())
     ok, violations = objective.check(costs)
     if ok:
-        return
+        return True
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)
     limit = budget.limits(objective.baseline)[worst]
     say(f"warning: budget {budget.text!r} looks out of reach: the smallest policy in the space "
         f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
         "exits 3 if no trial meets it (loosen the budget or widen the space)")
+    return False
 
 
 def _fmt(v: float | None) -> str:
@@ -544,8 +550,10 @@ class _status:
 class _Progress:
     """The search progress bar (stderr): trials done / total, best feasible metric and its cost."""
 
-    def __init__(self, enabled: bool, total: int, done: int, objective: Objective) -> None:
+    def __init__(self, enabled: bool, total: int, done: int, objective: Objective,
+                 count_skipped: bool = False) -> None:
         self.enabled = enabled
+        self.count_skipped = count_skipped
         self.total = total
         self.done = done
         self.objective = objective
@@ -583,18 +591,20 @@ class _Progress:
     def _info(self) -> str:
         obj = self.objective
         if self.best is None:
-            return f"no feasible trial yet ({self.infeasible} over budget)"
+            return f"no feasible trial yet ({self.infeasible} skipped over budget)"
         metric, cost = self.best
         unit = "ms (predicted)" if obj.cost_metric == "latency" else obj.cost_metric
         cost_s = "" if cost is None else f" at {cost:.4g} {unit}"
-        return f"best {obj.task.metric_name} {metric:.4f}{cost_s}"
+        skipped = f"; {self.infeasible} skipped over budget" if self.infeasible else ""
+        return f"best {obj.task.metric_name} {metric:.4f}{cost_s}{skipped}"
 
     def update(self, frozen: Any, outcome: TrialOutcome | None) -> None:
         if outcome is not None:
-            self.done += 1
-            if not outcome.feasible:
+            if not outcome.feasible:  # skipped without fine-tuning: not a counted trial
                 self.infeasible += 1
-            elif outcome.metric is not None and not outcome.pruned and (
+            if outcome.feasible or self.count_skipped:
+                self.done += 1
+            if outcome.feasible and outcome.metric is not None and not outcome.pruned and (
                 self.best is None or self.objective.is_better(outcome.metric, self.best[0])
             ):
                 self.best = (outcome.metric, outcome.costs.value(self.objective.cost_metric))

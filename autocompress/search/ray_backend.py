@@ -454,7 +454,7 @@ def run_ray(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from autocompress.search.api import LUT_FILE, finish_run, prepare_run
-    from autocompress.search.optuna_backend import make_sampler, n_done
+    from autocompress.search.optuna_backend import make_sampler, n_finished
 
     t_start = time.perf_counter()
     say = log or LOG.warning
@@ -476,7 +476,7 @@ def run_ray(
     exp_root = (out / RAY_DIR).resolve()
     owns_ray = False
     try:
-        remaining = cfg.trials - n_done(study)
+        remaining = cfg.trials - n_finished(study)
         if remaining > 0:
             owns_ray = init_ray(ray_address, num_cpus)
             kit = TrialKit(objective, study.study_name,
@@ -492,7 +492,7 @@ def run_ray(
                 tuner = tune.Tuner.restore(str(last), trainable=trainable,
                                            resume_unfinished=True, resume_errored=True)
                 record_results(tuner.fit(), prep)
-                remaining = cfg.trials - n_done(study)
+                remaining = cfg.trials - n_finished(study)
             if remaining > 0:
                 name = _next_experiment_name(exp_root, study.study_name)
                 metric: Any = METRIC
@@ -528,7 +528,7 @@ def run_ray(
                         name=name, storage_path=str(exp_root), verbose=0,
                         failure_config=tune.FailureConfig(max_failures=0),
                         callbacks=[SearchProgress(
-                            cfg.trials, n_done(study), prep.task.metric_name,
+                            cfg.trials, n_finished(study), prep.task.metric_name,
                             objective.higher_is_better, progress)],
                     ),
                 )

@@ -26,7 +26,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from autocompress.errors import ConfigError
 from autocompress.search import api
 from autocompress.search.api import PreparedRun
 from autocompress.search.journal import TrialDurableJournal
+from autocompress.search.optuna_backend import DONE, SKIPPED_PER_TRIAL, evaluated
 
 if TYPE_CHECKING:
     from autocompress.search.config import SearchConfig
@@ -176,7 +177,9 @@ def load_shared_study(storage: str | Path | BaseStorage, study_name: str, **stor
 
 @dataclass(frozen=True)
 class Progress:
-    """Trial counts of a study: finished (COMPLETE + PRUNED), running, waiting (enqueued), failed.
+    """Trial counts of a study: finished (COMPLETE + PRUNED and evaluated), running, waiting
+    (enqueued), failed, and skipped (finished but predicted over the budget, never
+    fine-tuned; they do not count toward ``n_trials``, see ``optuna_backend``).
 
     >>> Progress(finished=3, running=1, waiting=0, failed=1).remaining(5)
     1
@@ -186,6 +189,7 @@ class Progress:
     running: int
     waiting: int
     failed: int
+    skipped: int = 0
 
     def remaining(self, n_trials: int) -> int:
         """Trials still to start so that ``n_trials`` finish (counting the running ones)."""
@@ -196,13 +200,16 @@ def study_progress(study: optuna.Study) -> Progress:
     """Count the trials of ``study`` by state (one storage read)."""
     trials = study.get_trials(deepcopy=False)
     count = {s: 0 for s in TrialState}
+    skipped = 0
     for t in trials:
         count[t.state] += 1
+        skipped += t.state in DONE and not evaluated(t)
     return Progress(
-        finished=count[TrialState.COMPLETE] + count[TrialState.PRUNED],
+        finished=count[TrialState.COMPLETE] + count[TrialState.PRUNED] - skipped,
         running=count[TrialState.RUNNING],
         waiting=count[TrialState.WAITING],
         failed=count[TrialState.FAIL],
+        skipped=skipped,
     )
 
 
@@ -225,6 +232,7 @@ def run_worker(
     max_trials: int | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
     catch: tuple[type[Exception], ...] = (),
+    count_skipped: bool = False,
 ) -> WorkerResult:
     """Run trials of a shared study until it holds ``n_trials`` finished trials.
 
@@ -236,7 +244,8 @@ def run_worker(
     heartbeat turns them into retries this worker picks up. Without a heartbeat
     (journal files) there is nothing to wait for: a running trial is trusted to
     finish. ``max_trials`` caps the trials this worker runs (a SLURM task's
-    share), ``timeout_s`` its wall time.
+    share), ``timeout_s`` its wall time. Candidates predicted over the budget
+    do not count (see :class:`Progress`) unless ``count_skipped``.
 
     >>> mem = open_storage("sqlite:///:memory:", heartbeat_interval=None)  # one thread: no beat
     >>> st = optuna.create_study(storage=mem)
@@ -256,18 +265,30 @@ def run_worker(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
         prog = study_progress(study)
+        if count_skipped:
+            prog = replace(prog, finished=prog.finished + prog.skipped, skipped=0)
         if prog.finished >= n_trials:
+            break
+        if prog.skipped >= SKIPPED_PER_TRIAL * n_trials:
+            log.warning("stopped: %d candidates of this study were predicted over the budget "
+                        "(%d of %d trials evaluated); loosen the budget or widen the space",
+                        prog.skipped, prog.finished, n_trials)
             break
         if prog.waiting == 0 and prog.remaining(n_trials) == 0:
             if not heartbeat:
                 break
             time.sleep(poll_s)
             continue
+        last: list[FrozenTrial] = []
+
+        def remember(_study: optuna.Study, trial: FrozenTrial, seen: list[FrozenTrial] = last) -> None:
+            seen.append(trial)
+
         study.optimize(
-            objective, n_trials=1, catch=catch, callbacks=list(callbacks or []),
+            objective, n_trials=1, catch=catch, callbacks=[*(callbacks or []), remember],
             gc_after_trial=False, show_progress_bar=False,
         )
-        ran += 1
+        ran += count_skipped or not last or evaluated(last[-1])  # a skipped candidate is not a trial of the share
     return WorkerResult(trials_run=ran, seconds=time.monotonic() - t0, progress=study_progress(study))
 
 
