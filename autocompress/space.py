@@ -39,6 +39,7 @@ name; the whole group follows it), ``rank`` never on depthwise convs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
@@ -391,6 +392,31 @@ class ResolvedSpace:
     def smallest_policy(self) -> CompressionPolicy:
         """The cheapest policy of the space (used to report a budget that is out of reach)."""
         return self.policy_from_params(self.smallest_params())
+
+    def corner_policies(self) -> list[CompressionPolicy]:
+        """The space's most compressed corners: prune at its maximum, and every subset of the
+        other knobs at their most compressing value (the rest uncompressed).
+
+        On a latency target the smallest policy is not always the fastest: a low rank
+        adds a matrix product and 4-bit weights add dequantisation, so whether a latency
+        budget is reachable at all is a question for all these corners. The first one is
+        the smallest policy.
+
+        >>> import torch
+        >>> from autocompress.inventory import build_inventory
+        >>> from autocompress.models import DigitsCNN
+        >>> inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+        >>> sp = SearchSpace.from_yaml("defaults: {prune: {low: 0, high: 0.5, step: 0.25}, "
+        ...                            "bits: {choices: [4, 32]}}").resolve(inv)
+        >>> [p.to_dict()["layers"]["features.2"] for p in sp.corner_policies()]
+        [{'prune': 0.5, 'bits': 4}, {'prune': 0.5}]
+        """
+        knobs = sorted({p.knob for p in self.params.values() if p.knob != "prune"})
+        subsets = [set(c) for r in range(len(knobs), -1, -1)
+                   for c in itertools.combinations(knobs, r)]
+        return [self.policy_from_params({
+            name: p.levels()[-1] if p.knob == "prune" or p.knob in subset else p.levels()[0]
+            for name, p in self.params.items()}) for subset in subsets]
 
     def identity_params(self) -> dict[str, Any]:
         """Every knob at its least compressing value."""

@@ -348,9 +348,11 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
 def goals(df: pd.DataFrame, order: list[str]) -> str:
     """One line per goal and budget: met / missed (with the numbers)."""
     lines = []
-    mean = df.groupby(["task", "budget", "setting", "strategy"], sort=False)["acc_ok"].mean()
+    grouped = df.groupby(["task", "budget", "setting", "strategy"], sort=False)["acc_ok"]
+    mean, spread = grouped.mean(), grouped.std().sort_index()
     for (task, budget, setting), g in mean.groupby(level=[0, 1, 2], sort=False):
         g = g.droplevel([0, 1, 2])
+        sd = spread.loc[(task, budget, setting)]
         ref = g.reindex(["uniform", "random"]).max()  # NaN only when neither has a result
         for s in SEARCHED:
             if s not in g:
@@ -362,8 +364,12 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
                 break
             verdict = ("met" if v > ref else "tie" if v == ref else "MISSED") \
                 if pd.notna(v) and pd.notna(ref) else ("met" if pd.notna(v) else "MISSED")
+            # How the gap compares with the seeds' own scatter: a gap inside it is a draw.
+            noise = sd.reindex([s, "uniform", "random"]).max()
+            gap = "" if pd.isna(v) or pd.isna(ref) or pd.isna(noise) else (
+                f" (gap {(v - ref) * 100:+.2f} points, seed std up to {noise * 100:.2f})")
             lines.append(f"- {task} {budget} ({setting}): {s} {_f(v)} vs best of "
-                         f"uniform/random {_f(ref)}: **{verdict}**")
+                         f"uniform/random {_f(ref)}: **{verdict}**{gap}")
         if budget == "latency<=0.5x":
             base = df[(df.task == task) & (df.budget == budget)]["baseline_accuracy"].iloc[0]
             best = g.reindex(list(SEARCHED)).max()  # skips strategies with no result

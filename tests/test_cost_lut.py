@@ -175,3 +175,22 @@ def test_a_stale_whole_model_fit_is_forgotten_and_remeasured(cnn, tmp_path):
     again = lut.remainder(inv, model, X)
     assert lut.model_measurements > before  # re-measured, not read back
     assert again["model_ms"] < true_ms * 5
+
+
+def test_validate_scores_given_policies_absolute_and_relative(cnn, tmp_path):
+    """validate() scores the policies it is given (here: a random search's draws from the
+    digits space), each timed alongside the uncompressed model."""
+    from autocompress.cost.fidelity import validate
+    from autocompress.cost.sampling import space_policies
+    from autocompress.space import SearchSpace
+
+    model, inv = cnn
+    policies = space_policies(SearchSpace.embedded("digits").resolve(inv), 3, seed=1)
+    lut = LatencyLUT(tmp_path / "lut.json", parse_target(FAST), model_runs=5)
+    report = validate(model, X, inv, lut, n=99, runs=6, policies=policies)
+    assert [r["layers"] for r in report.rows] == [p.to_dict()["layers"] for p in policies]
+    for scores in (report.lut, report.macs, report.lut_relative, report.macs_relative):
+        assert set(scores) == {"kendall_tau", "mape", "within_10pct"}
+        assert scores["mape"] >= 0
+    # the digits space prunes at most 75% of channels: every model keeps a measurable share
+    assert all(0.05 < r["measured_ratio"] < 2.0 for r in report.rows)

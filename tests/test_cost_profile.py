@@ -17,7 +17,7 @@ def test_profile_json_with_validate(digits_task, tmp_path, capsys):
             "--validate", "3", "--runs", "5", "--format", "json", "--lut", str(lut)]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    for model in ("lut", "macs"):
+    for model in ("lut", "macs", "lut_relative", "macs_relative"):
         assert set(out[model]) == {"kendall_tau", "mape", "within_10pct"}
         tau = out[model]["kendall_tau"]
         assert tau != tau or -1.0 <= tau <= 1.0  # NaN when 3 noisy timings tie
@@ -27,6 +27,8 @@ def test_profile_json_with_validate(digits_task, tmp_path, capsys):
         "features.0", "features.2", "classifier.1", "classifier.3"]
     assert len(out["policies"]) == 3
     assert all(r["measured_ms"] > 0 and r["lut_ms"] > 0 for r in out["policies"])
+    # each policy is timed alongside the uncompressed model: random policies compress it
+    assert all(0 < r["measured_ratio"] < 1.5 and r["reference_ms"] > 0 for r in out["policies"])
     assert lut.exists() and out["fingerprint"] in json.loads(lut.read_text())["targets"]
 
 

@@ -81,6 +81,8 @@ def profile(
     if report is not None:
         result["lut"] = report.lut
         result["macs"] = report.macs
+        result["lut_relative"] = report.lut_relative  # speed ratios to the uncompressed model
+        result["macs_relative"] = report.macs_relative
     result.update({
         "task": task_obj.name,
         "target": tgt.name,
@@ -128,8 +130,13 @@ def _print_tables(result: dict[str, Any], n_layers: int, validate: int) -> None:
     scores = Table(title=f"latency prediction on {validate} random policies", title_justify="left")
     for col in ("model", "Kendall tau", "MAPE", "within +-10%"):
         scores.add_column(col, justify="left" if col == "model" else "right")
-    for name, label in (("lut", "per-layer table"), ("macs", "MACs-proportional")):
+    for name, label in (("lut", "per-layer table"), ("macs", "MACs-proportional"),
+                        ("lut_relative", "per-layer table, ratio to uncompressed"),
+                        ("macs_relative", "MACs-proportional, ratio to uncompressed")):
         s = result[name]
         scores.add_row(label, f"{s['kendall_tau']:.3f}", f"{s['mape']:.1f}%",
                        f"{s['within_10pct']:.0f}%")
     console.print(scores)
+    console.print("ratio rows: predicted speed ratio to the uncompressed model against the ratio "
+                  "measured in blocks alternating with it (what a budget like latency<=0.5x "
+                  "compares; immune to the machine's speed drifting between measurements)")

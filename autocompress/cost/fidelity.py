@@ -4,6 +4,19 @@
 per-layer table (:class:`~autocompress.cost.lut.LatencyLUT`) and with the
 MACs-proportional model (``baseline_ms * macs / baseline_macs``), builds each
 with ``apply_policy`` and measures it on the target.
+
+Each policy's model is timed in blocks that alternate with the uncompressed
+model's, so two things are scored:
+
+- **absolute**: predicted milliseconds against the policy's measured
+  milliseconds (``lut``, ``macs``);
+- **relative**: predicted speed ratio (prediction / the model's prediction of
+  the uncompressed model) against the ratio measured in those alternating
+  blocks (``lut_relative``, ``macs_relative``).
+
+A relative budget (``latency<=0.5x``) compares exactly that ratio, and it is
+immune to the slow drift of a shared machine's speed, which moves every
+absolute measurement taken minutes apart (the table's entries, the models).
 """
 
 from __future__ import annotations
@@ -17,10 +30,11 @@ import torch
 from torch import nn
 
 from autocompress.cost.analytic import analytic_costs
-from autocompress.cost.latency import measure_latency
+from autocompress.cost.latency import batched, make_runner, paired_ratio, torch_threads
 from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, activation_fraction, macs_model_ms
 from autocompress.cost.sampling import random_policies
 from autocompress.inventory import LayerInventory
+from autocompress.policy import CompressionPolicy
 
 
 def scores(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -53,6 +67,8 @@ class FidelityReport:
     macs: dict[str, float]
     baseline_ms: float
     rows: list[dict[str, Any]] = field(default_factory=list)
+    lut_relative: dict[str, float] = field(default_factory=dict)
+    macs_relative: dict[str, float] = field(default_factory=dict)
     lut_build_s: float = 0.0
     lut_measurements: int = 0
     validate_s: float = 0.0
@@ -70,25 +86,40 @@ def validate(
     seed: int = 0,
     runs: int = 30,
     progress: Callable[[int, int], None] | None = None,
+    policies: Sequence[CompressionPolicy] | None = None,
 ) -> FidelityReport:
-    """Predict and measure ``n`` random policies on ``lut.target``; score both latency models."""
+    """Predict and measure ``n`` random policies on ``lut.target``; score both latency models.
+
+    ``policies``: score these instead (e.g. :func:`~autocompress.cost.sampling.space_policies`,
+    the policies a search over a space visits); ``n`` and ``seed`` are then ignored.
+    """
     from autocompress.methods import apply_policy
 
     t0 = time.perf_counter()
     measured_before = lut.measure_seconds
     fit = lut.remainder(inventory, model, example_input)
     baseline_ms = fit["model_ms"]
+    target = lut.target
+    x = batched(example_input, target.batch or int(example_input.shape[0]))
+    with torch_threads(target.threads):
+        reference = make_runner(model, x, target)  # one runner (one ORT session) for all
     rows = []
-    policies = random_policies(inventory, n, seed=seed)
+    if policies is None:
+        policies = random_policies(inventory, n, seed=seed)
+    n = len(policies)
     for i, policy in enumerate(policies):
         pred = lut.predict_breakdown(policy, inventory, model, example_input)
         small = apply_policy(model, policy, example_input, inventory=inventory)
-        stats = measure_latency(small, example_input, lut.target, runs=runs, blocks=MODEL_BLOCKS)
+        with torch_threads(target.threads):
+            ratio, stats, ref = paired_ratio(make_runner(small, x, target), reference, runs=runs,
+                                             blocks=MODEL_BLOCKS, target=target.name)
         rows.append({
             "policy": i,
             "measured_ms": stats.stable_ms,
             "measured_median_ms": stats.median_ms,
             "measured_spread_ms": stats.spread_ms,
+            "measured_ratio": ratio,
+            "reference_ms": ref.stable_ms,
             "lut_ms": pred.latency_ms,
             "lut_layers_ms": sum(pred.layers_ms.values()),
             "lut_remainder_ms": pred.remainder_ms,
@@ -100,10 +131,14 @@ def validate(
         if progress:
             progress(i + 1, n)
     measured = [r["measured_ms"] for r in rows]
+    ratios = [r["measured_ratio"] for r in rows]
+    # The table's own prediction of the uncompressed model is its measured baseline.
     return FidelityReport(
         target=lut.target.name,
         lut=scores([r["lut_ms"] for r in rows], measured),
         macs=scores([r["macs_ms"] for r in rows], measured),
+        lut_relative=scores([r["lut_ms"] / baseline_ms for r in rows], ratios),
+        macs_relative=scores([r["macs_ms"] / baseline_ms for r in rows], ratios),
         baseline_ms=baseline_ms,
         rows=rows,
         lut_build_s=lut.measure_seconds - measured_before,

@@ -341,6 +341,46 @@ def measure_latency(
     return summarize(times, k, target=name, blocks=blocks)
 
 
+def paired_ratio(
+    call: Call,
+    reference: Call,
+    runs: int = DEFAULT_RUNS,
+    blocks: int = 10,
+    warmup: int = DEFAULT_WARMUP,
+    min_run_ms: float = DEFAULT_MIN_RUN_MS,
+    target: str = "",
+) -> tuple[float, LatencyStats, LatencyStats]:
+    """``call``'s latency relative to ``reference``'s, timed in alternating blocks.
+
+    Returns the median over blocks of (block median of ``call``) / (block median
+    of ``reference``), and the statistics of each side. Both sides of a ratio are
+    timed seconds apart, so a machine that slows down or speeds up over minutes
+    (a shared VM: +-5% over a minute here) changes both alike: the ratio is what
+    a relative budget (``latency<=0.5x``) compares, and it stays put where the
+    absolute milliseconds drift.
+
+    >>> ratio, a, b = paired_ratio(lambda: sum(range(2000)), lambda: sum(range(1000)),
+    ...                            runs=6, blocks=3, warmup=1)
+    >>> 1.2 < ratio < 4 and a.runs == b.runs == 6 and a.blocks == 3
+    True
+    """
+    blocks = max(1, min(blocks, runs))
+    ratios: list[float] = []
+    times: list[float] = []
+    ref_times: list[float] = []
+    k = k_ref = 1
+    for i in range(blocks):
+        n = runs // blocks + (1 if i < runs % blocks else 0)
+        w = warmup if i == 0 else 1
+        mine, k = time_call(call, runs=n, warmup=w, min_run_ms=min_run_ms)
+        ref, k_ref = time_call(reference, runs=n, warmup=w, min_run_ms=min_run_ms)
+        ratios.append(float(np.median(mine) / np.median(ref)))
+        times += mine
+        ref_times += ref
+    return (float(np.median(ratios)), summarize(times, k, target=target, blocks=blocks),
+            summarize(ref_times, k_ref, target=target, blocks=blocks))
+
+
 # ---- environment fingerprint -------------------------------------------------------
 
 

@@ -9,9 +9,13 @@ subset of layers gets a low rank, weight bits and 8-bit activations.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
+
+if TYPE_CHECKING:
+    from autocompress.space import ResolvedSpace
 
 
 def random_policy(
@@ -58,3 +62,25 @@ def random_policies(inventory: LayerInventory, n: int, seed: int = 0, **kwargs) 
     """``n`` seeded random policies (see :func:`random_policy`)."""
     rng = random.Random(seed)
     return [random_policy(inventory, rng, **kwargs) for _ in range(n)]
+
+
+def space_policies(space: ResolvedSpace, n: int, seed: int = 0) -> list[CompressionPolicy]:
+    """``n`` seeded policies drawn as a random search over ``space`` draws them.
+
+    Every parameter takes one of its levels uniformly at random. These are the
+    policies a search actually scores, unlike :func:`random_policies`, which
+    spreads over every knob of every layer.
+
+    >>> import torch
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsCNN
+    >>> from autocompress.space import SearchSpace
+    >>> inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    >>> sp = SearchSpace.embedded("digits").resolve(inv)
+    >>> [p.validate_against(inv) for p in space_policies(sp, 2)]
+    [None, None]
+    """
+    rng = random.Random(seed)
+    return [space.policy_from_params({name: rng.choice(param.levels())
+                                      for name, param in space.params.items()})
+            for _ in range(n)]

@@ -447,15 +447,26 @@ def _baseline(
 
 def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
                  say: Log) -> bool:
-    """Whether the space's smallest policy is predicted to meet the budget (warns when not)."""
-    costs = objective.predict(resolved.smallest_policy())
-    ok, violations = objective.check(costs)
-    if ok:
-        return True
+    """Whether a corner of the space is predicted to meet the budget (warns when none is).
+
+    The corners (:meth:`ResolvedSpace.corner_policies`), not only the smallest
+    policy: on a latency target a low rank or 4-bit weights can cost time.
+    """
+    best: tuple[float, Costs, dict[str, float]] | None = None
+    for policy in resolved.corner_policies():
+        costs = objective.predict(policy)
+        ok, violations = objective.check(costs)
+        if ok:
+            return True
+        excess = max(violations.values(), default=0.0)
+        if best is None or excess < best[0]:
+            best = (excess, costs, violations)
+    assert best is not None  # the smallest policy is always a corner
+    _, costs, violations = best
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)
     limit = budget.limits(objective.baseline)[worst]
-    say(f"warning: budget {budget.text!r} looks out of reach: the smallest policy in the space "
+    say(f"warning: budget {budget.text!r} looks out of reach: the cheapest corner of the space "
         f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
         "exits 3 if no trial meets it (loosen the budget or widen the space)")
     return False
