@@ -152,9 +152,10 @@ class PreparedRun:
     (``autocompress``, ``baseline``, ``inventory_sha256``); ``objective`` scores
     a policy; ``lut`` is the latency table (None when the budget does not limit
     latency); ``where`` names the storage in messages; ``created`` is True when
-    this call created the study; ``reachable`` is False when even the space's
-    smallest policy is predicted over the budget (then every trial counts toward
-    ``trials``: hunting for a candidate under the budget would be in vain).
+    this call created the study; ``reachable`` is False when every corner of the
+    space (:meth:`ResolvedSpace.corner_policies`) is predicted over the budget
+    (then every trial counts toward ``trials``: hunting for a candidate under
+    the budget would be in vain).
     """
 
     config: SearchConfig
@@ -282,7 +283,7 @@ def prepare_run(
         budget_section=budget.to_dict(baseline, target.name),
         measure_seconds=(lambda: lut.measure_seconds) if lut is not None else None,
     )
-    with _status(progress, "checking the budget against the smallest policy ..."):
+    with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, resolved, budget, say)
     return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
                        objective, lut, where, reachable)

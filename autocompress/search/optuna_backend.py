@@ -220,8 +220,8 @@ def run_trials(
     dry the loop stops early. Candidates predicted over the budget are told to
     Optuna and do not count (see the module docstring); after
     ``SKIPPED_PER_TRIAL * total`` of them the loop stops with a warning.
-    ``count_skipped``: count them like any trial (for a budget the space's
-    smallest policy already misses, where nothing is left to hunt for). A trial whose evaluation raises is marked FAIL
+    ``count_skipped``: count them like any trial (for a budget no corner of the
+    space meets, where nothing is left to hunt for). A trial whose evaluation raises is marked FAIL
     with its error and the loop goes on; three failures in a row stop the run
     with a :class:`MethodError`.
     """
