@@ -327,6 +327,8 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
     """Controller overhead per (setting, strategy), pooled over runs (time-weighted)."""
     if "lut_fill_share" not in df:  # rows written before the column existed
         df = df.assign(lut_fill_share=0.0)
+    if "n_feasible_trials" not in df:
+        df = df.assign(n_feasible_trials=float("nan"))
     d = df.assign(ov_s=df["controller_overhead_share"] * df["trials_s"],
                   cost_s=df["cost_share"] * df["trials_s"],
                   samp_s=df["sampler_share"] * df["trials_s"],

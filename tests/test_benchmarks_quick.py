@@ -45,7 +45,13 @@ def test_tables_and_goals_from_rows() -> None:
     md = sq.tables(rows)
     assert "98.00 ± 1.41" in md  # tpe: mean +- sample std over the two seeds, in %
     assert "none feasible (0/1 met)" in md  # random's only run missed the budget re-measured
-    assert "tpe 98.00 vs best of uniform/random 95.00: **met**" in md
+    # ranked by seeds that met the budget re-measured, then by accuracy
+    assert "tpe 98.00 (2/2 met) vs best of uniform/random, uniform 95.00 (1/2 met): **met**" in md
+    fewer_met = sq.tables([_row(seed=0, accuracy=0.99, meets_budget=False),
+                           _row(seed=1, accuracy=0.99), _row(strategy="uniform", accuracy=0.95),
+                           _row(strategy="uniform", seed=1, accuracy=0.95)])
+    assert "tpe 99.00 (1/2 met) vs best of uniform/random, uniform 95.00 (2/2 met): **MISSED**" \
+        in fewer_met
     assert "gap 1.00 points: **met**" in md
     assert "controller overhead < 2% of trial time (4 trials x 10 steps, ort-cpu-1t-b64): 1.00%" in md
     merged = sq.merge_rows([_row(accuracy=0.5)], path=ROOT / "does-not-exist.json")
