@@ -341,6 +341,43 @@ def measure_latency(
     return summarize(times, k, target=name, blocks=blocks)
 
 
+def measure_interleaved(
+    calls: list[Call],
+    runs: int = DEFAULT_RUNS,
+    blocks: int = 10,
+    warmup: int = DEFAULT_WARMUP,
+    min_run_ms: float = DEFAULT_MIN_RUN_MS,
+    target: str = "",
+) -> tuple[list[LatencyStats], list[list[float]]]:
+    """Time several callables in rounds: block ``i`` of each, then block ``i + 1`` of each.
+
+    Returns each callable's statistics (``stable_ms``: smallest block median) and
+    its block medians, round by round. Every callable is timed in the same minutes,
+    so a machine that slows down or speeds up over minutes (a shared VM: +-5% over
+    a minute here) moves them all alike instead of favouring whichever ran in a
+    fast spell.
+
+    >>> stats, medians = measure_interleaved([lambda: sum(range(2000)), lambda: sum(range(10))],
+    ...                                      runs=6, blocks=3, warmup=1)
+    >>> [s.runs for s in stats], len(medians[0]), stats[0].median_ms > stats[1].median_ms
+    ([6, 6], 3, True)
+    """
+    blocks = max(1, min(blocks, runs))
+    times: list[list[float]] = [[] for _ in calls]
+    medians: list[list[float]] = [[] for _ in calls]
+    per_run = [1] * len(calls)
+    for i in range(blocks):
+        n = runs // blocks + (1 if i < runs % blocks else 0)
+        for j, call in enumerate(calls):
+            block, per_run[j] = time_call(call, runs=n, warmup=warmup if i == 0 else 1,
+                                          min_run_ms=min_run_ms)
+            times[j] += block
+            medians[j].append(float(np.median(block)))
+    stats = [summarize(t, k, target=target, blocks=blocks) for t, k in zip(times, per_run,
+                                                                           strict=True)]
+    return stats, medians
+
+
 def paired_ratio(
     call: Call,
     reference: Call,
@@ -354,31 +391,19 @@ def paired_ratio(
 
     Returns the median over blocks of (block median of ``call``) / (block median
     of ``reference``), and the statistics of each side. Both sides of a ratio are
-    timed seconds apart, so a machine that slows down or speeds up over minutes
-    (a shared VM: +-5% over a minute here) changes both alike: the ratio is what
-    a relative budget (``latency<=0.5x``) compares, and it stays put where the
-    absolute milliseconds drift.
+    timed seconds apart (:func:`measure_interleaved`), so the machine's drift
+    cancels: the ratio is what a relative budget (``latency<=0.5x``) compares.
 
     >>> ratio, a, b = paired_ratio(lambda: sum(range(2000)), lambda: sum(range(1000)),
     ...                            runs=6, blocks=3, warmup=1)
     >>> 1.2 < ratio < 4 and a.runs == b.runs == 6 and a.blocks == 3
     True
     """
-    blocks = max(1, min(blocks, runs))
-    ratios: list[float] = []
-    times: list[float] = []
-    ref_times: list[float] = []
-    k = k_ref = 1
-    for i in range(blocks):
-        n = runs // blocks + (1 if i < runs % blocks else 0)
-        w = warmup if i == 0 else 1
-        mine, k = time_call(call, runs=n, warmup=w, min_run_ms=min_run_ms)
-        ref, k_ref = time_call(reference, runs=n, warmup=w, min_run_ms=min_run_ms)
-        ratios.append(float(np.median(mine) / np.median(ref)))
-        times += mine
-        ref_times += ref
-    return (float(np.median(ratios)), summarize(times, k, target=target, blocks=blocks),
-            summarize(ref_times, k_ref, target=target, blocks=blocks))
+    (mine, ref), (m_med, r_med) = measure_interleaved(
+        [call, reference], runs=runs, blocks=blocks, warmup=warmup, min_run_ms=min_run_ms,
+        target=target)
+    ratio = float(np.median([a / b for a, b in zip(m_med, r_med, strict=True)]))
+    return ratio, mine, ref
 
 
 # ---- environment fingerprint -------------------------------------------------------

@@ -19,7 +19,9 @@ lone layer pays at its edges but a model pays only where the NCHWc layout change
 
 A policy's latency comes from its layers' entries, calibrated against whole
 models measured once per model and target: the uncompressed model, a
-uniformly pruned one and :data:`CALIBRATION_POLICIES` seeded random policies.
+uniformly pruned one and :data:`CALIBRATION_POLICIES` seeded random policies,
+timed together in interleaved rounds (one block of each, ten times) so that a
+machine whose speed drifts over minutes gives them all the same speed.
 
 - A policy that leaves the graph as it is (weight bits and sparsity only, baked
   into float weights) is the uncompressed model's measured time: its layers'
@@ -59,9 +61,10 @@ from torch import nn
 
 from autocompress.cost.analytic import Costs, LayerShape, analytic_costs, compressed_shapes
 from autocompress.cost.latency import (
+    batched,
     env_fingerprint,
     make_runner,
-    measure_latency,
+    measure_interleaved,
     ort_kernel_times,
     time_call,
     torch_threads,
@@ -82,8 +85,9 @@ MODEL_BLOCKS = 10
 CALIBRATION_POLICIES = 4
 # Bounds of the fitted layer_scale: outside them two noisy points made the line, not the machine.
 LAYER_SCALE_BOUNDS = (0.5, 2.0)
-# Version of the whole-model fit; a cached fit of another version is measured again.
-FIT_VERSION = 2
+# Version of the whole-model fit; a cached fit of another version is measured again
+# (3: the uncompressed and calibration models are timed in interleaved rounds).
+FIT_VERSION = 3
 CALIBRATION_SEED = 1_000_003
 
 
@@ -412,12 +416,21 @@ class LatencyLUT:
         policies += [(f"calibration model {i + 1}/{CALIBRATION_POLICIES}", p) for i, p in
                      enumerate(random_policies(inventory, CALIBRATION_POLICIES,
                                                seed=CALIBRATION_SEED))]
-        points = []  # (layers_ms, model_ms, changes the graph)
+        built = []  # (layers_ms, model, changes the graph)
         for label, policy in policies:
             if self.progress:
                 self.progress(label)
-            points.append((*self._measure_model(policy, inventory, model, example_input),
-                           changes_structure(policy, inventory)))
+            built.append((sum(self.layers_ms(policy, inventory).values()),
+                          self._build(policy, inventory, model, example_input),
+                          changes_structure(policy, inventory)))
+        if self.progress:
+            self.progress(f"timing the {len(built)} models in alternating rounds")
+        # All in the same minutes: timed one after the other, the uncompressed model (the
+        # reference of relative budgets) and the calibration models fell in different
+        # spells of a drifting machine (resnet18: 48.4 ms at build, 41-52 ms minutes later).
+        measured = self._measure_models([m for _, m, _ in built], example_input)
+        points = [(lay, ms, changed) for (lay, _, changed), ms in zip(built, measured,
+                                                                        strict=True)]
         l1, m1, _ = points[0]
         scale, fixed = fit_line([(lay, ms) for lay, ms, changed in points[1:] if changed])
         fit: dict[str, Any] = {
@@ -430,22 +443,30 @@ class LatencyLUT:
         self.save()
         return fit
 
-    def _measure_model(
-        self, policy: CompressionPolicy | None, inventory: LayerInventory, model: nn.Module,
-        example_input: torch.Tensor,
-    ) -> tuple[float, float]:
-        """``(sum of the layers' entries, measured ms)`` of the model ``policy`` makes."""
-        layers = sum(self.layers_ms(policy, inventory).values())
+    @staticmethod
+    def _build(policy: CompressionPolicy | None, inventory: LayerInventory, model: nn.Module,
+               example_input: torch.Tensor) -> nn.Module:
+        """The model ``policy`` makes (``model`` itself for no policy)."""
         if policy is None:
-            m = model
-        else:
-            from autocompress.methods import apply_policy
+            return model
+        from autocompress.methods import apply_policy
 
-            m = apply_policy(model, policy, example_input, inventory=inventory)
-        stats = measure_latency(m, example_input, self.target, runs=self.model_runs,
-                                blocks=MODEL_BLOCKS)
-        self.model_measurements += 1
-        return layers, stats.stable_ms
+        return apply_policy(model, policy, example_input, inventory=inventory)
+
+    def _measure_models(self, models: list[nn.Module], example_input: torch.Tensor) -> list[float]:
+        """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""
+        x = batched(example_input, self.target.batch or int(example_input.shape[0]))
+        training = [m.training for m in models]
+        try:
+            with torch_threads(self.target.threads):
+                calls = [make_runner(m, x, self.target) for m in models]
+                stats, _ = measure_interleaved(calls, runs=self.model_runs, blocks=MODEL_BLOCKS,
+                                               target=self.target.name)
+        finally:
+            for m, was in zip(models, training, strict=True):
+                m.train(was)
+        self.model_measurements += len(models)
+        return [st.stable_ms for st in stats]
 
     def forget_model_if_stale(
         self, inventory: LayerInventory, example_input: torch.Tensor, model_ms: float,
