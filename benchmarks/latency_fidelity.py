@@ -115,6 +115,14 @@ def diagnostics(r: dict[str, Any]) -> dict[str, float]:
             "ceiling_within_10pct": best["within_10pct"]}
 
 
+def score_cells(lut: dict[str, float], macs: dict[str, float]) -> str:
+    """The table cells ``LUT tau | MAPE | within 10% | MACs tau | MAPE | within 10% | beats``."""
+    beats = lut["mape"] < macs["mape"] and lut["kendall_tau"] >= macs["kendall_tau"]
+    return (f"{lut['kendall_tau']:.3f} | {lut['mape']:.1f} | {lut['within_10pct']:.0f} "
+            f"| {macs['kendall_tau']:.3f} | {macs['mape']:.1f} | {macs['within_10pct']:.0f} "
+            f"| {'yes' if beats else 'no'}")
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Latency-model fidelity",
@@ -137,13 +145,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        lut, macs = r["lut"], r["macs"]
-        beats = lut["mape"] < macs["mape"] and lut["kendall_tau"] >= macs["kendall_tau"]
         diag = diagnostics(r)
         lines.append(
-            f"| {r['task']} | {r['target']} | {r['baseline_ms']:.3f} | {lut['kendall_tau']:.3f} "
-            f"| {lut['mape']:.1f} | {lut['within_10pct']:.0f} | {macs['kendall_tau']:.3f} "
-            f"| {macs['mape']:.1f} | {macs['within_10pct']:.0f} | {'yes' if beats else 'no'} "
+            f"| {r['task']} | {r['target']} | {r['baseline_ms']:.3f} "
+            f"| {score_cells(r['lut'], r['macs'])} "
             f"| {diag['ceiling_tau']:.3f} / {diag['ceiling_within_10pct']:.0f} "
             f"| {diag['noise_pct']:.1f} "
             f"| {r['lut_base_build_s']:.0f} s ({r['lut_base_entries']} entries) "
@@ -165,12 +170,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for r in relative:
-            lut, macs = r["lut_relative"], r["macs_relative"]
-            beats = lut["mape"] < macs["mape"] and lut["kendall_tau"] >= macs["kendall_tau"]
-            lines.append(
-                f"| {r['task']} | {r['target']} | {lut['kendall_tau']:.3f} | {lut['mape']:.1f} "
-                f"| {lut['within_10pct']:.0f} | {macs['kendall_tau']:.3f} | {macs['mape']:.1f} "
-                f"| {macs['within_10pct']:.0f} | {'yes' if beats else 'no'} |")
+            lines.append(f"| {r['task']} | {r['target']} "
+                         f"| {score_cells(r['lut_relative'], r['macs_relative'])} |")
     lines += [
         "",
         f"Quiet gate: before each timed block, up to {meta['quiet_wait_s']:.0f} s of waiting for",
