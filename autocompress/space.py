@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -310,6 +311,15 @@ class ResolvedSpace:
                 assert isinstance(d, FloatDistribution)
                 values[name] = trial.suggest_float(name, d.low, d.high, step=d.step)
         return self.policy_from_params(values)
+
+    def draw_params(self, rng: random.Random) -> dict[str, Any]:
+        """One parameter dict with every parameter at a level drawn uniformly (a random search).
+
+        Optuna's ``RandomSampler`` draws the same way (uniform over choices and
+        over the grid of a stepped range), but only inside a trial; this draws
+        without one, so a candidate can be screened before a trial is created.
+        """
+        return {name: rng.choice(p.levels()) for name, p in self.params.items()}
 
     def to_ray_param_space(self) -> dict[str, Any]:
         """The same parameters as Ray Tune distributions (``tune.quniform`` / ``tune.choice``)."""

@@ -140,6 +140,27 @@ def test_trials_is_the_total_and_a_rerun_resumes(digits_task, tmp_path):
         fast(digits_task, out, budget="macs<=50%", trials=6)
 
 
+def test_random_candidates_over_the_budget_are_screened_into_one_journal_line(digits_task,
+                                                                              tmp_path):
+    """A random search screens its draws before a trial exists: a skipped one is a single
+    CREATE_TRIAL line holding all it records; the evaluated ones go through ask/tell."""
+    out = tmp_path / "run"
+    fast(digits_task, out, strategy="random", budget="macs<=20%", trials=2)
+    lines = [json.loads(line) for line in (out / "study.log").read_text().splitlines()]
+    study = load(out)
+    skipped = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    evaluated = [t for t in study.trials if t.user_attrs.get("feasible") is True]
+    assert skipped and len(evaluated) == 2
+    assert sum(line["op_code"] == 4 for line in lines) == len(study.trials)  # CREATE_TRIAL
+    for t in skipped:
+        assert t.user_attrs["screened"] is True and t.constraints["macs"] > 0
+        assert not any(line.get("trial_id") == t._trial_id for line in lines)
+        assert t.user_attrs["worker"] and t.user_attrs["policy"]["provenance"]["trial"] == t.number
+    for t in evaluated:
+        assert "screened" not in t.user_attrs
+        assert sum(line.get("trial_id") == t._trial_id for line in lines) > len(t.params)
+
+
 def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
     """What a kill -9 leaves behind: a RUNNING trial whose process is gone."""
     out = tmp_path / "run"
@@ -151,18 +172,18 @@ def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
     inv = build_inventory(digits_task.model, digits_task.example_input)
     SearchSpace.embedded("digits").resolve(inv).suggest(trial)  # started, never told
     trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
-    killed_params = dict(trial.params)
+    killed, killed_params = trial.number, dict(trial.params)
     said: list[str] = []
     fast(digits_task, out, trials=4, strategy="random", log=said.append)
     study = load(out)
-    assert study.trials[2].state == TrialState.FAIL
-    assert study.trials[2].user_attrs["error"] == "process died (resumed run)"
-    assert any("trial(s) 2 of a killed run marked FAIL" in s for s in said)
+    assert study.trials[killed].state == TrialState.FAIL
+    assert study.trials[killed].user_attrs["error"] == "process died (resumed run)"
+    assert any(f"trial(s) {killed} of a killed run marked FAIL" in s for s in said)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     # 4 evaluated; the killed candidate (random parameters) may be over the budget, then it
     # is re-run, recorded as skipped and not counted
     assert len([t for t in finished if t.user_attrs["feasible"]]) == 4
-    rerun = [t for t in finished if t.user_attrs.get("requeued_from") == 2]
+    rerun = [t for t in finished if t.user_attrs.get("requeued_from") == killed]
     assert len(rerun) == 1 and rerun[0].params == killed_params  # its candidate ran again
 
 

@@ -81,6 +81,4 @@ def space_policies(space: ResolvedSpace, n: int, seed: int = 0) -> list[Compress
     [None, None]
     """
     rng = random.Random(seed)
-    return [space.policy_from_params({name: rng.choice(param.levels())
-                                      for name, param in space.params.items()})
-            for _ in range(n)]
+    return [space.policy_from_params(space.draw_params(rng)) for _ in range(n)]

@@ -1,4 +1,4 @@
-"""The study's journal file, made durable once per finished trial instead of once per write.
+"""The study's journal file: durable once per finished trial, attributes written in one go.
 
 Optuna's ``JournalFileBackend`` calls ``fsync`` after every log line, and one
 trial writes about 40 of them (creation, one per parameter, one per user
@@ -13,6 +13,13 @@ nothing: the data is in the operating system's page cache), but calls
 then lose at most the lines of the trial that was running, which a resumed
 search fails and re-runs anyway; every finished trial is on disk with all its
 attributes, because one ``fsync`` flushes everything written before it.
+
+Each storage call also costs a lock, an append and a read-back of the file
+(about 0.25 ms here); a trial records about 20 user attributes, so
+:class:`BatchJournalStorage` writes them as one append of one line each (the
+same lines, readable by any Optuna) and reads back once. Use
+:func:`set_user_attrs`, which falls back to one call per attribute on other
+storages.
 
 >>> import optuna, tempfile, os
 >>> from optuna.storages import JournalStorage
@@ -30,12 +37,14 @@ import json
 import os
 from typing import Any
 
+import optuna
+from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 # Optuna's journal op codes (optuna.storages.journal._storage.JournalOperation; stable
 # across 3.x-5.x): study changes and trial state changes are made durable at once.
 CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR = 0, 1, 2, 3
-SET_TRIAL_STATE_VALUES = 6
+SET_TRIAL_STATE_VALUES, SET_TRIAL_USER_ATTR = 6, 8
 DURABLE_OPS = frozenset(
     {CREATE_STUDY, DELETE_STUDY, SET_STUDY_USER_ATTR, SET_STUDY_SYSTEM_ATTR, SET_TRIAL_STATE_VALUES}
 )
@@ -64,3 +73,50 @@ class TrialDurableJournal(JournalFileBackend):
                     type(self).fsyncs += 1
         finally:
             self._lock.release()
+
+
+class BatchJournalStorage(JournalStorage):
+    """A ``JournalStorage`` that can set many user attributes of a trial in one append.
+
+    The file holds one ``SET_TRIAL_USER_ATTR`` line per attribute, exactly what
+    ``set_trial_user_attr`` writes, so any Optuna reader replays it unchanged.
+    """
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Set every ``attrs`` item on trial ``trial_id``: one lock, one append, one read-back."""
+        if not attrs:
+            return
+        with self._thread_lock:
+            worker = self._replay_result.worker_id
+            self._backend.append_logs([
+                {"op_code": SET_TRIAL_USER_ATTR, "worker_id": worker, "trial_id": trial_id,
+                 "user_attr": {key: value}}
+                for key, value in attrs.items()
+            ])
+            self._sync_with_backend()
+
+
+def journal_storage(path: str | os.PathLike[str]) -> BatchJournalStorage:
+    """The storage of a study journal file: :class:`BatchJournalStorage` on :class:`TrialDurableJournal`."""
+    return BatchJournalStorage(TrialDurableJournal(str(path)))
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """``trial.set_user_attr`` for every item, in one storage write on a :class:`BatchJournalStorage`.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "study.log")
+    >>> study = optuna.create_study(storage=journal_storage(path))
+    >>> trial = study.ask()
+    >>> set_user_attrs(trial, {"a": 1, "b": [2, 3]})
+    >>> trial.user_attrs, study.trials[0].user_attrs
+    ({'a': 1, 'b': [2, 3]}, {'a': 1, 'b': [2, 3]})
+    """
+    storage = trial.storage
+    if not isinstance(storage, BatchJournalStorage):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    storage.set_trial_user_attrs(trial._trial_id, attrs)  # noqa: SLF001 - the trial's own id
+    # What Trial.set_user_attr does after its storage write: samplers read this copy.
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # noqa: SLF001

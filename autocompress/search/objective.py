@@ -38,6 +38,21 @@ LatencyFn = Callable[[CompressionPolicy], float]
 COST_KEYS = ("macs", "bops", "params", "size_bytes")
 
 
+@dataclass(frozen=True)
+class Screening:
+    """A candidate's predicted costs and budget check (:meth:`Objective.screen`).
+
+    ``cost_s``: seconds the prediction took, ``lut_measure_s`` of which the latency
+    table spent measuring layer shapes it had not seen.
+    """
+
+    costs: Costs
+    feasible: bool
+    constraints: dict[str, float]
+    cost_s: float
+    lut_measure_s: float
+
+
 @dataclass
 class TrialOutcome:
     """Everything one evaluated candidate produced.
@@ -141,22 +156,38 @@ class Objective:
 
     def feasible_params(self, params: dict[str, Any]) -> bool:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""
-        return self.check(self.predict(self.space.policy_from_params(params)))[0]
+        return self.screen(self.space.policy_from_params(params)).feasible
+
+    def screen(self, policy: CompressionPolicy) -> Screening:
+        """Predict a candidate's costs and check the budget: nothing is applied or fine-tuned.
+
+        A search can screen candidates before it creates a trial for them and
+        hand the :class:`Screening` to :meth:`__call__`, which then does not
+        predict again.
+        """
+        t0 = time.perf_counter()
+        measured0 = self.measure_seconds()
+        costs = self.predict(policy)
+        feasible, constraints = self.check(costs)
+        return Screening(costs=costs, feasible=feasible, constraints=constraints,
+                         cost_s=time.perf_counter() - t0,
+                         lut_measure_s=self.measure_seconds() - measured0)
 
     def __call__(
         self,
         policy: CompressionPolicy,
         report: Report | None = None,
         provenance: dict[str, Any] | None = None,
+        screening: Screening | None = None,
     ) -> TrialOutcome:
-        """Evaluate one candidate (see the module docstring)."""
+        """Evaluate one candidate (see the module docstring); ``screening``: its :meth:`screen`."""
         t0 = time.perf_counter()
-        measured0 = self.measure_seconds()
-        costs = self.predict(policy)
-        feasible, constraints = self.check(costs)
-        cost_s = time.perf_counter() - t0
-        timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": cost_s,
-                   "lut_measure_s": self.measure_seconds() - measured0}
+        screened_before = screening.cost_s if screening is not None else 0.0  # part of total_s
+        if screening is None:
+            screening = self.screen(policy)
+        costs, feasible, constraints = screening.costs, screening.feasible, screening.constraints
+        timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": screening.cost_s,
+                   "lut_measure_s": screening.lut_measure_s}
         metric: float | None = None
         pruned = False
         intermediate: list[tuple[int, float]] = []
@@ -174,7 +205,7 @@ class Objective:
             del result  # the fine-tuned model is not kept: the export rebuilds the best one
         value = metric if metric is not None else self.worst_metric
         values = [value] if self.mode == "constrained" else [value, self._cost_value(costs)]
-        timings["total_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t0 + screened_before
         full_policy = self._annotate(policy, costs, metric, provenance)
         attrs: dict[str, Any] = {
             "policy": full_policy.to_dict(),

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import (
     BaseStorage,
-    JournalStorage,
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
     fail_stale_trials,
@@ -44,8 +43,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress.errors import ConfigError
 from autocompress.search import api
 from autocompress.search.api import PreparedRun
-from autocompress.search.journal import TrialDurableJournal
-from autocompress.search.optuna_backend import DONE, SKIPPED_PER_TRIAL, evaluated
+from autocompress.search.journal import journal_storage
+from autocompress.search.optuna_backend import DONE, SKIPPED_PER_TRIAL, evaluated, record_outcome
 
 if TYPE_CHECKING:
     from autocompress.search.config import SearchConfig
@@ -128,7 +127,7 @@ def open_storage(
             )
         path = Path(text.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(TrialDurableJournal(str(path)))
+        return journal_storage(path)
     if heartbeat_interval is not None and heartbeat_interval < 1:
         raise ConfigError(
             f"heartbeat_interval must be a whole number of seconds >= 1, got {heartbeat_interval}"
@@ -383,11 +382,7 @@ def optuna_objective(
         prov = {"study": trial.study.study_name, "trial": trial.number, "backend": "optuna",
                 **(provenance or {})}
         outcome = objective(policy, report=report, provenance=prov)
-        for key, value in outcome.constraints.items():
-            trial.set_constraint(key, float(value))
-        for key, value in outcome.user_attrs.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("pruned", outcome.pruned)
+        record_outcome(trial, outcome)
         if outcome.pruned:
             raise optuna.TrialPruned()
         return list(outcome.values)
@@ -459,7 +454,7 @@ def export_shared_study(
     if str(Path(str(storage)).resolve()) != str(log_path.resolve()):
         if log_path.exists():
             log_path.unlink()  # a fresh copy: the shared study is the truth
-        dst = JournalStorage(TrialDurableJournal(str(log_path)))
+        dst = journal_storage(log_path)
         optuna.copy_study(from_study_name=study_name, from_storage=src, to_storage=dst,
                           to_study_name=study_name)
         study = optuna.load_study(study_name=study_name, storage=dst)
