@@ -194,3 +194,38 @@ def test_validate_scores_given_policies_absolute_and_relative(cnn, tmp_path):
         assert scores["mape"] >= 0
     # the digits space prunes at most 75% of channels: every model keeps a measurable share
     assert all(0.05 < r["measured_ratio"] < 2.0 for r in report.rows)
+
+
+@pytest.mark.parametrize("target", [FAST, "ort-1t-b4"])
+def test_a_compressed_layer_is_stored_as_a_ratio_to_its_uncompressed_layer(cnn, target):
+    """Timed in blocks alternating with the uncompressed layer, so both share one scale."""
+    model, inv = cnn
+    lut = LatencyLUT(None, parse_target(target))
+    policy = CompressionPolicy(layers={"features.0": LayerPolicy(prune=0.5)})
+    lut.layers_ms(policy, inv)
+    base = {s.fqn: layer_key(s, 4) for s in compressed_shapes(CompressionPolicy(layers={}), inv)}
+    pruned = {s.fqn: layer_key(s, 4) for s in compressed_shapes(policy, inv)}
+    changed = [fqn for fqn in pruned if pruned[fqn] != base[fqn]]
+    assert changed == ["features.0", "features.2"]  # the pruned conv and the next one's input
+    for fqn in changed:
+        entry, ref = lut.entries[pruned[fqn]], lut.entries[base[fqn]]
+        assert entry["reference"] == base[fqn] and "reference" not in ref
+        assert entry["ms"] == pytest.approx(entry["ratio"] * ref["ms"])
+        assert 0 < entry["ratio"] < 1.5 and entry["alone_ms"] > 0
+
+
+def test_a_table_timed_the_old_way_is_measured_again(cnn, tmp_path):
+    model, inv = cnn
+    path = tmp_path / "lut.json"
+    lut = LatencyLUT(path, parse_target(FAST))
+    lut.predict(None, inv, model, X)
+    data = json.loads(path.read_text())
+    entry = data["targets"][lut.key]
+    del entry["layer_method"]  # as written before layer entries were paired
+    entry["layers"]["Conv2d|stale"] = {"ms": 1.0}
+    path.write_text(json.dumps(data))
+    again = LatencyLUT(path, parse_target(FAST))
+    assert again.entries == {} and again._entry["models"] == {}
+    again.predict(None, inv, model, X)
+    assert again.measured >= len(inv)
+    assert "Conv2d|stale" not in json.loads(path.read_text())["targets"][lut.key]["layers"]

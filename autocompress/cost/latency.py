@@ -241,34 +241,66 @@ def ort_kernel_times(
     >>> len(times), all(t > 0 for t in times)
     (3, True)
     """
+    return ort_kernel_times_interleaved([(model, x)], threads, runs, warmup, blocks)[0]
+
+
+def ort_kernel_times_interleaved(
+    models: list[tuple[nn.Module, torch.Tensor]], threads: int, runs: int, warmup: int = 3,
+    blocks: int = 1,
+) -> list[list[float]]:
+    """:func:`ort_kernel_times` of several models, in rounds: block ``i`` of each, then ``i + 1``.
+
+    Every model's blocks fall in the same seconds, so the machine's drift moves
+    them alike (see :func:`measure_interleaved`); returns each model's per-run ms.
+
+    >>> a, b = ort_kernel_times_interleaved([(nn.Linear(256, 256), torch.zeros(64, 256)),
+    ...                                      (nn.Linear(16, 16), torch.zeros(64, 16))],
+    ...                                     threads=1, runs=4, blocks=2)
+    >>> len(a), len(b), sum(a) > sum(b)
+    (8, 8, True)
+    """
     import tempfile
 
     import onnxruntime as ort
 
     from autocompress.runtime.onnx import export_onnx, session_options
 
-    opts = session_options(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(export_onnx(model, x[:1]), sess_options=opts,
-                                    providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x.detach().numpy(), np.float32)}
-        n = 0  # runs so far; the profiler logs one model_run event per run, in order
-        for _ in range(max(warmup, 1) - 1):
-            sess.run(None, feed)
-            n += 1
-        timed: list[int] = []
+        sessions, feeds = [], []
+        for i, (model, x) in enumerate(models):
+            opts = session_options(threads)
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(tmp, f"ort{i}")
+            sess = ort.InferenceSession(export_onnx(model, x[:1]), sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+            sessions.append(sess)
+            feeds.append({sess.get_inputs()[0].name:
+                          np.ascontiguousarray(x.detach().numpy(), np.float32)})
+        n = [0] * len(models)  # runs so far; the profiler logs one model_run event per run
+        timed: list[list[int]] = [[] for _ in models]
+        for j, (sess, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            for _ in range(max(warmup, 1) - 1):
+                sess.run(None, feed)
+                n[j] += 1
         for _ in range(blocks):
             QUIET.wait()
-            sess.run(None, feed)  # one warm-up per block: the wait may have cooled caches
-            n += 1
-            for _ in range(runs):
-                sess.run(None, feed)
-                timed.append(n)
-                n += 1
-        with open(sess.end_profiling()) as fh:
-            events = json.load(fh)
+            for j, (sess, feed) in enumerate(zip(sessions, feeds, strict=True)):
+                sess.run(None, feed)  # one warm-up per block: the other model ran in between
+                n[j] += 1
+                for _ in range(runs):
+                    sess.run(None, feed)
+                    timed[j].append(n[j])
+                    n[j] += 1
+        profiles = []
+        for sess in sessions:
+            with open(sess.end_profiling()) as fh:
+                profiles.append(json.load(fh))
+    return [_kernel_totals(events, runs_timed) for events, runs_timed in zip(profiles, timed,
+                                                                            strict=True)]
+
+
+def _kernel_totals(events: list[dict[str, Any]], timed: list[int]) -> list[float]:
+    """Milliseconds of kernels (layout reorders excluded) in each timed run of a profile."""
     all_spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"]
     run_spans = [all_spans[i] for i in timed if i < len(all_spans)]
     totals = [0.0] * len(run_spans)
