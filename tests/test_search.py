@@ -161,6 +161,21 @@ def test_random_candidates_over_the_budget_are_screened_into_one_journal_line(di
         assert sum(line.get("trial_id") == t._trial_id for line in lines) > len(t.params)
 
 
+def test_a_sampled_search_starts_from_the_uniform_policy_at_the_budget(digits_task, tmp_path):
+    fast(digits_task, tmp_path / "tpe", strategy="tpe", trials=2)
+    first = load(tmp_path / "tpe").trials[0]
+    assert first.user_attrs["warm_start"] == "uniform" and first.user_attrs["feasible"]
+    assert len({v for k, v in first.params.items() if k.endswith("/prune")}) == 1
+    fast(digits_task, tmp_path / "uniform", strategy="uniform", trials=1)
+    assert load(tmp_path / "uniform").trials[0].params == first.params  # its first candidate
+    fast(digits_task, tmp_path / "tpe", strategy="tpe", trials=3)  # a resume queues nothing
+    assert sum("warm_start" in t.user_attrs for t in load(tmp_path / "tpe").trials) == 1
+    fast(digits_task, tmp_path / "none", strategy="tpe", trials=1, warm_start="none")
+    assert not any("warm_start" in t.user_attrs for t in load(tmp_path / "none").trials)
+    fast(digits_task, tmp_path / "random", strategy="random", trials=1)  # a baseline: never
+    assert not any("warm_start" in t.user_attrs for t in load(tmp_path / "random").trials)
+
+
 def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
     """What a kill -9 leaves behind: a RUNNING trial whose process is gone."""
     out = tmp_path / "run"

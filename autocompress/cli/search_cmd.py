@@ -29,6 +29,9 @@ def search(
                                  help="tpe|nsga2|random|uniform|greedy (default: tpe)"),
     mode: str = typer.Option(None, "--mode", help="constrained|pareto (default: constrained)"),
     seed: int = typer.Option(None, "--seed", help="(default: 0)"),
+    warm_start: str = typer.Option(
+        None, "--warm-start", help="uniform|none: tpe/nsga2 start from the least-compressing "
+        "uniform policy predicted to meet the budget (default: uniform)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -56,7 +59,7 @@ def search(
 
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
-        "out": out, "strategy": strategy, "mode": mode, "seed": seed,
+        "out": out, "strategy": strategy, "mode": mode, "seed": seed, "warm_start": warm_start,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,

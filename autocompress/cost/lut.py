@@ -85,12 +85,13 @@ REMAINDER_PRUNE = 0.5
 # Whole-model measurements are split in this many blocks; the smallest block median counts.
 MODEL_BLOCKS = 10
 # Random policies the compressed-model line is calibrated on (seeded; see LatencyLUT.remainder).
-CALIBRATION_POLICIES = 4
+CALIBRATION_POLICIES = 8
 # Bounds of the fitted layer_scale: outside them two noisy points made the line, not the machine.
 LAYER_SCALE_BOUNDS = (0.5, 2.0)
 # Version of the whole-model fit; a cached fit of another version is measured again
-# (3: the uncompressed and calibration models are timed in interleaved rounds).
-FIT_VERSION = 3
+# (3: the uncompressed and calibration models are timed in interleaved rounds; 4: 8 calibration
+# policies, and the line passes near the uncompressed model too).
+FIT_VERSION = 4
 CALIBRATION_SEED = 1_000_003
 # How layer entries are timed; a table section timed another way is measured again
 # (2: a compressed layer in blocks alternating with its uncompressed layer, as a ratio).
@@ -481,7 +482,10 @@ class LatencyLUT:
         points = [(lay, ms, changed) for (lay, _, changed), ms in zip(built, measured,
                                                                         strict=True)]
         l1, m1, _ = points[0]
-        scale, fixed = fit_line([(lay, ms) for lay, ms, changed in points[1:] if changed])
+        # The uncompressed model is a point of the line too: most candidates are a few layers
+        # changed from it, and with it the line cannot swing far from the model it starts at.
+        scale, fixed = fit_line([(lay, ms) for lay, ms, changed in points
+                                 if changed or (lay, ms) == (l1, m1)])
         fit: dict[str, Any] = {
             "model_ms": m1, "layers_ms": l1, "remainder_ms": m1 - l1,
             "layer_scale": scale, "compressed_fixed_ms": fixed,

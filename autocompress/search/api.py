@@ -189,6 +189,7 @@ def prepare_run(
     log: Log | None = None,
     sampler_seed: int | None = None,
     progress: bool = False,
+    warm_start: bool = True,
 ) -> PreparedRun:
     """Everything a run fixes before its first trial; the one setup every backend and worker uses.
 
@@ -202,7 +203,9 @@ def prepare_run(
     or None for ``cfg.storage`` / the run's journal file. ``sampler_seed``
     replaces ``cfg.seed`` for the sampler only (see
     :func:`autocompress.search.workers.worker_seed`). ``progress`` shows a
-    spinner on stderr during the slow steps.
+    spinner on stderr during the slow steps. ``warm_start``: queue
+    :func:`warm_start_params` in a study this call creates (Ray Tune passes it
+    as a point to evaluate instead).
 
     >>> prep = prepare_run(SearchConfig.build(None, {"task": "digits",  # doctest: +SKIP
     ...                    "budget": "macs<=50%", "out": "results/digits"}))
@@ -285,6 +288,9 @@ def prepare_run(
     )
     with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, resolved, budget, say)
+    first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
+    if first is not None:
+        study.enqueue_trial(first, user_attrs={"warm_start": "uniform"})
     return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
                        objective, lut, where, reachable)
 
@@ -471,6 +477,25 @@ def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
         f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
         "exits 3 if no trial meets it (loosen the budget or widen the space)")
     return False
+
+
+WARM_STARTED = ("tpe", "nsga2")
+
+
+def warm_start_params(cfg: SearchConfig, objective: Objective,
+                      resolved: ResolvedSpace) -> dict[str, Any] | None:
+    """The first trial of a sampled search (``tpe``, ``nsga2``): the uniform baseline's first.
+
+    A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
+    first population), many of them far from the budget's edge. The least
+    compressing uniform policy predicted to meet the budget costs one bisection
+    on predicted costs and no fine-tune, and is the point a person would try
+    first; starting there, the search's best is never below it. None for other
+    strategies, ``warm_start: none``, or a budget no uniform policy meets.
+    """
+    if cfg.warm_start != "uniform" or cfg.strategy not in WARM_STARTED:
+        return None
+    return next(uniform_candidates(resolved, objective.feasible_params), None)
 
 
 def _fmt(v: float | None) -> str:

@@ -59,6 +59,9 @@ class SearchConfig(BaseModel):
     report_every: int = Field(50, ge=0, description="fine-tune steps between pruner reports")
     val_samples: int | None = Field(512, ge=1, description="fixed validation subset size")
     pruner: Literal["median", "none"] = "median"
+    warm_start: Literal["uniform", "none"] = Field(
+        "uniform", description="tpe/nsga2: the first trial is the least-compressing uniform "
+        "policy predicted to meet the budget (none: the sampler's own first draws)")
     threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
     data_dir: str | None = None
     checkpoint: str | None = None

@@ -275,6 +275,8 @@ def run_trials(
                 LOG.info("the %s baseline has no more candidates", objective.strategy)
                 break
             study.enqueue_trial(nxt)
+        frozen: FrozenTrial | None = None
+        outcome: TrialOutcome | None = None
         if screen_rng is not None and not waiting:
             params = space.draw_params(screen_rng)
             policy = space.policy_from_params(params)
@@ -286,46 +288,40 @@ def run_trials(
                         **(provenance or {})}
                 outcome = objective(policy, provenance=prov, screening=screening)
                 add_skipped(study, space, params, outcome)
-                if count_skipped:
-                    ran += 1
-                else:
-                    skipped += 1
+        if outcome is None:
+            trial = study.ask()
+            trial.set_user_attr("worker", worker_id())
+            try:
+                policy = space.suggest(trial)
+
+                def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
+                    trial.report(metric, step)
+                    return trial.should_prune()
+
+                prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
+                outcome = objective(policy, report=report, provenance=prov, screening=screening)
+                record_outcome(trial, outcome)
+            except KeyboardInterrupt:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded on the trial, the search goes on
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+                study.tell(trial, state=TrialState.FAIL)
+                failures += 1
                 if on_trial:
-                    on_trial(None, outcome)
+                    on_trial(None, None)
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    raise MethodError(
+                        f"{failures} trials in a row failed; the last one (trial {trial.number}): "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
                 continue
-        trial = study.ask()
-        trial.set_user_attr("worker", worker_id())
-        try:
-            policy = space.suggest(trial)
-
-            def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
-                trial.report(metric, step)
-                return trial.should_prune()
-
-            prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
-            outcome = objective(policy, report=report, provenance=prov, screening=screening)
-            record_outcome(trial, outcome)
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the search goes on
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
-            failures += 1
-            if on_trial:
-                on_trial(None, None)
-            if failures >= MAX_FAILURES_IN_A_ROW:
-                raise MethodError(
-                    f"{failures} trials in a row failed; the last one (trial {trial.number}): "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            continue
-        failures = 0
-        if outcome.pruned:
-            frozen = study.tell(trial, state=TrialState.PRUNED)
-        else:
-            frozen = study.tell(trial, outcome.values)
-        done_keys.add(params_key(frozen.params))
+            failures = 0
+            if outcome.pruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            else:
+                frozen = study.tell(trial, outcome.values)
+            done_keys.add(params_key(frozen.params))
         if outcome.feasible or count_skipped:
             ran += 1
         else:

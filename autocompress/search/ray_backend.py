@@ -453,7 +453,7 @@ def run_ray(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from autocompress.search.api import LUT_FILE, finish_run, prepare_run
+    from autocompress.search.api import LUT_FILE, finish_run, prepare_run, warm_start_params
     from autocompress.search.optuna_backend import make_sampler, n_finished
 
     t_start = time.perf_counter()
@@ -467,8 +467,11 @@ def run_ray(
         )
     if cpus_per_trial <= 0:
         raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
-    prep = prepare_run(cfg, task, log=say)
+    prep = prepare_run(cfg, task, log=say, warm_start=False)
     cfg, study, objective = prep.config, prep.study, prep.objective
+    first = warm_start_params(cfg, objective, prep.space) if prep.created else None
+    if first is not None:  # OptunaSearch's own study is in memory: the point goes to Tune
+        points_to_evaluate = [first, *(points_to_evaluate or [])]
     out = prep.out
     stored = dict(study.user_attrs.get("autocompress") or {})
     if prep.created or "backend" not in stored:  # the export's provenance reads it
