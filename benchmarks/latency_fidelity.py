@@ -6,6 +6,7 @@ and measured; Kendall tau, MAPE and the share within +-10% are reported.
 
     .venv/bin/python benchmarks/latency_fidelity.py            # digits, resnet18, mobilenet_v2
     .venv/bin/python benchmarks/latency_fidelity.py --n 10 --tasks digits --targets ort
+    .venv/bin/python benchmarks/latency_fidelity.py --rescore --out benchmarks/results/NAME
 
 Writes ``benchmarks/results/latency_fidelity.md`` and ``.json``. Run it on a quiet
 machine: the load average at the start and the end of each row is recorded, and
@@ -195,6 +196,49 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rescore(saved: dict[str, Any]) -> str:
+    """Markdown: the saved rows scored again under each rule for graph-changing policies.
+
+    Needs no new measurement: each row holds its measured latency and speed ratio, the
+    table's layer sum for the policy, and the table's whole-model fit. ``proportional``
+    (the table's rule since fit 4) is ``model_ms * layers / layers_ms``; ``line`` is the
+    least-squares line through the calibration models (the rule before it). Policies that
+    leave the graph as it is get the uncompressed model's time under both.
+    """
+    from autocompress.cost.fidelity import scores
+    from autocompress.cost.lut import changes_structure
+    from autocompress.inventory import build_inventory
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+    from autocompress.tasks import load_task
+
+    lines = ["| task | target | rule | tau | MAPE | within 10% | relative: tau | MAPE | within 10% |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    inventories: dict[str, Any] = {}
+    for r in saved["results"]:
+        if r["task"] not in inventories:
+            task = load_task(r["task"])
+            inventories[r["task"]] = build_inventory(task.model, task.example_input)
+        inv, fit = inventories[r["task"]], r["remainder"]
+        m1, l1 = fit["model_ms"], fit["layers_ms"]
+        rules = {"proportional": (m1 / l1, 0.0),  # ms = scale * layers + fixed
+                 "line": (fit["layer_scale"], fit["compressed_fixed_ms"])}
+        for name, (scale, fixed) in rules.items():
+            pred = []
+            for x in r["rows"]:
+                policy = CompressionPolicy(layers={k: LayerPolicy(**v)
+                                                   for k, v in x["layers"].items()})
+                lay = x["lut_layers_ms"]
+                ms = max(scale * lay + fixed, 0.5 * lay) if changes_structure(policy, inv) else m1
+                pred.append(ms)
+            ms_s = scores(pred, [x["measured_ms"] for x in r["rows"]])
+            rel = scores([p / m1 for p in pred], [x["measured_ratio"] for x in r["rows"]])
+            lines.append(f"| {r['task']} | {r['target']} | {name} | {ms_s['kendall_tau']:.3f} "
+                         f"| {ms_s['mape']:.1f} | {ms_s['within_10pct']:.0f} "
+                         f"| {rel['kendall_tau']:.3f} | {rel['mape']:.1f} "
+                         f"| {rel['within_10pct']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=TASKS)
@@ -213,8 +257,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="total seconds of such waiting per task and target")
     parser.add_argument("--table", action="store_true",
                         help="only re-render the markdown from the JSON of --out")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the saved rows of --out again under each prediction rule "
+                        "(no measurement); writes <out>_rescore.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.rescore:
+        text = rescore(json.loads(args.out.with_suffix(".json").read_text()))
+        args.out.with_name(args.out.name + "_rescore.md").write_text(text)
+        print(text)
+        return 0
     if args.table:
         saved = json.loads(args.out.with_suffix(".json").read_text())
         args.out.with_suffix(".md").write_text(markdown(saved["results"], saved["meta"]))

@@ -121,8 +121,10 @@ def controller_overhead(study: Any) -> dict[str, float]:
     the first) to its completion, so it holds Optuna's ask/sampling/tell, storage
     writes, cost prediction and the baselines' candidate planning: that is the
     controller overhead. The latency table's one-off measurements of layer shapes
-    it had not seen (``lut_measure_s``: timing them and writing them down, reused
-    by every later trial and run) are reported apart, as ``lut_fill_share``.
+    it had not seen (each trial's ``lut_measure_s``, or the study's ``lut_fill_s``
+    when larger: it adds the fills of a baseline's planning between trials; timing
+    them and writing them down, reused by every later trial and run) are reported
+    apart, as ``lut_fill_share``.
     ``cost_share`` is cost prediction without those measurements; ``sampler_share``
     everything outside the objective call.
     """
@@ -142,6 +144,9 @@ def controller_overhead(study: Any) -> dict[str, float]:
         fill += float(a.get("lut_measure_s") or 0.0)
         cost += float(a.get("cost_s") or 0.0) - float(a.get("lut_measure_s") or 0.0)
         objective += float(a.get("total_s") or 0.0)
+    # Fills outside trials (a baseline's planning predicts candidates between trials) are in
+    # the cycles too; the search records the loop's total fill time on the study.
+    fill = max(fill, float(study.user_attrs.get("lut_fill_s") or 0.0))
     n = len(trials)
     if cycle <= 0:
         return {"trials_s": 0.0, "controller_overhead_share": float("nan"),

@@ -66,8 +66,7 @@ def test_caching_counts_measurements_and_reuses_the_file(cnn, tmp_path):
     assert lut.predict(None, inv) == pytest.approx(fit["model_ms"])
     assert lut.predict(CompressionPolicy(layers={"features.2": LayerPolicy(bits=4)}), inv) \
         == pytest.approx(fit["model_ms"])
-    # compressed graphs follow the least-squares line through the compressed points and the
-    # uncompressed model
+    # the check line through the compressed points and the uncompressed model is kept
     changed = [(lay, ms) for i, (lay, ms, graph) in enumerate(fit["points"]) if graph or i == 0]
     assert len(changed) == n_models
     assert changed and fit_line(changed) == (fit["layer_scale"], fit["compressed_fixed_ms"])
@@ -106,12 +105,12 @@ def test_weight_bits_and_sparsity_share_the_float_entry_but_act8_is_measured(cnn
     assert lut.entries[key]["runs"] > 0
     # the prediction is what was measured for the QDQ layer, speed-up or not
     assert pred.layers_ms["features.2"] == lut.entries[key]["ms"]
-    # 8-bit inputs change the graph: the prediction is the calibrated line for compressed
-    # graphs, applied to the layers' sum with the QDQ layer's own entry
+    # 8-bit inputs change the graph: the prediction is the uncompressed model's time scaled
+    # by the layers' sum, with the QDQ layer's own entry
     fit = lut.remainder(inv, None, X)
     layers = sum(pred.layers_ms.values())
     assert pred.latency_ms == pytest.approx(max(
-        fit["layer_scale"] * layers + fit["compressed_fixed_ms"], 0.5 * layers))
+        fit["model_ms"] * layers / fit["layers_ms"], 0.5 * layers))
 
 
 def test_ort_layer_module_exports_qdq(cnn):

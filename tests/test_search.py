@@ -290,3 +290,17 @@ def test_config_file_and_overrides(tmp_path):
         SearchConfig.build(None, {"strategy": "bayes"})
     with pytest.raises(ConfigError, match="trials=0 is invalid"):
         SearchConfig.build(None, {"trials": 0})
+
+
+def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, tmp_path):
+    """The uniform baseline predicts candidates between trials (bisection on the budget): the
+    table's fills there are outside every trial's lut_measure_s, and the study records them."""
+    out = tmp_path / "run"
+    fast(digits_task, out, strategy="uniform", budget="latency<=0.6x", target="torch-1t-b6",
+         trials=2)
+    study = load(out)
+    in_trials = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
+    assert study.user_attrs["lut_fill_s"] > in_trials >= 0
+    fast(digits_task, out, strategy="uniform", budget="latency<=0.6x", target="torch-1t-b6",
+         trials=3)  # a resumed run adds its own
+    assert load(out).user_attrs["lut_fill_s"] >= study.user_attrs["lut_fill_s"]

@@ -55,6 +55,7 @@ LOG = logging.getLogger("autocompress.search")
 EXIT_OK = 0
 EXIT_NO_FEASIBLE = 3
 LUT_FILE = "latency_lut.json"
+LOOP_LUT_FILL_ATTR = "lut_fill_s"  # study attribute: latency-table fills during the trial loop
 
 Log = Callable[[str], None]
 
@@ -326,10 +327,16 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         say(f"resuming {where}: {done_before} of {cfg.trials} trials already finished")
 
     bar = _Progress(progress, cfg.trials, done_before, objective, count_skipped=not prep.reachable)
+    filled0 = lut.measure_seconds if lut is not None else 0.0
     with bar:
         run_trials(study, objective, cfg.trials, planner=planner, on_trial=bar.update,
                    provenance={"backend": "optuna"}, count_skipped=not prep.reachable)
     if lut is not None:
+        # Seconds the table spent timing new layer shapes between the first and the last trial:
+        # inside trials (each trial's lut_measure_s) and in a baseline's planning, which
+        # predicts candidates outside any trial. Summed over resumed runs.
+        study.set_user_attr(LOOP_LUT_FILL_ATTR, float(study.user_attrs.get(LOOP_LUT_FILL_ATTR, 0.0))
+                            + lut.measure_seconds - filled0)
         lut.save()
         _share_lut(out / LUT_FILE)
 
