@@ -130,6 +130,8 @@ def controller_overhead(study: Any) -> dict[str, float]:
     """
     from optuna.trial import TrialState
 
+    from autocompress.search.api import LOOP_LUT_FILL_ATTR
+
     trials = sorted((t for t in study.get_trials(deepcopy=False)
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                      and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
@@ -146,7 +148,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
         objective += float(a.get("total_s") or 0.0)
     # Fills outside trials (a baseline's planning predicts candidates between trials) are in
     # the cycles too; the search records the loop's total fill time on the study.
-    fill = max(fill, float(study.user_attrs.get("lut_fill_s") or 0.0))
+    fill = max(fill, float(study.user_attrs.get(LOOP_LUT_FILL_ATTR) or 0.0))
     n = len(trials)
     if cycle <= 0:
         return {"trials_s": 0.0, "controller_overhead_share": float("nan"),

@@ -88,7 +88,8 @@ DEFAULT_FILE = "latency_lut.json"
 REMAINDER_PRUNE = 0.5
 # Whole-model measurements are split in this many blocks; the smallest block median counts.
 MODEL_BLOCKS = 10
-# Random policies the compressed-model line is calibrated on (seeded; see LatencyLUT.remainder).
+# Random policies whose measured models give the check line of compressed graphs (seeded; see
+# LatencyLUT.remainder; predictions use the proportional rule, not the line).
 CALIBRATION_POLICIES = 8
 # Bounds of the fitted layer_scale: outside them two noisy points made the line, not the machine.
 LAYER_SCALE_BOUNDS = (0.5, 2.0)
@@ -270,6 +271,7 @@ class LatencyLUT:
         entry.setdefault("models", {})
         self._dirty = False
         self._forgotten = False  # set by forget_model_if_stale: do not merge old entries back
+        self._references: dict[str, list[LayerShape]] = {}  # inventory sha256 -> its layers
         if entry.get("layer_method") != LAYER_METHOD:
             # Entries timed another way (before 2: each alone, with the drift of its minute)
             # do not mix with these: the table is measured again.
@@ -416,7 +418,10 @@ class LatencyLUT:
     def layers_ms(self, policy: CompressionPolicy | None, inventory: LayerInventory) -> dict[str, float]:
         """Per-layer latency of the model ``policy`` makes (from the table, measuring misses)."""
         shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
-        references = compressed_shapes(CompressionPolicy(layers={}), inventory)
+        references = self._references.get(inventory.sha256)
+        if references is None:  # the uncompressed shapes: once per model, not per prediction
+            references = compressed_shapes(CompressionPolicy(layers={}), inventory)
+            self._references[inventory.sha256] = references
         self.measure_missing(shapes, references)
         return {s.fqn: self.layer_ms(s, r) for s, r in zip(shapes, references, strict=True)}
 
