@@ -175,6 +175,23 @@ def pareto_front(
 LATENCY_CHECKS_ATTR = "latency_checks"
 
 
+# Study attribute with the uncompressed model's latency (ms) that relative latency budgets
+# were judged against in the trial loop: the latency table's own time of it, so a clause
+# compares a predicted speed ratio (written by autocompress.search.api.prepare_run).
+BUDGET_BASELINE_ATTR = "budget_baseline_latency_ms"
+
+
+def budget_baseline_ms(study: optuna.Study) -> float | None:
+    """The latency relative budgets were judged against in the search (see above).
+
+    Studies written before the attribute existed judged against their ``baseline``.
+    """
+    value = as_number(study.user_attrs.get(BUDGET_BASELINE_ATTR))
+    if value is not None:
+        return value
+    return as_number((study.user_attrs.get("baseline") or {}).get("latency_ms"))
+
+
 def failed_latency_checks(study: optuna.Study) -> set[int]:
     """Trials that were measured against the latency budget and missed it."""
     checks = study.user_attrs.get(LATENCY_CHECKS_ATTR) or {}

@@ -33,6 +33,7 @@ from plotly.subplots import make_subplots
 from autocompress.pareto import (
     BUDGET_COST_ATTRS,
     as_number,
+    budget_baseline_ms,
     budget_cost_key,
     cost_key,
     feasible_trials,
@@ -395,7 +396,7 @@ def _study_limits(study: optuna.Study) -> dict[str, float]:
         baseline = Costs(
             macs=int(base.get("macs") or 0), bops=int(base.get("bops") or 0),
             params=int(base.get("params") or 0), size_bytes=int(base.get("size_bytes") or 0),
-            latency_ms=as_number(base.get("latency_ms")),
+            latency_ms=budget_baseline_ms(study),
         )
         return parse_budget(text).limits(baseline)
     except Exception:  # a relative clause whose baseline is missing: no line, not no report

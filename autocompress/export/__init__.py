@@ -37,7 +37,13 @@ from autocompress.export.results import (
 )
 from autocompress.export.summary import ExportSummary
 from autocompress.inventory import LayerInventory, build_inventory
-from autocompress.pareto import as_number, feasible_trials, pick_best, trial_metric
+from autocompress.pareto import (
+    as_number,
+    budget_baseline_ms,
+    feasible_trials,
+    pick_best,
+    trial_metric,
+)
 from autocompress.policy import CompressionPolicy
 from autocompress.report import write_report
 from autocompress.tasks import Task
@@ -104,6 +110,7 @@ def export_results(
         higher_is_better=bool(base.get("higher_is_better", task.higher_is_better)),
         baseline_metric=as_number(base.get("metric"), task.baseline_metric),
         baseline_latency_study_ms=as_number(base.get("latency_ms")),
+        baseline_latency_budget_ms=budget_baseline_ms(study),
         n_trials=len(trials),
         n_complete=sum(t.state == TrialState.COMPLETE for t in trials),
         n_feasible=len(feasible_trials(trials)),
@@ -128,7 +135,7 @@ def export_results(
             "loosen the budget, widen the space or run more trials"
         )
         summary.budget_limits_study = _budget_limits(
-            bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
+            bud, baseline_costs.with_latency(summary.baseline_latency_budget_ms)
         )
         return _finish(study, out, summary)
 
@@ -187,7 +194,7 @@ def export_results(
         latency, base_latency = summary.measured_latency_ms, summary.baseline_latency_ms
     else:
         summary.meets_budget_basis = "predicted"
-        latency, base_latency = summary.predicted_latency_ms, summary.baseline_latency_study_ms
+        latency, base_latency = summary.predicted_latency_ms, summary.baseline_latency_budget_ms
     try:
         ok, violations = bud.check(
             costs.with_latency(latency), baseline_costs.with_latency(base_latency)
@@ -199,7 +206,7 @@ def export_results(
     summary.violations = {str(k): float(v) for k, v in dict(violations).items()}
     summary.budget_limits = _budget_limits(bud, baseline_costs.with_latency(base_latency))
     summary.budget_limits_study = _budget_limits(
-        bud, baseline_costs.with_latency(summary.baseline_latency_study_ms)
+        bud, baseline_costs.with_latency(summary.baseline_latency_budget_ms)
     )
     if not ok and violations:
         how = "when re-measured" if measure else "on its predicted costs"

@@ -15,13 +15,16 @@ class ExportSummary:
     Latencies are milliseconds per call at the target batch. ``measured_latency_ms``
     and ``baseline_latency_ms`` come from one fresh measurement made after export
     (new ONNX Runtime sessions / eager runs, not the latency table);
-    ``baseline_latency_study_ms`` is the baseline the search itself measured.
+    ``baseline_latency_study_ms`` is the baseline the search itself measured;
+    ``baseline_latency_budget_ms`` the one its relative budgets were judged
+    against (the latency table's time of the uncompressed model, so the trials
+    compared predicted speed ratios).
     ``meets_budget`` checks the analytic costs of the best policy and its
     re-measured latency against the budget (``meets_budget_basis`` says
     "measured", or "predicted" when export ran with ``measure=False``).
     ``budget_limits`` are the absolute limits per budget metric against the fresh
-    baseline (what ``meets_budget`` uses); ``budget_limits_study`` against the
-    baseline the search measured (what the trials' predictions were checked against).
+    baseline (what ``meets_budget`` uses); ``budget_limits_study`` against
+    ``baseline_latency_budget_ms`` (what the trials' predictions were checked against).
     ``best_metric`` is scored on the trials' fixed validation subset (comparable
     with ``trial_metric``); ``best_metric_full_val`` on the whole validation data.
 
@@ -45,6 +48,7 @@ class ExportSummary:
     measured_latency_int8_ms: float | None = None
     baseline_latency_ms: float | None = None
     baseline_latency_study_ms: float | None = None
+    baseline_latency_budget_ms: float | None = None
     speedup: float | None = None
     speedup_int8: float | None = None
     meets_budget: bool = False

@@ -82,7 +82,12 @@ class Objective:
     called when the budget limits latency; ``measure_seconds`` returns the
     table's running total of seconds spent measuring new layer shapes, so that
     a trial's one-off measurements (``lut_measure_s``) are told apart from the
-    per-trial cost of predicting.
+    per-trial cost of predicting. ``budget_baseline`` is what relative budget
+    clauses are fractions of (default ``baseline``): the search passes the
+    baseline with the latency table's own time of the uncompressed model, so
+    that ``latency<=0.5x`` compares a predicted speed ratio, in the table's
+    units on both sides, and not a prediction against a measurement taken
+    at another moment of the machine's drifting speed.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Objective:
         val_loader: DataLoader | None = None,
         budget_section: dict[str, Any] | None = None,
         measure_seconds: Callable[[], float] | None = None,
+        budget_baseline: Costs | None = None,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -109,13 +115,14 @@ class Objective:
         self.budget = budget
         self.settings = settings
         self.baseline = baseline
+        self.budget_baseline = budget_baseline if budget_baseline is not None else baseline
         self.latency_fn = latency_fn
         self.mode = mode
         self.strategy = strategy
         self.cost_fn = cost_fn or (lambda p, inv: analytic_costs(p, inv, include_layers=False))
         self.val_loader = val_loader if val_loader is not None else val_subset(
             task, settings.val_samples)
-        self.budget_section = budget_section or budget.to_dict(baseline)
+        self.budget_section = budget_section or budget.to_dict(self.budget_baseline)
         self.measure_seconds = measure_seconds or (lambda: 0.0)
 
     # ---- what the study optimises ------------------------------------------
@@ -152,7 +159,7 @@ class Objective:
 
     def check(self, costs: Costs) -> tuple[bool, dict[str, float]]:
         """``(feasible, {metric: cost / limit - 1})`` (``<= 0`` = within budget)."""
-        return self.budget.check(costs, self.baseline)
+        return self.budget.check(costs, self.budget_baseline)
 
     def feasible_params(self, params: dict[str, Any]) -> bool:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""

@@ -9,7 +9,9 @@ where 4x was asked, while the random and uniform picks, further inside, met it).
 So before export, :func:`verify_latency` builds the best feasible candidates
 (no fine-tune: weights do not change the run time), measures each on the
 target the way the study measured its baseline, next to a fresh measurement of
-the uncompressed model (relative budgets are judged against it), and records
+the uncompressed model (relative budgets are judged against it: measured
+speed ratio here, as the trials judged the predicted ratio against the
+table's own time of the uncompressed model), and records
 the result in the study attribute ``latency_checks`` (``{trial number:
 {"measured_ms", "predicted_ms", "limit_ms", "baseline_ms", "meets"}}``).
 :func:`autocompress.pareto.pick_best` skips trials whose check failed, so the search result, ``best_policy.json`` and the report
