@@ -188,13 +188,23 @@ def test_validate_scores_given_policies_absolute_and_relative(cnn, tmp_path):
     model, inv = cnn
     policies = space_policies(SearchSpace.embedded("digits").resolve(inv), 3, seed=1)
     lut = LatencyLUT(tmp_path / "lut.json", parse_target(FAST), model_runs=5)
-    report = validate(model, X, inv, lut, n=99, runs=6, policies=policies)
+    seen = []
+    report = validate(model, X, inv, lut, n=99, runs=6, policies=policies, retest=True,
+                      progress=lambda i, total: seen.append((i, total)))
     assert [r["layers"] for r in report.rows] == [p.to_dict()["layers"] for p in policies]
-    for scores in (report.lut, report.macs, report.lut_relative, report.macs_relative):
+    for scores in (report.lut, report.macs, report.lut_relative, report.macs_relative,
+                   report.retest, report.retest_relative):
         assert set(scores) == {"kendall_tau", "mape", "within_10pct"}
         assert scores["mape"] >= 0
     # the digits space prunes at most 75% of channels: every model keeps a measurable share
     assert all(0.05 < r["measured_ratio"] < 2.0 for r in report.rows)
+    # the retest measured every policy a second time, in a pass of its own
+    assert seen[-1] == (6, 6)
+    assert all(r["retest_measured_ms"] > 0 and 0.05 < r["retest_ratio"] < 2.0
+               for r in report.rows)
+    first = [r["measured_ms"] for r in report.rows]
+    assert report.retest["mape"] == pytest.approx(100 * sum(
+        abs(r["retest_measured_ms"] - m) / m for r, m in zip(report.rows, first, strict=True)) / 3)
 
 
 @pytest.mark.parametrize("target", [FAST, "ort-1t-b4"])

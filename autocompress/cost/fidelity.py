@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from autocompress.cost.analytic import analytic_costs
-from autocompress.cost.latency import batched, make_runner, paired_ratio, torch_threads
+from autocompress.cost.latency import (
+    LatencyStats,
+    batched,
+    make_runner,
+    paired_ratio,
+    torch_threads,
+)
 from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, activation_fraction, macs_model_ms
 from autocompress.cost.sampling import random_policies
 from autocompress.inventory import LayerInventory
@@ -72,6 +78,11 @@ class FidelityReport:
     lut_build_s: float = 0.0
     lut_measurements: int = 0
     validate_s: float = 0.0
+    # Test-retest (``validate(..., retest=True)``): every policy measured again in a second
+    # pass, scored against its first measurement. No latency model can score better against
+    # measurements than they agree with themselves.
+    retest: dict[str, float] = field(default_factory=dict)
+    retest_relative: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,11 +98,15 @@ def validate(
     runs: int = 30,
     progress: Callable[[int, int], None] | None = None,
     policies: Sequence[CompressionPolicy] | None = None,
+    retest: bool = False,
 ) -> FidelityReport:
     """Predict and measure ``n`` random policies on ``lut.target``; score both latency models.
 
     ``policies``: score these instead (e.g. :func:`~autocompress.cost.sampling.space_policies`,
     the policies a search over a space visits); ``n`` and ``seed`` are then ignored.
+    ``retest``: after the first pass, build and measure every policy again and score the
+    second measurements against the first (``retest``, ``retest_relative``): how far the
+    machine lets any model's predictions agree with a measurement.
     """
     from autocompress.methods import apply_policy
 
@@ -107,12 +122,16 @@ def validate(
     if policies is None:
         policies = random_policies(inventory, n, seed=seed)
     n = len(policies)
-    for i, policy in enumerate(policies):
-        pred = lut.predict_breakdown(policy, inventory, model, example_input)
+    def measure(policy: CompressionPolicy) -> tuple[float, LatencyStats, LatencyStats]:
         small = apply_policy(model, policy, example_input, inventory=inventory)
         with torch_threads(target.threads):
-            ratio, stats, ref = paired_ratio(make_runner(small, x, target), reference, runs=runs,
-                                             blocks=MODEL_BLOCKS, target=target.name)
+            return paired_ratio(make_runner(small, x, target), reference, runs=runs,
+                                blocks=MODEL_BLOCKS, target=target.name)
+
+    total = 2 * n if retest else n
+    for i, policy in enumerate(policies):
+        pred = lut.predict_breakdown(policy, inventory, model, example_input)
+        ratio, stats, ref = measure(policy)
         rows.append({
             "policy": i,
             "measured_ms": stats.stable_ms,
@@ -129,7 +148,18 @@ def validate(
             "layers": policy.to_dict()["layers"],
         })
         if progress:
-            progress(i + 1, n)
+            progress(i + 1, total)
+    retest_scores: dict[str, dict[str, float]] = {"ms": {}, "ratio": {}}
+    if retest:
+        for i, (policy, row) in enumerate(zip(policies, rows, strict=True)):
+            ratio, stats, _ = measure(policy)
+            row["retest_measured_ms"], row["retest_ratio"] = stats.stable_ms, ratio
+            if progress:
+                progress(n + i + 1, total)
+        retest_scores = {
+            "ms": scores([r["retest_measured_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+            "ratio": scores([r["retest_ratio"] for r in rows], [r["measured_ratio"] for r in rows]),
+        }
     measured = [r["measured_ms"] for r in rows]
     ratios = [r["measured_ratio"] for r in rows]
     # The table's own prediction of the uncompressed model is its measured baseline.
@@ -144,4 +174,6 @@ def validate(
         lut_build_s=lut.measure_seconds - measured_before,
         lut_measurements=lut.measured,
         validate_s=time.perf_counter() - t0,
+        retest=retest_scores["ms"],
+        retest_relative=retest_scores["ratio"],
     )
