@@ -1,7 +1,8 @@
 """``--backend ray`` on a real local Ray runtime: Tune trials of the shared objective, ASHA, export.
 
-One run of 5 trials on 2 CPUs, one trial at a time. Its first candidates are fixed
-(points_to_evaluate) so the assertions do not rest on luck: the uncompressed model breaks
+One run of 5 trials on 2 CPUs, one trial at a time. The first is the uniform warm start; the
+other four are fixed (points_to_evaluate) so the assertions do not rest on luck: the
+uncompressed model breaks
 ``macs<=60%`` (recorded, never fine-tuned), a mild policy sets ASHA's first rung, and two
 of the most compressed policies score far below it at the first rung, so ASHA stops at
 least one early. (With two at a time, a compressed model, which trains faster, could reach
@@ -80,6 +81,19 @@ def test_ray_runs_the_trials_into_the_study(ray_run):
         assert t.user_attrs["backend"] == "ray"
         assert t.user_attrs["policy"]["provenance"]["trial"] == t.number
         assert set(t.params) == set(study.trials[0].params)
+
+
+def test_ray_starts_from_the_uniform_warm_start(ray_run, digits_task, tmp_path):
+    """As with Optuna alone, the first trial is the uniform policy at the budget's edge."""
+    from autocompress.search.api import prepare_run, warm_start_params
+
+    cfg = _cfg(tmp_path / "fresh")
+    prep = prepare_run(cfg, digits_task, warm_start=False)
+    expected = warm_start_params(cfg, prep.objective, prep.space)
+    assert expected is not None
+    first = min(ray_run.study.trials, key=lambda t: t.number)
+    assert first.params == pytest.approx(expected)
+    assert first.user_attrs["feasible"] is True
 
 
 def test_asha_stops_a_trial_early(ray_run):
