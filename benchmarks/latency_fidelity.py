@@ -36,7 +36,7 @@ TARGETS = ["ort", "torch"]
 
 
 def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
-            sampler: str = "random", retest: bool = False) -> dict[str, Any]:
+            sampler: str = "random", retest: bool = False, runs: int = 30) -> dict[str, Any]:
     from autocompress.cost import LatencyLUT, latency, parse_target
     from autocompress.cost.fidelity import validate
     from autocompress.cost.sampling import space_policies
@@ -63,7 +63,7 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
     if sampler == "space":  # what a search visits: the task's default space, levels at random
         policies = space_policies(default_space(task_name).resolve(inventory), n, seed=seed)
     report = validate(task.model, task.example_input, inventory, lut, n, seed=seed,
-                      progress=progress, policies=policies, retest=retest)
+                      progress=progress, policies=policies, retest=retest, runs=runs)
     print(file=sys.stderr)
     fit = lut.remainder(inventory, None, task.example_input)
     return {
@@ -73,6 +73,7 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
         "layers": len(inventory),
         "policies": n,
         "sampler": sampler,
+        "runs": runs,
         "lut": report.lut,
         "macs": report.macs,
         "lut_relative": report.lut_relative,
@@ -138,7 +139,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            if meta.get("sampler") == "space" else "every knob on random layers")
         + f"); total wall time {meta['wall_s'] / 60:.1f} min.",
         "",
-        "Measured latency = smallest of 10 block medians of 3 runs each (`LatencyStats.stable_ms`).",
+        f"Measured latency = smallest of 10 block medians of {meta.get('runs', 30) // 10} runs each "
+        "(`LatencyStats.stable_ms`).",
         "LUT = per-layer table + fitted remainder; MACs = baseline latency x MACs / baseline MACs.",
         "tau = Kendall tau; MAPE and within +-10% in percent. Load = 1-minute load average at",
         "start/end of the row (2 cores: anything near or above 1 means another process competed).",
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retest", action="store_true",
                         help="measure every policy a second time and score the two passes "
                         "against each other (what the machine allows; doubles the time)")
+    parser.add_argument("--runs", type=int, default=30,
+                        help="timed runs of each policy's model and of its reference, split "
+                        "into 10 alternating blocks")
     parser.add_argument("--table", action="store_true",
                         help="only re-render the markdown from the JSON of --out")
     parser.add_argument("--rescore", action="store_true",
@@ -317,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets:
                 latency.QUIET.budget_s = latency.QUIET.waited_s + budget_per_row
                 results.append(run_one(task, target, args.n, args.seed, Path(tmp),
-                                       sampler=args.sampler, retest=args.retest))
+                                       sampler=args.sampler, retest=args.retest,
+                                       runs=args.runs))
                 r = results[-1]
                 print(f"{task} {r['target']}: LUT {r['lut']} MACs {r['macs']} "
                       f"base build {r['lut_base_build_s']:.0f}s", file=sys.stderr)
@@ -327,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu["cpu"], "cores": cpu["cores"], "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
         "policies": args.n, "seed": args.seed, "wall_s": time.perf_counter() - t0,
-        "sampler": args.sampler,
+        "sampler": args.sampler, "runs": args.runs,
         "quiet_wait_s": args.quiet_wait, "quiet_budget_s": args.quiet_budget,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
