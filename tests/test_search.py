@@ -331,3 +331,35 @@ def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, t
     fast(digits_task, out, strategy="uniform", budget="latency<=0.6x", target="torch-1t-b6",
          trials=3)  # a resumed run adds its own
     assert load(out).user_attrs["lut_fill_s"] >= study.user_attrs["lut_fill_s"]
+
+
+def test_after_a_measured_miss_candidates_predicted_to_miss_are_set_aside(digits_task, tmp_path):
+    """verify_latency judges the next candidates on their predictions scaled as the measured
+    ones ran: with a measured miss at 100x its prediction, no other candidate is built."""
+    from autocompress.pareto import pick_best
+    from autocompress.search.verify import measured_checks, verify_latency
+
+    out = tmp_path / "run"
+    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=3)
+    cfg = SearchConfig(task="digits", budget="latency<=0.8x", target="torch-1t-b8", trials=3,
+                       finetune_steps=10, out=str(out), export=False, val_samples=200,
+                       report_every=5)
+    prep = prepare_run(cfg, digits_task)
+    study = prep.study
+    study.set_user_attr("latency_checks", {})
+    first = pick_best(study)
+    assert first is not None
+    predicted = first.user_attrs["predicted_latency_ms"]
+    study.set_user_attr("latency_checks", {str(first.number): {
+        "measured_ms": 100 * predicted, "predicted_ms": predicted, "limit_ms": predicted,
+        "baseline_ms": 1.0, "meets": False}})
+    assert verify_latency(prep) is None
+    checks = study.user_attrs["latency_checks"]
+    assert measured_checks(checks) == 1  # only the planted one was measured
+    feasible = [t for t in study.trials if t.user_attrs["feasible"]]
+    assert set(checks) == {str(t.number) for t in feasible}
+    for number, check in checks.items():
+        if number != str(first.number):
+            assert check["measured_ms"] is None and check["meets"] is False
+            assert check["estimated_ms"] == pytest.approx(100 * check["predicted_ms"])
+    assert pick_best(study) is None
