@@ -170,7 +170,8 @@ def pareto_front(
 
 
 # Study attribute where the search records candidates measured against a latency budget
-# before export ({str(trial number): {"measured_ms", "limit_ms", "predicted_ms", "meets"}};
+# before export ({str(trial number): {"measured_ms", "limit_ms", "predicted_ms", "meets"}},
+# "measured_ms" None plus "estimated_ms" for a candidate set aside on its scaled prediction;
 # written by autocompress.search.verify).
 LATENCY_CHECKS_ATTR = "latency_checks"
 
