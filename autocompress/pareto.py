@@ -177,8 +177,8 @@ LATENCY_CHECKS_ATTR = "latency_checks"
 
 
 # Study attribute with the uncompressed model's latency (ms) that relative latency budgets
-# were judged against in the trial loop: the latency table's own time of it, so a clause
-# compares a predicted speed ratio (written by autocompress.search.api.prepare_run).
+# were judged against in the trial loop: the faster of the latency table's own time of it and
+# the study's baseline (written by autocompress.search.api.prepare_run).
 BUDGET_BASELINE_ATTR = "budget_baseline_latency_ms"
 
 

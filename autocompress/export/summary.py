@@ -17,8 +17,8 @@ class ExportSummary:
     (new ONNX Runtime sessions / eager runs, not the latency table);
     ``baseline_latency_study_ms`` is the baseline the search itself measured;
     ``baseline_latency_budget_ms`` the one its relative budgets were judged
-    against (the latency table's time of the uncompressed model, so the trials
-    compared predicted speed ratios).
+    against (the faster of the latency table's time of the uncompressed model and
+    the study's).
     ``meets_budget`` checks the analytic costs of the best policy and its
     re-measured latency against the budget (``meets_budget_basis`` says
     "measured", or "predicted" when export ran with ``measure=False``).

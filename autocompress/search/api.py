@@ -281,12 +281,18 @@ def prepare_run(
         with _status(progress, f"measuring the latency table on {target.name} ..."):
             latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
         lut.save()
-        # A relative latency clause is judged on the predicted speed ratio: a prediction
-        # against the table's own time of the uncompressed model (what the fidelity
-        # benchmark scores as ``lut_relative``). Judged against the study's baseline instead,
-        # a machine 16% slower when the study started (0.510 against 0.439 ms) let picks
-        # through that measured over the budget.
-        budget_baseline = baseline.with_latency(table_model_ms(lut, inventory, task))
+        # A relative latency clause is judged against the faster of the two times of the
+        # uncompressed model: the table's own (then it compares the predicted speed ratio,
+        # what the fidelity benchmark scores as ``lut_relative``) and the study's. Other
+        # jobs only ever slow a run down, so the faster time is the closer one, and the limit
+        # is never loosened by a slow moment of either. Against the study's alone, a machine
+        # 16% slower when the study started (0.510 against 0.439 ms) let picks through that
+        # measured over the budget; against the table's alone, a table time 11% above the
+        # study's (digits-mlp: 0.613 against 0.552 ms) let the search settle on policies
+        # the table was optimistic about (predicted 0.34x, measured 0.43x at 0.35x).
+        table_ms = table_model_ms(lut, inventory, task)
+        study_ms = baseline.latency_ms
+        budget_baseline = baseline.with_latency(min(table_ms, study_ms) if study_ms else table_ms)
         study.set_user_attr(BUDGET_BASELINE_ATTR, budget_baseline.latency_ms)
     else:
         budget_baseline = baseline

@@ -84,10 +84,10 @@ class Objective:
     a trial's one-off measurements (``lut_measure_s``) are told apart from the
     per-trial cost of predicting. ``budget_baseline`` is what relative budget
     clauses are fractions of (default ``baseline``): the search passes the
-    baseline with the latency table's own time of the uncompressed model, so
-    that ``latency<=0.5x`` compares a predicted speed ratio, in the table's
-    units on both sides, and not a prediction against a measurement taken
-    at another moment of the machine's drifting speed.
+    baseline with the faster of the latency table's and the study's time of the
+    uncompressed model, so that ``latency<=0.5x`` compares a predicted speed
+    ratio (or a stricter one), and a slow moment of either measurement never
+    loosens the limit.
     """
 
     def __init__(
