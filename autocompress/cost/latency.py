@@ -438,6 +438,34 @@ def paired_ratio(
     return ratio, mine, ref
 
 
+def measure_models_interleaved(
+    models: list[nn.Module], example_input: torch.Tensor, target: Target, runs: int,
+    blocks: int = 10,
+) -> list[LatencyStats]:
+    """Each model's latency on ``target``, the models timed in alternating blocks.
+
+    The batch is ``example_input``'s first sample repeated to the target's batch;
+    each model's train/eval mode is restored afterwards.
+
+    >>> from autocompress.cost.target import parse_target
+    >>> a, b = nn.Linear(64, 64), nn.Linear(64, 8)
+    >>> stats = measure_models_interleaved([a, b], torch.zeros(1, 64), parse_target("torch-1t-b4"),
+    ...                                    runs=6, blocks=3)
+    >>> [s.runs for s in stats], a.training
+    ([6, 6], True)
+    """
+    x = batched(example_input, target.batch or int(example_input.shape[0]))
+    training = [m.training for m in models]
+    try:
+        with torch_threads(target.threads):
+            calls = [make_runner(m, x, target) for m in models]
+            stats, _ = measure_interleaved(calls, runs=runs, blocks=blocks, target=target.name)
+    finally:
+        for m, was in zip(models, training, strict=True):
+            m.train(was)
+    return stats
+
+
 # ---- environment fingerprint -------------------------------------------------------
 
 

@@ -69,10 +69,10 @@ from torch import nn
 
 from autocompress.cost.analytic import Costs, LayerShape, analytic_costs, compressed_shapes
 from autocompress.cost.latency import (
-    batched,
     env_fingerprint,
     make_runner,
     measure_interleaved,
+    measure_models_interleaved,
     ort_kernel_times_interleaved,
     torch_threads,
 )
@@ -517,16 +517,8 @@ class LatencyLUT:
 
     def _measure_models(self, models: list[nn.Module], example_input: torch.Tensor) -> list[float]:
         """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""
-        x = batched(example_input, self.target.batch or int(example_input.shape[0]))
-        training = [m.training for m in models]
-        try:
-            with torch_threads(self.target.threads):
-                calls = [make_runner(m, x, self.target) for m in models]
-                stats, _ = measure_interleaved(calls, runs=self.model_runs, blocks=MODEL_BLOCKS,
-                                               target=self.target.name)
-        finally:
-            for m, was in zip(models, training, strict=True):
-                m.train(was)
+        stats = measure_models_interleaved(models, example_input, self.target,
+                                           runs=self.model_runs, blocks=MODEL_BLOCKS)
         self.model_measurements += len(models)
         return [st.stable_ms for st in stats]
 

@@ -455,20 +455,11 @@ def paired_model_ms(model: torch.nn.Module, task: Task, target: Target) -> tuple
     measurements one after the other gave a candidate 0.45 ms next to a 2.63 ms
     baseline that later ran 0.62 against 2.45 (digits CNN, one thread).
     """
-    from autocompress.cost.latency import batched, make_runner, measure_interleaved, torch_threads
+    from autocompress.cost.latency import measure_models_interleaved
     from autocompress.cost.lut import MODEL_BLOCKS
 
-    x = batched(task.example_input, target.batch or int(task.example_input.shape[0]))
-    models = [model, task.model]
-    training = [m.training for m in models]
-    try:
-        with torch_threads(target.threads):
-            calls = [make_runner(m, x, target) for m in models]
-            (mine, ref), _ = measure_interleaved(calls, runs=WHOLE_MODEL_RUNS,
-                                                 blocks=MODEL_BLOCKS, target=target.name)
-    finally:
-        for m, was in zip(models, training, strict=True):
-            m.train(was)
+    mine, ref = measure_models_interleaved([model, task.model], task.example_input, target,
+                                           runs=WHOLE_MODEL_RUNS, blocks=MODEL_BLOCKS)
     return float(mine.stable_ms), float(ref.stable_ms)
 
 

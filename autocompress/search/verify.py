@@ -139,9 +139,8 @@ def measured_over_predicted(checks: dict[str, Any]) -> float | None:
     ...                          "2": {"measured_ms": 0.5, "predicted_ms": 0.5}})
     1.25
     """
-    ratios = sorted(
-        c["measured_ms"] / c["predicted_ms"] for c in checks.values()
-        if isinstance(c, dict) and c.get("measured_ms") and c.get("predicted_ms"))
+    ratios = [c["measured_ms"] / c["predicted_ms"] for c in checks.values()
+              if isinstance(c, dict) and c.get("measured_ms") and c.get("predicted_ms")]
     if not ratios:
         return None
     return float(statistics.median(ratios))
