@@ -302,6 +302,10 @@ class ResolvedSpace:
     # ---- sampling ------------------------------------------------------
     def suggest(self, trial: Any) -> CompressionPolicy:
         """Ask an Optuna trial for every parameter (enqueued values are honoured)."""
+        return self.policy_from_params(self.suggest_params(trial))
+
+    def suggest_params(self, trial: Any) -> dict[str, Any]:
+        """:meth:`suggest`'s parameter dict, before it becomes a policy."""
         values: dict[str, Any] = {}
         for name, p in self.params.items():
             d = p.distribution
@@ -310,7 +314,7 @@ class ResolvedSpace:
             else:
                 assert isinstance(d, FloatDistribution)
                 values[name] = trial.suggest_float(name, d.low, d.high, step=d.step)
-        return self.policy_from_params(values)
+        return values
 
     def draw_params(self, rng: random.Random) -> dict[str, Any]:
         """One parameter dict with every parameter at a level drawn uniformly (a random search).
@@ -560,7 +564,7 @@ class SearchSpace:
 # ---------------------------------------------------------------- helpers
 def default_space_name(task_name: str) -> str | None:
     """The embedded space a built-in task uses when no ``--space`` is given."""
-    if task_name == "digits":
+    if task_name in ("digits", "digits-distorted"):  # the same CNN
         return "digits"
     if task_name == "digits-mlp":
         return "linear_layers"

@@ -1,4 +1,4 @@
-"""Tasks: digits, digits-mlp, CIFAR on-disk format, torchvision by name, user tasks, checkpoints."""
+"""Tasks: digits, digits-mlp, digits-distorted, CIFAR on-disk format, torchvision by name, user tasks, checkpoints."""
 
 from __future__ import annotations
 
@@ -32,6 +32,40 @@ def test_digits_mlp_is_linear_only(digits_mlp_task):
     kinds = {type(m).__name__ for m in digits_mlp_task.model.modules()}
     assert "Conv2d" not in kinds and "Linear" in kinds
     assert digits_mlp_task.evaluate() > 0.9
+
+
+def test_distorted_digits_are_seeded_disjoint_and_harder(digits_task):
+    from torch.utils.data import DataLoader
+
+    from autocompress.space import default_space_name
+    from autocompress.tasks.base import top1_accuracy
+    from autocompress.tasks.digits import digits_tensors, distort, distorted_digits_tensors
+
+    train, val = distorted_digits_tensors()
+    again_train, again_val = distorted_digits_tensors()
+    assert torch.equal(val.tensors[0], again_val.tensors[0])  # seeded: the same set every run
+    clean_train, clean_val = digits_tensors()
+    assert len(train) == 10 * len(clean_train) and len(val) == 5 * len(clean_val)
+    # every copy keeps its image's label, in order: distortions never mix the split
+    assert torch.equal(val.tensors[1], clean_val.tensors[1].repeat(5))
+    assert float(val.tensors[0].min()) >= 0.0 and float(val.tensors[0].max()) <= 1.0
+    assert not torch.equal(distort(clean_val, 1, seed=0).tensors[0], clean_val.tensors[0])
+    # the point of the task: the clean-trained CNN loses accuracy on the distorted images
+    clean_acc = top1_accuracy(digits_task.model, DataLoader(clean_val, batch_size=512))
+    distorted_acc = top1_accuracy(digits_task.model, DataLoader(val, batch_size=512))
+    assert distorted_acc < clean_acc - 0.05
+    assert default_space_name("digits-distorted") == "digits"
+
+
+@pytest.mark.slow
+def test_digits_distorted_task_trains_its_own_baseline(digits_task):
+    task = load_task("digits-distorted")
+    assert task.info["val"] == 1795 and task.target_batch_size == 64
+    assert 0.85 < task.baseline_metric < 0.99
+    # same CNN as digits (so one latency table serves both), different weights
+    assert [p.shape for p in task.model.parameters()] == [
+        p.shape for p in digits_task.model.parameters()]
+    assert not torch.equal(next(task.model.parameters()), next(digits_task.model.parameters()))
 
 
 def _write_cifar(root: Path, n_train: int = 20, n_test: int = 10) -> None:

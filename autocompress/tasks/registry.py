@@ -23,6 +23,12 @@ def _digits_mlp(data_dir: str | None, checkpoint: str | None) -> Task:
     return digits_mlp_task(checkpoint)
 
 
+def _digits_distorted(data_dir: str | None, checkpoint: str | None) -> Task:
+    from autocompress.tasks.digits import digits_distorted_task
+
+    return digits_distorted_task(checkpoint)
+
+
 def _resnet(depth: int) -> TaskFactory:
     def factory(data_dir: str | None, checkpoint: str | None) -> Task:
         from autocompress.tasks.cifar import cifar_task
@@ -35,6 +41,7 @@ def _resnet(depth: int) -> TaskFactory:
 TASKS: dict[str, TaskFactory] = {
     "digits": _digits,
     "digits-mlp": _digits_mlp,
+    "digits-distorted": _digits_distorted,
     "cifar10-resnet20": _resnet(20),
     "cifar10-resnet56": _resnet(56),
 }
