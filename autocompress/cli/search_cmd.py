@@ -32,6 +32,9 @@ def search(
     warm_start: str = typer.Option(
         None, "--warm-start", help="uniform|none: tpe/nsga2 start from the least-compressing "
         "uniform policy predicted to meet the budget (default: uniform)"),
+    fill_budget: bool = typer.Option(
+        None, "--fill-budget/--no-fill-budget", help="tpe, constrained: move each proposal to "
+        "the budget's edge before it is trained (default: fill)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -60,6 +63,7 @@ def search(
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
         "out": out, "strategy": strategy, "mode": mode, "seed": seed, "warm_start": warm_start,
+        "fill_budget": fill_budget,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,

@@ -303,6 +303,9 @@ def prepare_run(
         budget_section=budget.to_dict(budget_baseline, target.name),
         measure_seconds=(lambda: lut.measure_seconds) if lut is not None else None,
         budget_baseline=budget_baseline,
+        # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
+        # wants candidates away from the budget's edge too.
+        fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
     )
     with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, resolved, budget, say)

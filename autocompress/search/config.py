@@ -28,7 +28,7 @@ MODES: tuple[str, ...] = ("constrained", "pareto")
 RESUME_KEYS = (
     "task", "space_sha256", "budget", "target", "mode", "strategy", "seed",
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
-    "threads",
+    "threads", "fill_budget",
     "checkpoint",
 )
 
@@ -62,6 +62,9 @@ class SearchConfig(BaseModel):
     warm_start: Literal["uniform", "none"] = Field(
         "uniform", description="tpe/nsga2: the first trial is the least-compressing uniform "
         "policy predicted to meet the budget (none: the sampler's own first draws)")
+    fill_budget: bool = Field(
+        True, description="tpe in constrained mode: move each proposal to the budget's edge "
+        "before it is trained (see autocompress.search.fill); false: train proposals as drawn")
     threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
     data_dir: str | None = None
     checkpoint: str | None = None

@@ -87,7 +87,8 @@ class Objective:
     baseline with the faster of the latency table's and the study's time of the
     uncompressed model, so that ``latency<=0.5x`` compares a predicted speed
     ratio (or a stricter one), and a slow moment of either measurement never
-    loosens the limit.
+    loosens the limit. ``fill``: move sampled proposals to the budget's edge
+    (:meth:`candidate`, :mod:`autocompress.search.fill`).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Objective:
         budget_section: dict[str, Any] | None = None,
         measure_seconds: Callable[[], float] | None = None,
         budget_baseline: Costs | None = None,
+        fill: bool = False,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -124,6 +126,7 @@ class Objective:
             task, settings.val_samples)
         self.budget_section = budget_section or budget.to_dict(self.budget_baseline)
         self.measure_seconds = measure_seconds or (lambda: 0.0)
+        self.fill = fill
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -164,6 +167,28 @@ class Objective:
     def feasible_params(self, params: dict[str, Any]) -> bool:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""
         return self.screen(self.space.policy_from_params(params)).feasible
+
+    def candidate(self, params: dict[str, Any]) -> tuple[CompressionPolicy, dict[str, Any] | None]:
+        """The policy a sampler's parameter dict is evaluated as, and how it was filled.
+
+        With ``fill`` on, the proposal moved to the budget's edge (its
+        :meth:`Filled.summary <autocompress.search.fill.Filled.summary>` second, with the
+        seconds it took); otherwise, or when no point of its line meets the budget,
+        the proposal as drawn and None.
+        """
+        if self.fill:
+            from autocompress.search.fill import fill_to_budget
+
+            t0 = time.perf_counter()
+            filled = fill_to_budget(self.space, params, self._screen_params)
+            if filled is not None:
+                info = {**filled.summary(), "fill_s": round(time.perf_counter() - t0, 6)}
+                return self.space.policy_from_params(filled.params), info
+        return self.space.policy_from_params(params), None
+
+    def _screen_params(self, params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
+        s = self.screen(self.space.policy_from_params(params))
+        return s.feasible, s.constraints
 
     def screen(self, policy: CompressionPolicy) -> Screening:
         """Predict a candidate's costs and check the budget: nothing is applied or fine-tuned.

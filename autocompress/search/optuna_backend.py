@@ -292,13 +292,15 @@ def run_trials(
             trial = study.ask()
             trial.set_user_attr("worker", worker_id())
             try:
-                policy = space.suggest(trial)
+                policy, fill = objective.candidate(space.suggest_params(trial))
 
                 def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
                     trial.report(metric, step)
                     return trial.should_prune()
 
                 prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
+                if fill is not None:
+                    prov["fill"] = fill
                 outcome = objective(policy, report=report, provenance=prov, screening=screening)
                 record_outcome(trial, outcome)
             except KeyboardInterrupt:

@@ -155,12 +155,14 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     objective, lut = kit.objective_here()
     names = objective.space.params
     params = {k: v for k, v in flatten_dict(dict(config), delimiter="/").items() if k in names}
-    policy = objective.space.policy_from_params(params)
+    policy, fill = objective.candidate(params)
     try:
         trial_id = tune.get_context().get_trial_id()
     except Exception:  # noqa: BLE001
         trial_id = None
     prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
+    if fill is not None:
+        prov["fill"] = fill
     pre, constraints = pre_attrs(objective, policy, prov)
     common = {ATTRS: json.dumps(pre), CONSTRAINTS: json.dumps(constraints)}
     pareto = objective.mode != "constrained"

@@ -1,0 +1,108 @@
+"""Budget filling: proposals moved to the budget's edge, with the real space and cost model."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from autocompress.cost import analytic_costs, parse_budget
+from autocompress.inventory import build_inventory
+from autocompress.search import search
+from autocompress.search.fill import STEPS, fill_to_budget, line_point
+from autocompress.space import SearchSpace
+
+
+def _setup(digits_task, budget: str):
+    inv = build_inventory(digits_task.model, digits_task.example_input)
+    space = SearchSpace.embedded("digits").resolve(inv)
+    parsed, base = parse_budget(budget), analytic_costs(None, inv)
+
+    def screen(params):
+        return parsed.check(analytic_costs(space.policy_from_params(params), inv), base)
+
+    return space, inv, screen
+
+
+def test_a_proposal_with_room_to_spare_is_moved_back_to_the_edge(digits_task):
+    space, inv, screen = _setup(digits_task, "macs<=50%")
+    proposal = {**space.smallest_params(), "features.2/bits": 4}  # far under 50% of the MACs
+    filled = fill_to_budget(space, proposal, screen)
+    assert filled is not None and 0 < filled.position < 1
+    assert screen(filled.params)[0]
+    # the edge: a grid step less compressing along the same line is over the budget
+    assert not screen(line_point(space, proposal, filled.position - 1 / STEPS))[0]
+    # knobs the MACs budget does not need are set back to uncompressed; the ones it needs not
+    assert filled.params["features.2/bits"] == 32 and "features.2/bits" in filled.relaxed
+    assert not any(name.endswith("/prune") for name in filled.relaxed)
+    smallest = analytic_costs(space.policy_from_params(proposal), inv).macs
+    assert analytic_costs(space.policy_from_params(filled.params), inv).macs > 2 * smallest
+    # a fixed function of the proposal: the sampler learns what its proposals become
+    assert fill_to_budget(space, proposal, screen) == filled
+
+
+def test_a_proposal_over_the_budget_is_compressed_until_it_meets_it(digits_task):
+    space, _, screen = _setup(digits_task, "macs<=40%")
+    proposal = {**space.identity_params(), "features.2/prune": 0.1}
+    assert not screen(proposal)[0]
+    filled = fill_to_budget(space, proposal, screen)
+    assert filled is not None and 1 < filled.position <= 2 and screen(filled.params)[0]
+    assert filled.params["features.2/prune"] > 0.1
+    # a budget not even the space's corner meets: nothing to fill, the caller screens it out
+    space, _, impossible = _setup(digits_task, "macs<=0.01%")
+    assert fill_to_budget(space, proposal, impossible) is None
+
+
+def _trials(out):
+    storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
+    study = optuna.load_study(study_name="autocompress", storage=storage)
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_tpe_trains_filled_policies_and_records_how(digits_task, tmp_path):
+    settings = dict(budget="macs<=50%", target="torch-1t", trials=4, finetune_steps=5,
+                    export=False, report_every=5, val_samples=100, strategy="tpe")
+    search(digits_task, out=tmp_path / "filled", **settings)
+    trials = _trials(tmp_path / "filled")
+    assert len(trials) == 4 and all(t.user_attrs["feasible"] for t in trials)  # none skipped
+    sampled = [t for t in trials if "warm_start" not in t.user_attrs]
+    for t in sampled:
+        fill = t.user_attrs["policy"]["provenance"]["fill"]
+        assert fill["predictions"] >= 2 and 0 < fill["position"] <= 2
+    # the trial keeps the sampler's parameters; the trained policy is the filled one
+    space = SearchSpace.embedded("digits").resolve(
+        build_inventory(digits_task.model, digits_task.example_input))
+    assert any(space.policy_from_params(t.params).layers != _layers(t) for t in sampled)
+    search(digits_task, out=tmp_path / "drawn", fill_budget=False, **settings)
+    assert not any("fill" in t.user_attrs["policy"]["provenance"]
+                   for t in _trials(tmp_path / "drawn"))
+    search(digits_task, out=tmp_path / "random", **{**settings, "strategy": "random"})
+    assert not any("fill" in t.user_attrs["policy"]["provenance"]  # baselines run as defined
+                   for t in _trials(tmp_path / "random"))
+
+
+def _layers(trial):
+    from autocompress.policy import CompressionPolicy
+
+    return CompressionPolicy.from_dict(trial.user_attrs["policy"]).layers
+
+
+def test_a_predicted_latency_is_filled_to_a_margin_under_its_limit(digits_task):
+    """Predicted latency has the table's error: the fill stops LATENCY_MARGIN short of the limit
+    (here a MACs clause posing as latency, so the numbers are exact)."""
+    from autocompress.search.fill import LATENCY_MARGIN
+
+    space, _, screen = _setup(digits_task, "macs<=50%")
+
+    def as_latency(params):
+        ok, constraints = screen(params)
+        return ok, {"latency": constraints["macs"]}
+
+    proposal = space.smallest_params()
+    margin = fill_to_budget(space, proposal, as_latency)
+    exact = fill_to_budget(space, proposal, as_latency, margins={})
+    assert margin is not None and exact is not None
+    assert as_latency(margin.params)[1]["latency"] <= -LATENCY_MARGIN
+    assert margin.position > exact.position  # more compressed than the exact edge
+    assert -LATENCY_MARGIN < as_latency(exact.params)[1]["latency"] <= 0
