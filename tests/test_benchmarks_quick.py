@@ -54,6 +54,9 @@ def test_tables_and_goals_from_rows() -> None:
         in fewer_met
     assert "gap 1.00 points: **met**" in md
     assert "controller overhead < 2% of trial time (4 trials x 10 steps, ort-cpu-1t-b64): 1.00%" in md
+    # a run still going: the searched strategy has rows, neither baseline has one yet
+    partial = sq.tables([_row(seed=0, accuracy=0.97)])
+    assert "tpe 97.00 (1/1 met) vs best of uniform/random" in partial
     merged = sq.merge_rows([_row(accuracy=0.5)], path=ROOT / "does-not-exist.json")
     assert len(merged) == 1 and merged[0]["accuracy"] == 0.5
 
