@@ -67,6 +67,9 @@ def test_tpe_trains_filled_policies_and_records_how(digits_task, tmp_path):
     trials = _trials(tmp_path / "filled")
     assert len(trials) == 4 and all(t.user_attrs["feasible"] for t in trials)  # none skipped
     sampled = [t for t in trials if "warm_start" not in t.user_attrs]
+    # the uniform warm start is a planned point at the edge: trained as it is, never moved
+    (warm,) = [t for t in trials if "warm_start" in t.user_attrs]
+    assert "fill" not in warm.user_attrs["policy"]["provenance"]
     for t in sampled:
         fill = t.user_attrs["policy"]["provenance"]["fill"]
         assert fill["predictions"] >= 2 and 0 < fill["position"] <= 2

@@ -31,6 +31,7 @@ from autocompress.cost import Budget, Costs, analytic_costs
 from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, val_subset
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
+from autocompress.search.baselines import params_key
 from autocompress.space import ResolvedSpace
 from autocompress.tasks.base import Task
 
@@ -127,6 +128,9 @@ class Objective:
         self.budget_section = budget_section or budget.to_dict(self.budget_baseline)
         self.measure_seconds = measure_seconds or (lambda: 0.0)
         self.fill = fill
+        # Parameter dicts evaluated as they are even when filling (the uniform warm start:
+        # a planned point, already at the budget's edge, that the search must not move).
+        self.planned: set[tuple[tuple[str, Any], ...]] = set()
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -168,15 +172,17 @@ class Objective:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""
         return self.screen(self.space.policy_from_params(params)).feasible
 
-    def candidate(self, params: dict[str, Any]) -> tuple[CompressionPolicy, dict[str, Any] | None]:
+    def candidate(self, params: dict[str, Any], planned: bool = False
+                  ) -> tuple[CompressionPolicy, dict[str, Any] | None]:
         """The policy a sampler's parameter dict is evaluated as, and how it was filled.
 
         With ``fill`` on, the proposal moved to the budget's edge (its
         :meth:`Filled.summary <autocompress.search.fill.Filled.summary>` second, with the
-        seconds it took); otherwise, or when no point of its line meets the budget,
-        the proposal as drawn and None.
+        seconds it took); otherwise, for a ``planned`` point (or one in
+        ``self.planned``), or when no point of its line meets the budget, the proposal
+        as drawn and None.
         """
-        if self.fill:
+        if self.fill and not planned and params_key(params) not in self.planned:
             from autocompress.search.fill import fill_to_budget
 
             t0 = time.perf_counter()

@@ -292,7 +292,8 @@ def run_trials(
             trial = study.ask()
             trial.set_user_attr("worker", worker_id())
             try:
-                policy, fill = objective.candidate(space.suggest_params(trial))
+                policy, fill = objective.candidate(space.suggest_params(trial),
+                                                   planned="warm_start" in trial.user_attrs)
 
                 def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
                     trial.report(metric, step)

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
 from autocompress.errors import ConfigError
+from autocompress.search.baselines import params_key
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
@@ -474,6 +475,7 @@ def run_ray(
     first = warm_start_params(cfg, objective, prep.space) if prep.created else None
     if first is not None:  # OptunaSearch's own study is in memory: the point goes to Tune
         points_to_evaluate = [first, *(points_to_evaluate or [])]
+        objective.planned.add(params_key(first))  # evaluated as it is, never filled
     out = prep.out
     stored = dict(study.user_attrs.get("autocompress") or {})
     if prep.created or "backend" not in stored:  # the export's provenance reads it
