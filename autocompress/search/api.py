@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import yaml
 from optuna.storages import BaseStorage
+from optuna.trial import TrialState
 
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
@@ -33,6 +34,7 @@ from autocompress.pareto import BUDGET_BASELINE_ATTR
 from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
 from autocompress.search.config import SearchConfig
+from autocompress.search.leader_check import LeaderCheck
 from autocompress.search.objective import Objective, TrialOutcome
 from autocompress.search.optuna_backend import (
     STUDY_FILE,
@@ -306,7 +308,11 @@ def prepare_run(
         # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
+        leader_check=_leader_check(cfg, task, inventory, target, budget),
     )
+    if objective.leader_check is not None and not created:  # a resumed run takes up its state
+        objective.leader_check.restore(study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE,)), budget_baseline.latency_ms)
     with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, resolved, budget, say)
     first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
@@ -498,6 +504,20 @@ def _baseline(
             "use a new --out for this model"
         )
     return costs.with_latency(float(stored["latency_ms"]))
+
+
+def _leader_check(cfg: SearchConfig, task: Task, inventory: LayerInventory, target: Target,
+                  budget: Budget) -> LeaderCheck | None:
+    """The in-loop measurement of would-be leaders (latency budgets, Optuna backend)."""
+    if not (cfg.measure_leaders and budget.needs_latency and cfg.backend == "optuna"):
+        return None
+    from autocompress.methods import apply_policy
+
+    def measure(policy: CompressionPolicy) -> tuple[float, float]:
+        model = apply_policy(task.model, policy, task.example_input, inventory=inventory)
+        return paired_model_ms(model, task, target)
+
+    return LeaderCheck(measure=measure, higher_is_better=task.higher_is_better)
 
 
 def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,

@@ -32,6 +32,8 @@ from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, 
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import params_key
+from autocompress.search.leader_check import ATTR as LEADER_CHECK_ATTR
+from autocompress.search.leader_check import LeaderCheck
 from autocompress.space import ResolvedSpace
 from autocompress.tasks.base import Task
 
@@ -89,7 +91,9 @@ class Objective:
     uncompressed model, so that ``latency<=0.5x`` compares a predicted speed
     ratio (or a stricter one), and a slow moment of either measurement never
     loosens the limit. ``fill``: move sampled proposals to the budget's edge
-    (:meth:`candidate`, :mod:`autocompress.search.fill`).
+    (:meth:`candidate`, :mod:`autocompress.search.fill`). ``leader_check``: measure
+    each candidate that would lead the search, judge the budget on that, and scale
+    later predictions by how the measured ones ran (:mod:`autocompress.search.leader_check`).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class Objective:
         measure_seconds: Callable[[], float] | None = None,
         budget_baseline: Costs | None = None,
         fill: bool = False,
+        leader_check: LeaderCheck | None = None,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -128,6 +133,7 @@ class Objective:
         self.budget_section = budget_section or budget.to_dict(self.budget_baseline)
         self.measure_seconds = measure_seconds or (lambda: 0.0)
         self.fill = fill
+        self.leader_check = leader_check
         # Parameter dicts evaluated as they are even when filling (the uniform warm start:
         # a planned point, already at the budget's edge, that the search must not move).
         self.planned: set[tuple[tuple[str, Any], ...]] = set()
@@ -161,7 +167,8 @@ class Objective:
         costs = self.cost_fn(policy, self.inventory)
         if self.budget.needs_latency:
             assert self.latency_fn is not None
-            costs = costs.with_latency(self.latency_fn(policy))
+            scale = self.leader_check.scale if self.leader_check is not None else 1.0
+            costs = costs.with_latency(self.latency_fn(policy) * scale)
         return costs
 
     def check(self, costs: Costs) -> tuple[bool, dict[str, float]]:
@@ -225,7 +232,8 @@ class Objective:
             screening = self.screen(policy)
         costs, feasible, constraints = screening.costs, screening.feasible, screening.constraints
         timings = {"apply_s": 0.0, "finetune_s": 0.0, "eval_s": 0.0, "cost_s": screening.cost_s,
-                   "lut_measure_s": screening.lut_measure_s}
+                   "lut_measure_s": screening.lut_measure_s, "measure_s": 0.0}
+        check: dict[str, Any] | None = None
         metric: float | None = None
         pruned = False
         intermediate: list[tuple[int, float]] = []
@@ -241,7 +249,14 @@ class Objective:
             timings.update(apply_s=result.apply_s, finetune_s=result.finetune_s,
                            eval_s=result.eval_s)
             del result  # the fine-tuned model is not kept: the export rebuilds the best one
-        value = metric if metric is not None else self.worst_metric
+            if (self.leader_check is not None and not pruned
+                    and self.leader_check.leads(metric)):
+                t1 = time.perf_counter()
+                # Judged on the measurement from here on: over the budget, it is not the pick.
+                feasible, constraints, check = self.leader_check.check(
+                    policy, costs, self.budget, self.budget_baseline, metric)
+                timings["measure_s"] = time.perf_counter() - t1
+        value = metric if metric is not None and feasible else self.worst_metric
         values = [value] if self.mode == "constrained" else [value, self._cost_value(costs)]
         timings["total_s"] = time.perf_counter() - t0 + screened_before
         full_policy = self._annotate(policy, costs, metric, provenance)
@@ -255,6 +270,8 @@ class Objective:
             **{k: round(float(v), 6) for k, v in timings.items()},
             "strategy": self.strategy,
         }
+        if check is not None:
+            attrs[LEADER_CHECK_ATTR] = check
         return TrialOutcome(
             policy=full_policy, costs=costs, feasible=feasible, constraints=constraints,
             metric=metric, values=values, pruned=pruned, intermediate=intermediate,
