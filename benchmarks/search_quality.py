@@ -129,7 +129,9 @@ def controller_overhead(study: Any) -> dict[str, float]:
     it had not seen (each trial's ``lut_measure_s``, or the study's ``lut_fill_s``
     when larger: it adds the fills of a baseline's planning between trials; timing
     them and writing them down, reused by every later trial and run) are reported
-    apart, as ``lut_fill_share``.
+    apart, as ``lut_fill_share``; so are the in-loop measurements of would-be leaders on
+    the target (``measure_s``, :mod:`autocompress.search.leader_check`), as
+    ``measure_share``: both are the cost model measuring, not the controller deciding.
     ``cost_share`` is cost prediction without those measurements; ``sampler_share``
     everything outside the objective call.
     """
@@ -140,7 +142,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     trials = sorted((t for t in study.get_trials(deepcopy=False)
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                      and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
-    cycle = work = cost = objective = fill = 0.0
+    cycle = work = cost = objective = fill = measure = 0.0
     prev = None
     for t in trials:
         start = prev if prev is not None else t.datetime_start
@@ -149,6 +151,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
         a = t.user_attrs
         work += sum(float(a.get(k) or 0.0) for k in ("apply_s", "finetune_s", "eval_s"))
         fill += float(a.get("lut_measure_s") or 0.0)
+        measure += float(a.get("measure_s") or 0.0)
         cost += float(a.get("cost_s") or 0.0) - float(a.get("lut_measure_s") or 0.0)
         objective += float(a.get("total_s") or 0.0)
     # Fills outside trials (a baseline's planning predicts candidates between trials) are in
@@ -158,12 +161,14 @@ def controller_overhead(study: Any) -> dict[str, float]:
     if cycle <= 0:
         return {"trials_s": 0.0, "controller_overhead_share": float("nan"),
                 "cost_share": float("nan"), "sampler_share": float("nan"),
-                "lut_fill_share": float("nan"), "overhead_ms_per_trial": float("nan")}
-    overhead = max(cycle - work - fill, 0.0)
+                "lut_fill_share": float("nan"), "measure_share": float("nan"),
+                "overhead_ms_per_trial": float("nan")}
+    overhead = max(cycle - work - fill - measure, 0.0)
     return {"trials_s": round(cycle, 3),
             "controller_overhead_share": overhead / cycle,
             "overhead_ms_per_trial": 1000 * overhead / n,
             "lut_fill_share": fill / cycle,
+            "measure_share": measure / cycle,
             "cost_share": cost / cycle,
             "sampler_share": max(cycle - objective, 0.0) / cycle}
 
@@ -326,7 +331,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
             "call (Optuna ask/sample/tell, journal writes, baseline planning); `lut_fill` = the "
             "latency table's one-off measurements of layer shapes it had not seen yet (timed "
             "and written down once, then reused by every later trial and run), kept apart "
-            "from the overhead; `wall_s` = mean whole search incl. setup and export.", "",
+            "from the overhead; `measure` = the in-loop measurements on the target of "
+            "candidates that would become the best (`autocompress.search.leader_check`), kept "
+            "apart too (TPE's budget filling, by contrast, is cost prediction and counts as "
+            "overhead); `wall_s` = mean whole search incl. setup and export.", "",
             ov.reset_index().to_markdown(index=False, floatfmt=".1f"), ""]
 
     out += ["### Goals", "", goals(df, order), ""]
@@ -338,19 +346,21 @@ def tables(rows: list[dict[str, Any]]) -> str:
 
 def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
     """Controller overhead per (setting, strategy), pooled over runs (time-weighted)."""
-    if "lut_fill_share" not in df:  # rows written before the column existed
-        df = df.assign(lut_fill_share=0.0)
+    for col in ("lut_fill_share", "measure_share"):  # rows written before the column existed
+        if col not in df:
+            df = df.assign(**{col: 0.0})
     if "n_feasible_trials" not in df:
         df = df.assign(n_feasible_trials=float("nan"))
     d = df.assign(ov_s=df["controller_overhead_share"] * df["trials_s"],
                   cost_s=df["cost_share"] * df["trials_s"],
                   samp_s=df["sampler_share"] * df["trials_s"],
-                  fill_s=df["lut_fill_share"].fillna(0.0) * df["trials_s"])
+                  fill_s=df["lut_fill_share"].fillna(0.0) * df["trials_s"],
+                  meas_s=df["measure_share"].fillna(0.0) * df["trials_s"])
     g = d.groupby(["setting", "strategy"], sort=False).agg(
         runs=("seed", "count"), trials=("trials", "sum"), evaluated=("n_feasible_trials", "sum"),
         trials_s=("trials_s", "sum"),
         ov_s=("ov_s", "sum"), cost_s=("cost_s", "sum"), samp_s=("samp_s", "sum"),
-        fill_s=("fill_s", "sum"), wall_s=("wall_s", "mean"))
+        fill_s=("fill_s", "sum"), meas_s=("meas_s", "sum"), wall_s=("wall_s", "mean"))
     out = pd.DataFrame({
         "runs": g["runs"], "trials": g["trials"], "evaluated": g["evaluated"],
         "trials_s": g["trials_s"],
@@ -359,6 +369,7 @@ def overhead_table(df: pd.DataFrame) -> pd.DataFrame:
         "cost": (g["cost_s"] / g["trials_s"] * 100).map("{:.2f}%".format),
         "sampler": (g["samp_s"] / g["trials_s"] * 100).map("{:.2f}%".format),
         "lut_fill": (g["fill_s"] / g["trials_s"] * 100).map("{:.2f}%".format),
+        "measure": (g["meas_s"] / g["trials_s"] * 100).map("{:.2f}%".format),
         "wall_s": g["wall_s"]})
     return out
 
