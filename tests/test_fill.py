@@ -36,6 +36,12 @@ def test_a_proposal_with_room_to_spare_is_moved_back_to_the_edge(digits_task):
     # knobs the MACs budget does not need are set back to uncompressed; the ones it needs not
     assert filled.params["features.2/bits"] == 32 and "features.2/bits" in filled.relaxed
     assert not any(name.endswith("/prune") for name in filled.relaxed)
+    # and no slack is left: no knob can give back one more level within the budget
+    for name, spec in space.params.items():
+        levels = spec.levels()
+        i = levels.index(filled.params[name])
+        if i > 0:
+            assert not screen({**filled.params, name: levels[i - 1]})[0], name
     smallest = analytic_costs(space.policy_from_params(proposal), inv).macs
     assert analytic_costs(space.policy_from_params(filled.params), inv).macs > 2 * smallest
     # a fixed function of the proposal: the sampler learns what its proposals become
@@ -43,12 +49,13 @@ def test_a_proposal_with_room_to_spare_is_moved_back_to_the_edge(digits_task):
 
 
 def test_a_proposal_over_the_budget_is_compressed_until_it_meets_it(digits_task):
-    space, _, screen = _setup(digits_task, "macs<=40%")
+    space, inv, screen = _setup(digits_task, "macs<=40%")
     proposal = {**space.identity_params(), "features.2/prune": 0.1}
     assert not screen(proposal)[0]
     filled = fill_to_budget(space, proposal, screen)
     assert filled is not None and 1 < filled.position <= 2 and screen(filled.params)[0]
-    assert filled.params["features.2/prune"] > 0.1
+    macs = analytic_costs(space.policy_from_params(filled.params), inv).macs
+    assert 0.3 * analytic_costs(None, inv).macs < macs <= 0.4 * analytic_costs(None, inv).macs
     # a budget not even the space's corner meets: nothing to fill, the caller screens it out
     space, _, impossible = _setup(digits_task, "macs<=0.01%")
     assert fill_to_budget(space, proposal, impossible) is None
