@@ -394,7 +394,8 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
 
         def rank(name: str, g: pd.Series = g, k: pd.Series = k) -> tuple[int, float]:
             v = g.get(name)
-            return (int(k.get(name, 0)), -1.0 if v is None or pd.isna(v) else float(v))
+            # Rounded: two strategies with the same images right are a tie, not a float's win.
+            return (int(k.get(name, 0)), -1.0 if v is None or pd.isna(v) else round(float(v), 9))
 
         ref_name = max(["uniform", "random"], key=rank)
         ref = rank(ref_name)
