@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -506,18 +507,23 @@ def _baseline(
     return costs.with_latency(float(stored["latency_ms"]))
 
 
+def paired_policy_ms(task: Task, inventory: LayerInventory, target: Target,
+                     policy: CompressionPolicy) -> tuple[float, float]:
+    """:func:`paired_model_ms` of the model ``policy`` makes (built without fine-tuning:
+    weights do not change the run time)."""
+    from autocompress.methods import apply_policy
+
+    model = apply_policy(task.model, policy, task.example_input, inventory=inventory)
+    return paired_model_ms(model, task, target)
+
+
 def _leader_check(cfg: SearchConfig, task: Task, inventory: LayerInventory, target: Target,
                   budget: Budget) -> LeaderCheck | None:
     """The in-loop measurement of would-be leaders (latency budgets, Optuna backend)."""
     if not (cfg.measure_leaders and budget.needs_latency and cfg.backend == "optuna"):
         return None
-    from autocompress.methods import apply_policy
-
-    def measure(policy: CompressionPolicy) -> tuple[float, float]:
-        model = apply_policy(task.model, policy, task.example_input, inventory=inventory)
-        return paired_model_ms(model, task, target)
-
-    return LeaderCheck(measure=measure, higher_is_better=task.higher_is_better)
+    return LeaderCheck(measure=functools.partial(paired_policy_ms, task, inventory, target),
+                       higher_is_better=task.higher_is_better)
 
 
 def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,

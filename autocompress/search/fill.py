@@ -66,11 +66,6 @@ class Filled:
                 "stepped_back": self.stepped_back, "predictions": self.predictions}
 
 
-def _index(levels: list[Any], value: Any) -> int:
-    """Position of ``value`` among ``levels`` (the nearest one for a float off the grid)."""
-    return min(range(len(levels)), key=lambda i: abs(float(levels[i]) - float(value)))
-
-
 def _first_true(points: list[float], pred: Callable[[float], bool]) -> float | None:
     """Smallest point where the (assumed monotone) ``pred`` holds, by bisection; None if none."""
     if not pred(points[-1]):
@@ -103,7 +98,7 @@ def line_point(space: ResolvedSpace, params: Params, t: float) -> Params:
     out = {}
     for name, spec in space.params.items():
         levels = spec.levels()
-        s = _index(levels, params[name])
+        s = levels.index(spec.snap(params[name]))  # a sampled float may sit off the grid
         i = t * s if t <= 1 else s + (t - 1) * (len(levels) - 1 - s)
         out[name] = levels[min(int(i + 0.5), len(levels) - 1)]
     return out
@@ -204,7 +199,7 @@ def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Pa
         for name in sorted(params):
             if name in stuck:
                 continue
-            i = _index(levels[name], params[name])
+            i = levels[name].index(params[name])  # filled values are levels already
             if i == 0:
                 stuck.add(name)
                 continue

@@ -50,9 +50,8 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
     (a resumed run) are reused, not measured again.
     """
     from autocompress.export.results import trial_policy
-    from autocompress.methods import apply_policy
     from autocompress.pareto import LATENCY_CHECKS_ATTR, pick_best
-    from autocompress.search.api import paired_model_ms
+    from autocompress.search.api import paired_policy_ms
     from autocompress.search.leader_check import ATTR as LEADER_CHECK_ATTR
 
     if not prep.budget.needs_latency:
@@ -76,12 +75,11 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
         if isinstance(in_loop, dict) and in_loop.get("meets"):
             # Measured when it took the lead, the same way (alternating with the uncompressed
             # model), and it met the budget: the same candidate is not timed twice.
-            over = (best.user_attrs.get("violations") or {}).get("latency")
             checks[str(best.number)] = {
-                "measured_ms": in_loop["measured_ms"], "predicted_ms": in_loop["predicted_ms"],
-                "limit_ms": (in_loop["measured_ms"] / (1.0 + over)
-                             if over is not None and over > -1 else None),
-                "baseline_ms": in_loop["baseline_ms"], "meets": True, "in_loop": True}
+                **_check(in_loop["measured_ms"], in_loop["measured_ms"], in_loop["predicted_ms"],
+                         best.user_attrs.get("violations") or {},
+                         objective.baseline.with_latency(in_loop["baseline_ms"]), meets=True),
+                "in_loop": True}
             study.set_user_attr(LATENCY_CHECKS_ATTR, checks)
             return best.number
         if measured_checks(checks) >= max_checks:
@@ -104,10 +102,9 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
                 LOG.info("trial %d: predicted %.4f ms x %.3f (as the measured ones ran) "
                          "misses: not measured", best.number, predicted.latency_ms, scale)
                 continue
-        model = apply_policy(task.model, policy, task.example_input, inventory=prep.inventory)
         # The candidate alternates with the uncompressed model, and a relative budget is
         # judged against the baseline of those same minutes.
-        measured, base_ms = paired_model_ms(model, task, prep.target)
+        measured, base_ms = paired_policy_ms(task, prep.inventory, prep.target, policy)
         baseline = objective.baseline.with_latency(base_ms)
         meets, violations = objective.budget.check(predicted.with_latency(measured), baseline)
         checks[str(best.number)] = _check(measured, measured, predicted.latency_ms, violations,
