@@ -8,6 +8,7 @@ or depthwise convs share one ``group`` (named after its first member).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -128,9 +129,13 @@ class LayerInventory:
                 seen.setdefault(layer.group, None)
         return list(seen)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Fingerprint of the architecture (names, kinds, shapes): policies are checked against it."""
+        """Fingerprint of the architecture (names, kinds, shapes): policies are checked against it.
+
+        Computed once: an inventory is not changed after :func:`build_inventory`, and cost
+        predictions ask for it several times each (budget filling makes ~26 per proposal).
+        """
         arch = [
             [x.fqn, x.kind, x.in_channels, x.out_channels, list(x.kernel_size), x.groups]
             for x in self.layers

@@ -417,7 +417,11 @@ class LatencyLUT:
 
     def layers_ms(self, policy: CompressionPolicy | None, inventory: LayerInventory) -> dict[str, float]:
         """Per-layer latency of the model ``policy`` makes (from the table, measuring misses)."""
-        shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
+        return self._shapes_ms(compressed_shapes(policy or CompressionPolicy(layers={}), inventory),
+                               inventory)
+
+    def _shapes_ms(self, shapes: list[LayerShape], inventory: LayerInventory) -> dict[str, float]:
+        """:meth:`layers_ms` of already computed ``compressed_shapes``."""
         references = self._references.get(inventory.sha256)
         if references is None:  # the uncompressed shapes: once per model, not per prediction
             references = compressed_shapes(CompressionPolicy(layers={}), inventory)
@@ -557,9 +561,11 @@ class LatencyLUT:
     ) -> Prediction:
         """Predicted latency of ``policy`` with its per-layer parts and the remainder."""
         fit = self.remainder(inventory, model, example_input)
-        layers = self.layers_ms(policy, inventory)
+        # The shapes once: a prediction is on the search's hot path (filling makes ~26 each).
+        shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
+        layers = self._shapes_ms(shapes, inventory)
         total = sum(layers.values())
-        if changes_structure(policy, inventory):
+        if shapes_change_structure(shapes, inventory):
             rem = (fit["model_ms"] / fit["layers_ms"] - 1.0) * total
         else:
             rem = fit["remainder_ms"]
@@ -614,13 +620,15 @@ def changes_structure(policy: CompressionPolicy | None, inventory: LayerInventor
 
     Weight bits and sparsity alone are baked into float weights: the graph stays the same.
     """
-    if policy is None:
-        return False
-    for info, s in zip(inventory, compressed_shapes(policy, inventory), strict=True):
-        if (s.in_channels != info.in_channels or s.out_channels != info.out_channels
-                or s.rank is not None or s.act_bits == 8):
-            return True
-    return False
+    return policy is not None and shapes_change_structure(compressed_shapes(policy, inventory),
+                                                          inventory)
+
+
+def shapes_change_structure(shapes: list[LayerShape], inventory: LayerInventory) -> bool:
+    """:func:`changes_structure` of a policy's ``compressed_shapes``."""
+    return any(s.in_channels != info.in_channels or s.out_channels != info.out_channels
+               or s.rank is not None or s.act_bits == 8
+               for info, s in zip(inventory, shapes, strict=True))
 
 
 def activation_fraction(policy: CompressionPolicy | None, inventory: LayerInventory) -> float:
