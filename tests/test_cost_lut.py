@@ -240,3 +240,70 @@ def test_a_table_timed_the_old_way_is_measured_again(cnn, tmp_path):
     again.predict(None, inv, model, X)
     assert again.measured >= len(inv)
     assert "Conv2d|stale" not in json.loads(path.read_text())["targets"][lut.key]["layers"]
+
+
+def _optimized_ops(module: nn.Module, x: torch.Tensor, tmp_path) -> list[str]:
+    import onnxruntime as ort
+
+    from autocompress.runtime.onnx import session_options
+
+    opts = session_options(1)
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(export_onnx(module, x), sess_options=opts,
+                         providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def test_a_layer_whose_consumer_quantises_its_input_is_timed_as_the_integer_kernel(tmp_path):
+    """ONNX Runtime fuses DQ -> Gemm -> Q into QGemm inside the model; the entry must see that."""
+    from autocompress.cost.lut import kernel_ops_elsewhere, with_int8_fusion
+    from autocompress.models import DigitsMLP
+
+    inv = build_inventory(DigitsMLP(), X)
+    policy = CompressionPolicy(layers={"net.3": LayerPolicy(act_bits=8),
+                                       "net.5": LayerPolicy(act_bits=8)})
+    plain = compressed_shapes(policy, inv)
+    fused = with_int8_fusion(plain, inv, ["net.1", "net.3"])
+    net3, net5 = fused[1], fused[2]
+    assert (net3.q_out, net3.q_in, net5.q_in, net5.q_out) == (True, False, True, False)
+    # Alone, net.3 is a float Gemm between quantisers; with q_out it is the integer kernel.
+    assert "QGemm" not in _optimized_ops(layer_module(plain[1]), torch.zeros(1, 512), tmp_path)
+    assert "QGemm" in _optimized_ops(layer_module(net3), torch.zeros(1, 512), tmp_path)
+    assert kernel_ops_elsewhere(net3) == {"DequantizeLinear"}
+    assert kernel_ops_elsewhere(net5) == {"QuantizeLinear"}
+    assert layer_key(net3, 64) == layer_key(plain[1], 64) + "|qo=1"
+    # A low-rank layer is two kernels: no fusion; nor without 8-bit inputs on the consumer.
+    low = CompressionPolicy(layers={"net.3": LayerPolicy(act_bits=8, rank=64),
+                                    "net.5": LayerPolicy(act_bits=8)})
+    assert not any(s.q_out for s in with_int8_fusion(compressed_shapes(low, inv), inv,
+                                                      ["net.1", "net.3"]))
+    alone = CompressionPolicy(layers={"net.3": LayerPolicy(act_bits=8)})
+    assert with_int8_fusion(compressed_shapes(alone, inv), inv, ["net.3"]) == \
+        compressed_shapes(alone, inv)
+
+
+def test_the_table_finds_fusable_layers_once_and_predicts_with_them(tmp_path):
+    from autocompress.models import DigitsMLP
+
+    torch.manual_seed(0)
+    model = DigitsMLP().eval()
+    inv = build_inventory(model, X)
+    path = tmp_path / "lut.json"
+    lut = LatencyLUT(path, parse_target("ort-1t-b8"))
+    policy = CompressionPolicy(layers={"net.3": LayerPolicy(act_bits=8),
+                                       "net.5": LayerPolicy(act_bits=8)})
+    pred = lut.predict_breakdown(policy, inv, model, X)
+    lut.save()
+    assert lut.int8_fusable(inv, model, X) == ["net.1", "net.3"]
+    # (the whole-model fit's random calibration policies add fused entries of their own)
+    mine = {"Linear|in=512|out=512|x=-|b=8|r=0|a=8|w=32|bias=1|qo=1",
+            "Linear|in=512|out=10|x=-|b=8|r=0|a=8|w=32|bias=1|qi=1"}
+    assert mine <= set(lut.entries) and all(lut.entries[k]["ms"] > 0 for k in mine)
+    # Another process reads the fusable layers and entries back: nothing is measured again.
+    again = LatencyLUT(path, parse_target("ort-1t-b8"))
+    assert again.int8_fusable(inv, None, X) == ["net.1", "net.3"]
+    assert again.predict(policy, inv, model, X) == pytest.approx(pred.latency_ms)
+    assert again.measured == 0
+    # torch eager runs no integer kernels: the same policy's shapes stay plain there.
+    eager = LatencyLUT(None, parse_target(FAST))
+    assert not any(s.q_out or s.q_in for s in eager.runtime_shapes(policy, inv, model, X))

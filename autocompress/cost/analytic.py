@@ -55,7 +55,10 @@ class LayerShape:
     """One compressible layer as ``apply_policy`` builds it (the key of its latency too).
 
     ``rank`` is the rank really used (None: dense); ``positions`` is the
-    number of output positions per sample (H*W for convs).
+    number of output positions per sample (H*W for convs). ``q_in``/``q_out``: ONNX
+    Runtime runs the quantiser of this layer's input / output inside a neighbour's or
+    its own integer kernel (set by the latency table,
+    :func:`autocompress.cost.lut.with_int8_fusion`; the policy alone does not say).
     """
 
     fqn: str
@@ -72,6 +75,8 @@ class LayerShape:
     weight_bits: int = FLOAT_BITS
     act_bits: int = FLOAT_BITS
     sparsity: float = 0.0
+    q_in: bool = False
+    q_out: bool = False
 
     @property
     def weight_tensors(self) -> list[int]:

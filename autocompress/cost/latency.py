@@ -246,12 +246,15 @@ def ort_kernel_times(
 
 def ort_kernel_times_interleaved(
     models: list[tuple[nn.Module, torch.Tensor]], threads: int, runs: int, warmup: int = 3,
-    blocks: int = 1,
+    blocks: int = 1, excluded_ops: list[frozenset[str]] | None = None,
 ) -> list[list[float]]:
     """:func:`ort_kernel_times` of several models, in rounds: block ``i`` of each, then ``i + 1``.
 
     Every model's blocks fall in the same seconds, so the machine's drift moves
     them alike (see :func:`measure_interleaved`); returns each model's per-run ms.
+    ``excluded_ops``: per model, op types left out of its total besides the layout
+    reorders (a lone layer's quantisers that, inside the model, a neighbour's integer
+    kernel does: see :func:`autocompress.cost.lut.with_int8_fusion`).
 
     >>> a, b = ort_kernel_times_interleaved([(nn.Linear(256, 256), torch.zeros(64, 256)),
     ...                                      (nn.Linear(16, 16), torch.zeros(64, 16))],
@@ -295,19 +298,21 @@ def ort_kernel_times_interleaved(
         for sess in sessions:
             with open(sess.end_profiling()) as fh:
                 profiles.append(json.load(fh))
-    return [_kernel_totals(events, runs_timed) for events, runs_timed in zip(profiles, timed,
-                                                                            strict=True)]
+    excluded = excluded_ops or [frozenset()] * len(models)
+    return [_kernel_totals(events, runs_timed, ORT_LAYOUT_OPS | skip)
+            for events, runs_timed, skip in zip(profiles, timed, excluded, strict=True)]
 
 
-def _kernel_totals(events: list[dict[str, Any]], timed: list[int]) -> list[float]:
-    """Milliseconds of kernels (layout reorders excluded) in each timed run of a profile."""
+def _kernel_totals(events: list[dict[str, Any]], timed: list[int],
+                   excluded: frozenset[str] = ORT_LAYOUT_OPS) -> list[float]:
+    """Milliseconds of kernels (op types in ``excluded`` left out) in each timed run of a profile."""
     all_spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"]
     run_spans = [all_spans[i] for i in timed if i < len(all_spans)]
     totals = [0.0] * len(run_spans)
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
-        if e.get("args", {}).get("op_name") in ORT_LAYOUT_OPS:
+        if e.get("args", {}).get("op_name") in excluded:
             continue
         for i, (start, end) in enumerate(run_spans):
             if start <= e["ts"] <= end:
