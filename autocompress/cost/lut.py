@@ -10,7 +10,11 @@ only 8-bit inputs do (a QuantizeLinear/DequantizeLinear pair on the input),
 and 8-bit inputs with quantised weights (int8 weight QDQ, which ONNX Runtime
 may run as an integer kernel).
 Nothing is assumed about speed-ups: an int8 QDQ layer costs what it
-measures, slower or faster.
+measures, slower or faster. On ONNX Runtime a layer at 8-bit inputs whose
+consumers take 8-bit inputs too is fused into one integer kernel inside the
+model; the layers where that happens are read once per model from the
+runtime's optimised graph and get entries of their own
+(:func:`int8_fusable_layers`, :func:`with_int8_fusion`).
 
 How a lone layer is timed: in ``torch``, wall-clock of the module call (the
 smallest of ``blocks`` medians); in ``ort``, the layer's kernel time from ONNX
