@@ -415,7 +415,8 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
                 f"; gap {(v - r) * 100:+.2f} points, seed std up to {noise * 100:.2f}")
             lines.append(f"- {task} {budget} ({setting}): {s} {_f(v)} ({mine[0]}/{runs} met) "
                          f"vs best of uniform/random, {ref_name} {_f(r)} ({ref[0]}/{runs} met): "
-                         f"**{verdict}**{gap}")
+                         f"**{verdict}**{gap}"
+                         f"{per_seed(df[(df.task == task) & (df.budget == budget) & (df.setting == setting)], s)}")
         if budget == "latency<=0.5x":
             base = df[(df.task == task) & (df.budget == budget)]["baseline_accuracy"].iloc[0]
             best = g.reindex(list(SEARCHED)).max()  # skips strategies with no result
@@ -433,6 +434,26 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
                      f"(sampler/storage alone {sampler:.2f}%): "
                      f"**{'met' if share < 2 else 'MISSED'}**")
     return "\n".join(lines)
+
+
+def per_seed(d: pd.DataFrame, strategy: str) -> str:
+    """Seed by seed: ``strategy`` against uniform and against random of the same seed.
+
+    A mean gap can come from one lucky seed; the tally says whether it held seed by seed
+    (a seed whose export missed the budget counts as below any that met it).
+    """
+    acc = d.pivot_table(index="seed", columns="strategy", values="acc_ok", aggfunc="first")
+    seeds = d.groupby("seed")["strategy"].agg(set)
+    parts = []
+    for other in ("uniform", "random"):
+        both = [i for i, have in seeds.items() if {strategy, other} <= have]
+        if not both:
+            continue
+        pair = acc.reindex(index=both, columns=[strategy, other]).fillna(-1.0).round(9)
+        wins = int((pair[strategy] > pair[other]).sum())
+        ties = int((pair[strategy] == pair[other]).sum())
+        parts.append(f"{other} {wins}-{ties}-{len(both) - wins - ties}")
+    return f"; seeds won-tied-lost against {', '.join(parts)}" if parts else ""
 
 
 def _f(v: float) -> str:
