@@ -274,9 +274,32 @@ def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_inp
         ort.InferenceSession(export_onnx(built, example_input[:1]), sess_options=opts,
                              providers=["CPUExecutionProvider"])
         nodes = onnx.load(opts.optimized_model_filepath).graph.node
-    fused = {fqn for node in nodes if node.op_type in INT8_KERNELS
-             for fqn in inventory.fqns if fqn in node.name.split("/")}
+    fused = {path for node in nodes if node.op_type in INT8_KERNELS
+             for path in module_paths(node.name)}
     return [fqn for fqn in inventory.fqns if fqn in fused]
+
+
+def module_paths(node_name: str) -> list[str]:
+    """The module paths an exported node's name passes through, outermost first.
+
+    The TorchScript exporter names a node by its scopes, each an attribute name or, inside
+    a Sequential, the parent's name plus an index:
+
+    >>> module_paths("/layer1/layer1.0/conv1/conv1.1/Conv_token_71")
+    ['layer1', 'layer1.0', 'layer1.0.conv1', 'layer1.0.conv1.1']
+    >>> module_paths("/features/features.0/features.0.1/Conv")
+    ['features', 'features.0', 'features.0.1']
+    """
+    paths: list[str] = []
+    current, prev = "", None
+    for seg in node_name.split("/")[1:-1]:
+        if prev is not None and seg.startswith(prev + "."):
+            current += seg[len(prev):]  # an index inside the Sequential just entered
+        else:
+            current = f"{current}.{seg}" if current else seg
+        paths.append(current)
+        prev = seg
+    return paths
 
 
 def with_int8_fusion(shapes: list[LayerShape], inventory: LayerInventory,
