@@ -128,7 +128,8 @@ def pareto_figure(
         mode="markers", name="feasible", marker={"color": "#1f77b4", "size": 8},
         text=[f"trial {t.number}" for t in feas], hovertemplate="%{text}<br>%{x}, %{y}",
     ))
-    infeas = [t for t in done if not is_feasible(t)]
+    # A repeat (a filled proposal told an earlier trial's outcome) is that trial, not a point.
+    infeas = [t for t in done if not is_feasible(t) and "repeat_of" not in t.user_attrs]
     if infeas:
         metrics = [trial_metric(t) for t in feas] + [as_number(baseline.get("metric"))]
         known = [m for m in metrics if m is not None]

@@ -116,3 +116,34 @@ def test_a_predicted_latency_is_filled_to_a_margin_under_its_limit(digits_task):
     assert as_latency(margin.params)[1]["latency"] <= -LATENCY_MARGIN
     assert margin.position > exact.position  # more compressed than the exact edge
     assert -LATENCY_MARGIN < as_latency(exact.params)[1]["latency"] <= 0
+
+
+def test_a_filled_proposal_landing_on_an_evaluated_policy_is_not_trained_again(digits_mlp_task,
+                                                                               tmp_path):
+    """The MLP's space has few edge points: filled proposals repeat, and repeats are not trained."""
+    from autocompress.search.optuna_backend import MAX_REPEATS_IN_A_ROW, evaluated, policy_key
+
+    search(digits_mlp_task, out=tmp_path / "mlp", budget="macs<=40%", target="torch-1t",
+           trials=8, finetune_steps=5, export=False, report_every=5, val_samples=100,
+           strategy="tpe", seed=0)
+    trials = _trials(tmp_path / "mlp")
+    done = [t for t in trials if evaluated(t)]
+    repeats = [t for t in trials if "repeat_of" in t.user_attrs]
+    assert len(done) == 8  # repeats do not count toward --trials
+    assert repeats, "8 filled TPE proposals on 2 four-level ranks must land on a policy twice"
+    by_number = {t.number: t for t in trials}
+    for r in repeats:
+        first = by_number[r.user_attrs["repeat_of"]]
+        assert evaluated(first) and r.values == first.values
+        assert r.user_attrs["policy"]["layers"] == first.user_attrs["policy"]["layers"]
+        assert "finetune_s" not in r.user_attrs  # told, not fine-tuned
+    # every filled policy fine-tuned is a new one; once filling repeated itself
+    # MAX_REPEATS_IN_A_ROW times in a row, it stopped and proposals were evaluated as drawn
+    filled = [policy_key(t.user_attrs["policy"]) for t in done
+              if "fill" in t.user_attrs["policy"]["provenance"]]
+    assert len(set(filled)) == len(filled)
+    as_drawn = [t for t in trials if t.number > repeats[-1].number]
+    assert not any("fill" in t.user_attrs["policy"]["provenance"] for t in as_drawn)
+    # filling stopped after the last repeats ran MAX_REPEATS_IN_A_ROW in a row
+    last = [r.number for r in repeats[-MAX_REPEATS_IN_A_ROW:]]
+    assert last == list(range(last[-1] - MAX_REPEATS_IN_A_ROW + 1, last[-1] + 1))
