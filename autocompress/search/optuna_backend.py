@@ -296,8 +296,10 @@ def run_trials(
     ran = 0
     failures = 0
     repeats_in_a_row = 0
+    # Trained policies (a metric), those later measured over the budget in the loop included.
     seen = {policy_key(t.user_attrs["policy"]): t for t in study.get_trials(
-        deepcopy=False, states=DONE) if evaluated(t) and isinstance(t.user_attrs.get("policy"), dict)}
+        deepcopy=False, states=DONE) if t.user_attrs.get("metric") is not None
+        and REPEAT_ATTR not in t.user_attrs and isinstance(t.user_attrs.get("policy"), dict)}
     skipped, max_skipped = n_skipped(study), SKIPPED_PER_TRIAL * total
     counted = n_finished if count_skipped else n_done
     while counted(study) < total:
@@ -378,7 +380,7 @@ def run_trials(
             else:
                 frozen = study.tell(trial, outcome.values)
             done_keys.add(params_key(frozen.params))
-            if evaluated(frozen):
+            if outcome.metric is not None:
                 seen.setdefault(policy_key(outcome.user_attrs["policy"]), frozen)
         if outcome.feasible or count_skipped:
             ran += 1
