@@ -116,6 +116,16 @@ class LayerInventory:
     def fqns(self) -> list[str]:
         return [layer.fqn for layer in self.layers]
 
+    def consumers(self, fqn: str) -> list[str]:
+        """Layers that take ``fqn``'s output channels as input (through its pruning group).
+
+        >>> from autocompress.models import DigitsCNN
+        >>> build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8)).consumers("features.2")
+        ['classifier.1']
+        """
+        group = self[fqn].group
+        return [c.fqn for c in self.layers if group is not None and group in c.in_groups]
+
     def group_members(self, group: str) -> list[LayerInfo]:
         """Layers whose output channels are pruned together in ``group``."""
         return [layer for layer in self.layers if layer.group == group]

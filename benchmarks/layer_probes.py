@@ -60,7 +60,7 @@ def probe_policies(inventory: Any, knobs: list[str]) -> list[tuple[str, str, Any
                 changes = []
             out += [(info.fqn, label, CompressionPolicy(layers={info.fqn: lp}))
                     for label, lp in changes]
-            consumers = [c.fqn for c in inventory if info.group and info.group in c.in_groups]
+            consumers = inventory.consumers(info.fqn)
             if knob == "act_bits" and consumers:
                 # With its consumers at 8-bit inputs too, ONNX Runtime may fuse the layer into
                 # an integer kernel (autocompress.cost.lut.with_int8_fusion).

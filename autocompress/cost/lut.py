@@ -232,8 +232,10 @@ def kernel_ops_elsewhere(shape: LayerShape) -> frozenset[str]:
     With ``q_out`` the output's DequantizeLinear is the next layer's (its input); with
     ``q_in`` the input's QuantizeLinear is done by the previous layer's integer kernel.
     """
-    return frozenset({"DequantizeLinear"} if shape.q_out else set()) | frozenset(
-        {"QuantizeLinear"} if shape.q_in else set())
+    ops = {"DequantizeLinear"} if shape.q_out else set()
+    if shape.q_in:
+        ops.add("QuantizeLinear")
+    return frozenset(ops)
 
 
 # ONNX Runtime's integer kernels: what DequantizeLinear -> Conv/Gemm -> QuantizeLinear fuses into.
@@ -327,7 +329,7 @@ def with_int8_fusion(shapes: list[LayerShape], inventory: LayerInventory,
     q_out, q_in = set(), set()
     for info in inventory:
         s = by_fqn[info.fqn]
-        consumers = [c.fqn for c in inventory if info.group and info.group in c.in_groups]
+        consumers = inventory.consumers(info.fqn)
         if (info.fqn in fusable and s.act_bits == 8 and s.rank is None and consumers
                 and all(by_fqn[c].act_bits == 8 for c in consumers)):
             q_out.add(info.fqn)
@@ -569,17 +571,13 @@ class LatencyLUT:
         costs what it costs alone.
         """
         cache = self._entry.setdefault("int8_fusable", {})
-        key = self.model_key(inventory, example_input) if example_input is not None else None
-        if key is None:
-            hits = [v for k, v in cache.items()
-                    if k.startswith(f"v{FIT_VERSION}|{inventory.sha256[:16]}")]
-            return list(hits[0]) if hits else []
-        if key not in cache:
-            if model is None or example_input is None:
-                return []
-            cache[key] = int8_fusable_layers(model, inventory, example_input,
-                                             self.target.threads)
-            self._dirty = True
+        key, hit = self._cached(cache, inventory, example_input)
+        if hit is not None:
+            return list(hit)
+        if model is None or example_input is None or key is None:
+            return []
+        cache[key] = int8_fusable_layers(model, inventory, example_input, self.target.threads)
+        self._dirty = True
         return list(cache[key])
 
     def _shapes_ms(self, shapes: list[LayerShape], inventory: LayerInventory) -> dict[str, float]:
@@ -619,15 +617,10 @@ class LatencyLUT:
         graphs, and the measured points (``points``: ``[layers_ms, model_ms, changes
         the graph]``).
         """
-        key = self.model_key(inventory, example_input) if example_input is not None else None
-        models = self._entry["models"]
-        if key is not None and key in models:
-            return models[key]
-        if key is None:
-            for k, v in models.items():
-                if k.startswith(f"v{FIT_VERSION}|{inventory.sha256[:16]}"):
-                    return v
-        if model is None or example_input is None:
+        key, hit = self._cached(self._entry["models"], inventory, example_input)
+        if hit is not None:
+            return hit
+        if model is None or example_input is None or key is None:
             raise TargetError(
                 f"the latency table has no whole-model measurement of this model on "
                 f"{self.target.name}; pass the model and its example input to measure it once"
@@ -670,6 +663,19 @@ class LatencyLUT:
         self._dirty = True
         self.save()
         return fit
+
+    def _cached(self, section: dict[str, Any], inventory: LayerInventory,
+                example_input: torch.Tensor | None) -> tuple[str | None, Any]:
+        """``(key, cached value or None)`` of this model in a per-model section of the table.
+
+        Without ``example_input`` the key is unknown (None) and an entry of the same model
+        at any input shape is taken.
+        """
+        if example_input is not None:
+            key = self.model_key(inventory, example_input)
+            return key, section.get(key)
+        prefix = f"v{FIT_VERSION}|{inventory.sha256[:16]}"
+        return None, next((v for k, v in section.items() if k.startswith(prefix)), None)
 
     @staticmethod
     def _build(policy: CompressionPolicy | None, inventory: LayerInventory, model: nn.Module,
