@@ -61,6 +61,29 @@ def test_a_proposal_over_the_budget_is_compressed_until_it_meets_it(digits_task)
     assert fill_to_budget(space, proposal, impossible) is None
 
 
+def test_an_edge_point_evaluated_before_is_moved_to_a_new_neighbour(digits_task):
+    """Filling maps proposals onto few edge points: a taken one walks to one no trial has had."""
+    import random
+
+    space, inv, screen = _setup(digits_task, "macs<=50%")
+    proposal = {**space.smallest_params(), "features.2/bits": 4}
+    edge = fill_to_budget(space, proposal, screen)
+    assert edge is not None and edge.neighbour is None
+    seen = [edge.params]
+    for _ in range(6):  # each evaluated point is avoided by the next fill of the same proposal
+        moved = fill_to_budget(space, proposal, screen, is_new=lambda p: p not in seen,
+                               rng=random.Random(len(seen)))
+        assert moved is not None and moved.neighbour is not None
+        assert moved.params not in seen and screen(moved.params)[0]
+        # only knobs the budget needs are given up: weight bits stay uncompressed
+        assert moved.params["features.2/bits"] == 32
+        assert all(name.endswith(("/prune", "/rank")) for name in moved.neighbour.split(","))
+        seen.append(moved.params)
+    # with every point taken the walk ends at the corner: the edge point, as filled, is kept
+    stuck = fill_to_budget(space, proposal, screen, is_new=lambda p: False)
+    assert stuck is not None and stuck.neighbour is None and stuck.params == edge.params
+
+
 def _trials(out):
     storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
     study = optuna.load_study(study_name="autocompress", storage=storage)
@@ -142,6 +165,9 @@ def test_a_filled_proposal_landing_on_an_evaluated_policy_is_not_trained_again(d
     filled = [policy_key(t.user_attrs["policy"]) for t in done
               if "fill" in t.user_attrs["policy"]["provenance"]]
     assert len(set(filled)) == len(filled)
+    # a taken edge point is first walked to a new neighbour: repeats come once none is left
+    walked = [t for t in done if "neighbour" in t.user_attrs["policy"]["provenance"].get("fill", {})]
+    assert walked and walked[0].number < repeats[0].number
     as_drawn = [t for t in trials if t.number > repeats[-1].number]
     assert not any("fill" in t.user_attrs["policy"]["provenance"] for t in as_drawn)
     # filling stopped after the last repeats ran MAX_REPEATS_IN_A_ROW in a row

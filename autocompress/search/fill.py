@@ -15,6 +15,9 @@ the budget does not need is set back to its uncompressed value, one at a time
 run faster); last, the slack the line's whole-level moves left is used up one level
 at a time, every knob in turn. The proposal's *shape* (which layers give up how
 much, relative to each other) stays the sampler's; how far it goes is the budget's.
+A proposal whose edge point was evaluated before is moved to a new neighbour of that
+point on the edge (one knob a level further, the slack given to the others), so the
+fine-tune goes to a policy not yet tried.
 
 Only the sampled strategies are filled (``tpe`` in ``constrained`` mode, see
 ``SearchConfig.fill_budget``): the baselines run as they are defined, and a Pareto
@@ -26,6 +29,7 @@ policy is the filled one, with ``provenance.fill`` saying how it was moved.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +55,9 @@ class Filled:
     ``position``: where on the line it landed (0 = uncompressed, 1 = as proposed,
     2 = the space's most compressed corner); ``relaxed``: knobs set back to
     uncompressed afterwards; ``stepped_back``: single-level steps back taken to use the
-    slack the line's whole-level moves left; ``predictions``: cost predictions it took.
+    slack the line's whole-level moves left; ``predictions``: cost predictions it took;
+    ``neighbour``: the knob given up one more level because the edge point itself had
+    been evaluated already (:func:`_neighbour`), None when the edge point was new.
     """
 
     params: Params
@@ -59,11 +65,15 @@ class Filled:
     relaxed: tuple[str, ...]
     predictions: int
     stepped_back: int = 0
+    neighbour: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """What the trial's provenance records."""
-        return {"position": round(self.position, 4), "relaxed": list(self.relaxed),
-                "stepped_back": self.stepped_back, "predictions": self.predictions}
+        out: dict[str, Any] = {"position": round(self.position, 4), "relaxed": list(self.relaxed),
+                               "stepped_back": self.stepped_back, "predictions": self.predictions}
+        if self.neighbour is not None:
+            out["neighbour"] = self.neighbour
+        return out
 
 
 def _first_true(points: list[float], pred: Callable[[float], bool]) -> float | None:
@@ -105,10 +115,13 @@ def line_point(space: ResolvedSpace, params: Params, t: float) -> Params:
 
 
 Screen = Callable[[Params], tuple[bool, dict[str, float]]]
+IsNew = Callable[[Params], bool]
 
 
 def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
-                   steps: int = STEPS, margins: dict[str, float] | None = None) -> Filled | None:
+                   steps: int = STEPS, margins: dict[str, float] | None = None,
+                   is_new: IsNew | None = None, rng: random.Random | None = None
+                   ) -> Filled | None:
     """``params`` moved to the least compressed point of its line that the budget accepts.
 
     ``screen(params)`` returns ``(feasible, {clause: cost / limit - 1})`` (what
@@ -117,6 +130,9 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
     clause's cost as it was: a knob the budget needs stays where the line put it.
     ``margins``: ``{clause: fraction}`` a clause's cost must stay under its limit by
     (default ``{"latency": LATENCY_MARGIN}``).
+    ``is_new(params)``: whether a point has not been evaluated yet. When the edge point
+    has been, a neighbour of it that has not is returned instead (:func:`_neighbour`,
+    knobs tried in ``rng``'s order); when none is found, the edge point.
     Returns None when not even the space's corner is feasible (the caller then
     evaluates the proposal as it is: it is screened out as over the budget).
 
@@ -176,12 +192,60 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
             filled = trial
             relaxed.append(name)
     filled, stepped = _use_slack(filled, levels, lambda c: meets(c, need))
+    moved = None
+    if is_new is not None and not is_new(filled):
+        found = _neighbour(filled, levels, lambda c: meets(c, need), is_new,
+                           lambda a, b: _same_costs(predicted(a)[1], predicted(b)[1]),
+                           rng or random.Random(0))
+        if found is not None:
+            moved, filled = found
     return Filled(params=filled, position=t, relaxed=tuple(relaxed), predictions=len(memo),
-                  stepped_back=stepped)
+                  stepped_back=stepped, neighbour=moved)
 
 
-def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Params], bool]
-               ) -> tuple[Params, int]:
+def _neighbour(params: Params, levels: dict[str, list[Any]], meets: Callable[[Params], bool],
+               is_new: IsNew, same_costs: Callable[[Params, Params], bool],
+               rng: random.Random) -> tuple[str, Params] | None:
+    """A new point next to ``params`` on the budget's edge, or a step further inside it.
+
+    Filling maps many proposals onto one edge point, and a small space holds few of them
+    (the digits MLP's a handful): in stop 13, 5 filled TPE proposals in a row landing on
+    trained policies ended filling for the run, and the proposals drawn as they were after
+    that were mostly over the budget, each one a trial's worth of sampler and storage time
+    for nothing. So the point walks instead: each step gives up one more level of a knob
+    (in ``rng``'s order) and :func:`_use_slack` hands what that freed to the knobs not
+    given up so far; the first point no trial has evaluated is returned. The first step
+    stays on the edge; when every one-knob neighbour was evaluated, the walk goes on from
+    the first of them, so an exhausted edge leads inside the budget rather than over it.
+    A knob whose move leaves every cost as it was (one the budget does not need) is not
+    given up: it would only lose accuracy. Returns ``(knobs given up, point)`` or None
+    when the walk reaches the space's corner first.
+    """
+    given: list[str] = []  # knobs given up so far, in order (one may come more than once)
+    current = params
+    while True:
+        names = sorted(current)
+        rng.shuffle(names)
+        first: tuple[str, Params] | None = None
+        for name in names:
+            i = levels[name].index(current[name])
+            if i + 1 >= len(levels[name]):
+                continue
+            tighter = {**current, name: levels[name][i + 1]}
+            if same_costs(tighter, current) or not meets(tighter):
+                continue  # costs need not fall with every knob (int8 fusion)
+            point, _ = _use_slack(tighter, levels, meets, keep={*given, name})
+            if is_new(point):
+                return ",".join([*given, name]), point
+            first = first or (name, tighter)
+        if first is None:
+            return None
+        given.append(first[0])
+        current = first[1]
+
+
+def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Params], bool],
+               keep: set[str] | None = None) -> tuple[Params, int]:
     """Step knobs back one level at a time, in turn, while the budget still holds.
 
     The line moves every knob by whole levels, so its last feasible point can sit far
@@ -189,10 +253,10 @@ def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Pa
     digits CNN under ``latency<=0.5x``, filled proposals landed at 0.32-0.47x). Each pass
     gives every knob one level back if the budget allows it, in a fixed order, so the
     slack is shared across layers rather than spent on the first; a knob that cannot
-    move once cannot later either (the others only grow the cost), so it is left out.
-    Returns the params and how many steps back were taken.
+    move once cannot later either (the others only grow the cost), so it is left out; so
+    are the knobs in ``keep``. Returns the params and how many steps back were taken.
     """
-    stuck: set[str] = set()
+    stuck: set[str] = set(keep or ())
     steps = 0
     while True:
         moved = False

@@ -19,6 +19,7 @@ search <-> export contract).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,21 +180,29 @@ class Objective:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""
         return self.screen(self.space.policy_from_params(params)).feasible
 
-    def candidate(self, params: dict[str, Any], planned: bool = False
+    def candidate(self, params: dict[str, Any], planned: bool = False,
+                  is_new: Callable[[CompressionPolicy], bool] | None = None,
+                  rng: random.Random | None = None,
                   ) -> tuple[CompressionPolicy, dict[str, Any] | None]:
         """The policy a sampler's parameter dict is evaluated as, and how it was filled.
 
         With ``fill`` on, the proposal moved to the budget's edge (its
         :meth:`Filled.summary <autocompress.search.fill.Filled.summary>` second, with the
-        seconds it took); otherwise, for a ``planned`` point (or one in
-        ``self.planned``), or when no point of its line meets the budget, the proposal
-        as drawn and None.
+        seconds it took); an edge point ``is_new`` says was evaluated already is moved to
+        a neighbour on the edge that was not (knobs tried in ``rng``'s order). Otherwise,
+        for a ``planned`` point (or one in ``self.planned``), or when no point of its line
+        meets the budget, the proposal as drawn and None.
         """
         if self.fill and not planned and params_key(params) not in self.planned:
             from autocompress.search.fill import fill_to_budget
 
             t0 = time.perf_counter()
-            filled = fill_to_budget(self.space, params, self._screen_params)
+            new_params = None
+            if is_new is not None:
+                def new_params(p: dict[str, Any]) -> bool:
+                    return is_new(self.space.policy_from_params(p))
+            filled = fill_to_budget(self.space, params, self._screen_params,
+                                    is_new=new_params, rng=rng)
             if filled is not None:
                 info = {**filled.summary(), "fill_s": round(time.perf_counter() - t0, 6)}
                 return self.space.policy_from_params(filled.params), info

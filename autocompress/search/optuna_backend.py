@@ -15,12 +15,14 @@ this a sampler that explores lost most of its evaluations at a tight budget
 uniform baseline, which only proposes candidates under the budget, fine-tuned
 all 30). At most ``SKIPPED_PER_TRIAL`` such skips per counted trial are allowed,
 so a budget the space can hardly meet ends the run instead of looping.
-A filled proposal (``fill_budget``) that lands on a policy an earlier trial already
-evaluated is not fine-tuned again: it is told that trial's outcome (``repeat_of``) and
-does not count either. Filling maps many proposals to one edge point: before this, TPE
-fine-tuned 9-14 distinct policies in 20 trials on the digits CNN and 1-2 on the MLP.
-After ``MAX_REPEATS_IN_A_ROW`` such repeats in a row the budget's edge is taken as
-exhausted: filling stops for the rest of the run and proposals are evaluated as drawn.
+Filling (``fill_budget``) maps many proposals to one edge point: before stop 13, TPE
+fine-tuned 9-14 distinct policies in 20 trials on the digits CNN and 1-2 on the MLP. A
+proposal filled onto a policy an earlier trial evaluated is moved to a neighbour of it
+on the budget's edge that no trial has evaluated (:mod:`autocompress.search.fill`). When
+there is none, it is not fine-tuned again: it is told that trial's outcome (``repeat_of``)
+and does not count either. After ``MAX_REPEATS_IN_A_ROW`` such repeats in a row the
+budget's edge is taken as exhausted: filling stops for the rest of the run and proposals
+are evaluated as drawn.
 A different configuration for an existing study is a :class:`ConfigError`.
 
 Baselines (``uniform``, ``greedy``) enqueue their candidates
@@ -335,7 +337,10 @@ def run_trials(
             trial.set_user_attr("worker", worker_id())
             try:
                 drawn = space.suggest_params(trial)
-                policy, fill = objective.candidate(drawn, planned="warm_start" in trial.user_attrs)
+                policy, fill = objective.candidate(
+                    drawn, planned="warm_start" in trial.user_attrs,
+                    is_new=lambda p: policy_key(p.to_dict()) not in seen,
+                    rng=random.Random(f"{objective.settings.seed}:{trial.number}"))
                 earlier = seen.get(policy_key(policy.to_dict())) if fill is not None else None
                 if earlier is not None and repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
                     repeats_in_a_row += 1
