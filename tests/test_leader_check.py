@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from autocompress.search import SearchConfig, search
 from autocompress.search.api import prepare_run
-from autocompress.search.leader_check import LeaderCheck
+from autocompress.search.leader_check import MEASURED_GUARD, LeaderCheck
 
 SETTINGS = dict(task="digits", budget="latency<=0.8x", target="torch-1t-b8", trials=4,
                 finetune_steps=10, export=False, report_every=5, val_samples=200)
@@ -38,7 +38,9 @@ def test_would_be_leaders_are_measured_and_judged_on_it(digits_task, tmp_path):
         assert check["measured_ms"] > 0 and check["baseline_ms"] > 0 and check["scale"] >= 1
         assert t.user_attrs["measure_s"] > 0
         over = t.constraints["latency"]
-        assert over == pytest.approx(check["measured_ms"] / (0.8 * check["baseline_ms"]) - 1)
+        # told to the sampler with the guard: met only MEASURED_GUARD under the limit
+        assert over == pytest.approx(check["measured_ms"] / (0.8 * check["baseline_ms"]) - 1
+                                     + MEASURED_GUARD)
         assert check["meets"] == (over <= 0) == t.user_attrs["feasible"]
         assert t.value == (metric if check["meets"] else 0.0)  # a miss is worth nothing
         if check["meets"]:
@@ -72,7 +74,7 @@ def test_a_measured_miss_is_not_feasible_and_scales_later_predictions(digits_tas
     objective.leader_check = slow
     outcome = objective(policy)
     assert not outcome.feasible and outcome.values == [0.0] and outcome.metric is not None
-    assert outcome.constraints["latency"] == pytest.approx(10.0 / 0.8 - 1)
+    assert outcome.constraints["latency"] == pytest.approx(10.0 / 0.8 - 1 + MEASURED_GUARD)
     assert slow.leader is None and slow.scale > 1  # it did not take the lead
     assert objective.predict(policy).latency_ms == pytest.approx(before * slow.scale)
     fast = LeaderCheck(measure=lambda p: (0.01, 1.0))
@@ -80,6 +82,13 @@ def test_a_measured_miss_is_not_feasible_and_scales_later_predictions(digits_tas
     met = objective(policy)
     assert met.feasible and met.values == [met.metric] and fast.leader == met.metric
     assert fast.scale == 1.0  # ran faster than predicted: the budget is never loosened
+    # a measurement 1% under the limit does not meet it: timings repeat only to a few percent
+    close = LeaderCheck(measure=lambda p: (0.8 * 0.99, 1.0))
+    objective.leader_check = close
+    near = objective(policy)
+    assert not near.feasible and near.values == [0.0] and close.leader is None
+    assert near.constraints["latency"] == pytest.approx(-0.01 + MEASURED_GUARD)
+    assert near.user_attrs["latency_check"]["measured_ms"] == pytest.approx(0.792)
 
 
 def test_no_leader_checks_when_turned_off_or_without_a_latency_budget(digits_task, tmp_path):

@@ -10,7 +10,8 @@ So a trial whose metric would lead the search is built and timed right away, in
 blocks alternating with the uncompressed model (as ``verify.py`` times its picks),
 and judged on that measurement:
 
-- over the budget, the trial is recorded as infeasible, with the measured
+- over the budget (or less than ``MEASURED_GUARD`` under a latency limit: timings
+  repeat only to a few percent), the trial is recorded as infeasible, with the measured
   constraint, so it cannot be the pick and the sampler learns where the edge
   really is;
 - every measurement adds a sample to a *scale*, the median of measured over
@@ -37,6 +38,30 @@ from autocompress.policy import CompressionPolicy
 # (the candidate's ms, the uncompressed model's ms), timed in alternating blocks
 MeasureFn = Callable[[CompressionPolicy], tuple[float, float]]
 ATTR = "latency_check"
+# A measured time meets a latency limit only this far under it. Two timings of one model
+# on these 2 vCPUs differ by a few percent: in stop 13, 3 of the 15 TPE picks at
+# digits-distorted latency<=0.35x/0.25x that met their budget in the loop (speed ratios
+# 0.2493, 0.2494, 0.3441) ran 1.2-4% slower in the benchmark's fresh process and missed it.
+MEASURED_GUARD = 0.03
+
+
+def judge_measured(budget: Budget, measured: Costs, baseline: Costs,
+                   guard: float = MEASURED_GUARD) -> tuple[bool, dict[str, float]]:
+    """``(meets, violations)`` of measured costs: latency must sit ``guard`` under its limit.
+
+    The violations are the budget's (``cost / limit - 1``), the latency one as measured.
+
+    >>> from autocompress.cost import parse_budget
+    >>> base = Costs(macs=1, bops=1, params=1, size_bytes=1, latency_ms=2.0)
+    >>> judge_measured(parse_budget("latency<=0.5x"), base.with_latency(0.99), base)[0]
+    False
+    >>> judge_measured(parse_budget("latency<=0.5x"), base.with_latency(0.95), base)[0]
+    True
+    """
+    meets, violations = budget.check(measured, baseline)
+    if "latency" in violations and violations["latency"] > -guard:
+        meets = False
+    return meets, violations
 
 
 @dataclass
@@ -73,12 +98,16 @@ class LeaderCheck:
         """Measure ``policy`` and judge the budget on it: ``(meets, constraints, record)``.
 
         ``costs`` are the trial's predicted costs (latency scaled by :attr:`scale`);
-        relative clauses are judged against the uncompressed model timed alongside.
+        relative clauses are judged against the uncompressed model timed alongside, and
+        latency with :data:`MEASURED_GUARD` (the constraints are shifted by it).
         """
         scale = self.scale
         measured_ms, baseline_ms = self.measure(policy)
-        meets, constraints = budget.check(costs.with_latency(measured_ms),
-                                          budget_baseline.with_latency(baseline_ms))
+        meets, constraints = judge_measured(budget, costs.with_latency(measured_ms),
+                                            budget_baseline.with_latency(baseline_ms))
+        # What the sampler is told: ``<= 0`` exactly when it met the limit with the guard.
+        constraints = {k: v + MEASURED_GUARD if k == "latency" else v
+                       for k, v in constraints.items()}
         predicted_ms = float(costs.latency_ms or 0.0) / scale
         record = {"measured_ms": measured_ms, "baseline_ms": baseline_ms,
                   "predicted_ms": predicted_ms, "scale": scale, "meets": bool(meets)}

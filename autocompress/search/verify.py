@@ -10,7 +10,9 @@ So before export, :func:`verify_latency` builds the best feasible candidates
 (no fine-tune: weights do not change the run time) and measures each on the
 target in blocks alternating with the uncompressed model; a relative budget is
 judged against the uncompressed model's time of those same minutes (the
-measured speed ratio, as the trials judged a predicted one). The result goes
+measured speed ratio, as the trials judged a predicted one), and a measured time
+must sit ``MEASURED_GUARD`` (3%) under a latency limit
+(:func:`~autocompress.search.leader_check.judge_measured`). The result goes
 to the study attribute ``latency_checks`` (``{trial number: {"measured_ms",
 "predicted_ms", "limit_ms", "baseline_ms", "meets"}}``). A candidate already measured
 when it took the lead in the loop (:mod:`autocompress.search.leader_check`), and met
@@ -32,6 +34,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from autocompress.cost import Budget, Costs
     from autocompress.search.api import PreparedRun
 
 LOG = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
     from autocompress.pareto import LATENCY_CHECKS_ATTR, pick_best
     from autocompress.search.api import paired_policy_ms
     from autocompress.search.leader_check import ATTR as LEADER_CHECK_ATTR
+    from autocompress.search.leader_check import judge_measured
 
     if not prep.budget.needs_latency:
         return None
@@ -77,7 +81,7 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
             # model), and it met the budget: the same candidate is not timed twice.
             checks[str(best.number)] = {
                 **_check(in_loop["measured_ms"], in_loop["measured_ms"], in_loop["predicted_ms"],
-                         best.user_attrs.get("violations") or {},
+                         objective.budget,
                          objective.baseline.with_latency(in_loop["baseline_ms"]), meets=True),
                 "in_loop": True}
             study.set_user_attr(LATENCY_CHECKS_ATTR, checks)
@@ -93,11 +97,10 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
             # The candidates measured so far ran ``scale`` times their predictions: one
             # predicted to miss even so is set aside unmeasured, and the next one is tried.
             estimate = predicted.latency_ms * scale
-            meets, violations = objective.budget.check(predicted.with_latency(estimate),
-                                                       baseline)
+            meets, _ = objective.budget.check(predicted.with_latency(estimate), baseline)
             if not meets:
                 checks[str(best.number)] = _check(None, estimate, predicted.latency_ms,
-                                                  violations, baseline, meets=False)
+                                                  objective.budget, baseline, meets=False)
                 study.set_user_attr(LATENCY_CHECKS_ATTR, checks)
                 LOG.info("trial %d: predicted %.4f ms x %.3f (as the measured ones ran) "
                          "misses: not measured", best.number, predicted.latency_ms, scale)
@@ -106,8 +109,8 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
         # judged against the baseline of those same minutes.
         measured, base_ms = paired_policy_ms(task, prep.inventory, prep.target, policy)
         baseline = objective.baseline.with_latency(base_ms)
-        meets, violations = objective.budget.check(predicted.with_latency(measured), baseline)
-        checks[str(best.number)] = _check(measured, measured, predicted.latency_ms, violations,
+        meets, _ = judge_measured(objective.budget, predicted.with_latency(measured), baseline)
+        checks[str(best.number)] = _check(measured, measured, predicted.latency_ms, objective.budget,
                                           baseline, meets=bool(meets))
         study.set_user_attr(LATENCY_CHECKS_ATTR, checks)
         LOG.info("trial %d: measured %.4f ms (predicted %.4f): %s", best.number, measured,
@@ -117,12 +120,14 @@ def verify_latency(prep: PreparedRun, max_checks: int = MAX_CHECKS) -> int | Non
 
 
 def _check(measured: float | None, latency: float, predicted: float | None,
-           violations: dict[str, float], baseline: Any, meets: bool) -> dict[str, Any]:
-    """One ``latency_checks`` entry; ``latency`` is the measured or the estimated time."""
-    over = violations.get("latency")
+           budget: Budget, baseline: Costs, meets: bool) -> dict[str, Any]:
+    """One ``latency_checks`` entry; ``latency`` is the measured or the estimated time.
+
+    ``limit_ms`` is the budget's latency limit against ``baseline`` (the tightest clause).
+    """
     entry: dict[str, Any] = {
         "measured_ms": measured, "predicted_ms": predicted,
-        "limit_ms": latency / (1.0 + over) if over is not None and over > -1 else None,
+        "limit_ms": budget.limits(baseline).get("latency"),
         "baseline_ms": baseline.latency_ms, "meets": meets,
     }
     if measured is None:
