@@ -16,8 +16,8 @@ run faster); last, the slack the line's whole-level moves left is used up one le
 at a time, every knob in turn. The proposal's *shape* (which layers give up how
 much, relative to each other) stays the sampler's; how far it goes is the budget's.
 A proposal whose edge point was evaluated before is moved to a new neighbour of that
-point on the edge (one knob a level further, the slack given to the others), so the
-fine-tune goes to a policy not yet tried.
+point on the edge (one knob a level further, the slack given to the others; or a knob the
+budget does not need a level further), so the fine-tune goes to a policy not yet tried.
 
 Only the sampled strategies are filled (``tpe`` in ``constrained`` mode, see
 ``SearchConfig.fill_budget``): the baselines run as they are defined, and a Pareto
@@ -114,6 +114,10 @@ def line_point(space: ResolvedSpace, params: Params, t: float) -> Params:
     return out
 
 
+# Knobs that change a layer's weight values, not its shapes: each of their levels is another
+# model even where the budget's costs stay the same (a pruning level may round to the
+# channels of the one before).
+VALUE_KNOBS = ("bits", "sparsity")
 Screen = Callable[[Params], tuple[bool, dict[str, float]]]
 IsNew = Callable[[Params], bool]
 
@@ -211,37 +215,55 @@ def _neighbour(params: Params, levels: dict[str, list[Any]], meets: Callable[[Pa
     Filling maps many proposals onto one edge point, and a small space holds few of them
     (the digits MLP's a handful): in stop 13, 5 filled TPE proposals in a row landing on
     trained policies ended filling for the run, and the proposals drawn as they were after
-    that were mostly over the budget, each one a trial's worth of sampler and storage time
-    for nothing. So the point walks instead: each step gives up one more level of a knob
-    (in ``rng``'s order) and :func:`_use_slack` hands what that freed to the knobs not
-    given up so far; the first point no trial has evaluated is returned. The first step
-    stays on the edge; when every one-knob neighbour was evaluated, the walk goes on from
-    the first of them, so an exhausted edge leads inside the budget rather than over it.
-    A knob whose move leaves every cost as it was (one the budget does not need) is not
-    given up: it would only lose accuracy. Returns ``(knobs given up, point)`` or None
-    when the walk reaches the space's corner first.
+    that were mostly over the budget, each one a TPE ask (15-25 ms) for nothing. So the
+    point walks instead (:func:`_walk`), first over the knobs the budget needs, each step
+    one of them a level further with the slack handed to the others (on the edge, then
+    inside it once the edge's neighbours are taken); when that walk reaches the corner,
+    over the knobs it does not need (under a latency budget weight bits and sparsity: the
+    edge point's costs, a policy not trained yet). Returns ``(knobs given up, point)``.
+    """
+    def changes_costs(name: str, a: Params, b: Params) -> bool:
+        return not same_costs(a, b)
+
+    def free(name: str, a: Params, b: Params) -> bool:  # a different model at the same costs
+        return name.rsplit("/", 1)[-1] in VALUE_KNOBS and same_costs(a, b)
+
+    return (_walk(params, levels, meets, is_new, changes_costs, rng)
+            or _walk(params, levels, meets, is_new, free, rng))
+
+
+def _walk(params: Params, levels: dict[str, list[Any]], meets: Callable[[Params], bool],
+          is_new: IsNew, movable: Callable[[str, Params, Params], bool], rng: random.Random
+          ) -> tuple[str, Params] | None:
+    """Give up a ``movable`` move of one knob at a time until a new point is found.
+
+    Each step tries every knob in ``rng``'s order at its next level that ``movable(knob,
+    point, current)`` accepts (a pruning level that rounds to the same channels as the
+    last changes no cost, so the next one is taken), with
+    :func:`_use_slack` handing what that freed to the knobs not given up so far; the first
+    point ``is_new`` accepts is returned. When none is, the walk goes on from the first
+    knob's point. None when no movable knob can move further.
     """
     given: list[str] = []  # knobs given up so far, in order (one may come more than once)
     current = params
     while True:
         names = sorted(current)
         rng.shuffle(names)
-        first: tuple[str, Params] | None = None
+        deeper: tuple[str, Params] | None = None
         for name in names:
             i = levels[name].index(current[name])
-            if i + 1 >= len(levels[name]):
-                continue
-            tighter = {**current, name: levels[name][i + 1]}
-            if same_costs(tighter, current) or not meets(tighter):
+            tighter = next((t for t in ({**current, name: v} for v in levels[name][i + 1:])
+                            if movable(name, t, current)), None)
+            if tighter is None or not meets(tighter):
                 continue  # costs need not fall with every knob (int8 fusion)
             point, _ = _use_slack(tighter, levels, meets, keep={*given, name})
             if is_new(point):
                 return ",".join([*given, name]), point
-            first = first or (name, tighter)
-        if first is None:
+            deeper = deeper or (name, tighter)
+        if deeper is None:
             return None
-        given.append(first[0])
-        current = first[1]
+        given.append(deeper[0])
+        current = deeper[1]
 
 
 def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Params], bool],
