@@ -56,8 +56,9 @@ class Filled:
     2 = the space's most compressed corner); ``relaxed``: knobs set back to
     uncompressed afterwards; ``stepped_back``: single-level steps back taken to use the
     slack the line's whole-level moves left; ``predictions``: cost predictions it took;
-    ``neighbour``: the knob given up one more level because the edge point itself had
-    been evaluated already (:func:`_neighbour`), None when the edge point was new.
+    ``neighbour``: the knobs given up on the walk away from the edge point, comma-separated
+    in order, because that point had been evaluated already (:func:`_neighbour`); None
+    when the edge point was new.
     """
 
     params: Params
