@@ -98,3 +98,20 @@ def test_no_leader_checks_when_turned_off_or_without_a_latency_budget(digits_tas
     for name in ("off", "macs"):
         _, trials = _done(tmp_path / name)
         assert trials and not any("latency_check" in t.user_attrs for t in trials)
+
+
+def test_a_run_ends_once_measurements_put_every_corner_over_the_budget(digits_task, tmp_path):
+    """The first would-be leader runs 10x the uncompressed model: scaled by that, no corner of
+    the space meets ``0.8x`` and no later candidate can, so the loop ends instead of skipping
+    SKIPPED_PER_TRIAL candidates per trial."""
+    from autocompress.search.optuna_backend import n_done, run_trials
+
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SETTINGS, "finetune_steps": 2})
+    prep = prepare_run(cfg, digits_task)
+    objective = prep.objective
+    assert not objective.out_of_reach()  # reachable as predicted
+    objective.leader_check = LeaderCheck(measure=lambda p: (10.0, 1.0))
+    run_trials(prep.study, objective, total=4)
+    assert objective.out_of_reach() and objective.leader_check.scale > 5
+    assert n_done(prep.study) == 0
+    assert len(prep.study.trials) == 1  # the measured miss, and nothing after it

@@ -323,7 +323,7 @@ def prepare_run(
         objective.leader_check.restore(study.get_trials(deepcopy=False, states=(
             TrialState.COMPLETE,)), budget_baseline.latency_ms)
     with _status(progress, "checking the budget against the corners of the space ..."):
-        reachable = _check_reach(objective, resolved, budget, say)
+        reachable = _check_reach(objective, budget, say)
     first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
     if first is not None:
         study.enqueue_trial(first, user_attrs={"warm_start": "uniform"})
@@ -534,24 +534,12 @@ def _leader_check(cfg: SearchConfig, task: Task, inventory: LayerInventory, targ
                        higher_is_better=task.higher_is_better)
 
 
-def _check_reach(objective: Objective, resolved: ResolvedSpace, budget: Budget,
-                 say: Log) -> bool:
-    """Whether a corner of the space is predicted to meet the budget (warns when none is).
-
-    The corners (:meth:`ResolvedSpace.corner_policies`), not only the smallest
-    policy: on a latency target a low rank or 4-bit weights can cost time.
-    """
-    best: tuple[float, Costs, dict[str, float]] | None = None
-    for policy in resolved.corner_policies():
-        costs = objective.predict(policy)
-        ok, violations = objective.check(costs)
-        if ok:
-            return True
-        excess = max(violations.values(), default=0.0)
-        if best is None or excess < best[0]:
-            best = (excess, costs, violations)
-    assert best is not None  # the smallest policy is always a corner
-    _, costs, violations = best
+def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
+    """Whether a corner of the space is predicted to meet the budget (warns when none is;
+    :meth:`Objective.cheapest_corner`)."""
+    ok, costs, violations = objective.cheapest_corner()
+    if ok:
+        return True
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)
     limit = budget.limits(objective.budget_baseline)[worst]

@@ -138,6 +138,7 @@ class Objective:
         # Parameter dicts evaluated as they are even when filling (the uniform warm start:
         # a planned point, already at the budget's edge, that the search must not move).
         self.planned: set[tuple[tuple[str, Any], ...]] = set()
+        self._reach_at: tuple[float, bool] | None = None  # (scale, out of reach at it)
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -179,6 +180,40 @@ class Objective:
     def feasible_params(self, params: dict[str, Any]) -> bool:
         """Whether the policy of a parameter dict meets the budget (prediction only)."""
         return self.screen(self.space.policy_from_params(params)).feasible
+
+    def cheapest_corner(self) -> tuple[bool, Costs, dict[str, float]]:
+        """``(meets, costs, violations)`` of the space's corner closest to the budget.
+
+        The corners (:meth:`ResolvedSpace.corner_policies`), not only the smallest policy:
+        on a latency target a low rank or 4-bit weights can cost time. The first corner
+        that meets the budget is returned, else the one with the smallest worst violation.
+        """
+        best: tuple[float, Costs, dict[str, float]] | None = None
+        for policy in self.space.corner_policies():
+            costs = self.predict(policy)
+            ok, violations = self.check(costs)
+            if ok:
+                return True, costs, violations
+            excess = max(violations.values(), default=0.0)
+            if best is None or excess < best[0]:
+                best = (excess, costs, violations)
+        assert best is not None  # the smallest policy is always a corner
+        return False, best[1], best[2]
+
+    def out_of_reach(self) -> bool:
+        """Whether no corner of the space is predicted to meet the budget any more.
+
+        Only the in-loop measurements change that during a run: their scale makes every
+        later latency prediction larger, and then no candidate is measured again, so the
+        scale stays. Checked once per scale (a run with checks off is never out of reach
+        here: :func:`~autocompress.search.api.prepare_run` warned about it up front).
+        """
+        if self.leader_check is None or self.leader_check.scale <= 1.0:
+            return False
+        scale = self.leader_check.scale
+        if self._reach_at is None or self._reach_at[0] != scale:
+            self._reach_at = (scale, not self.cheapest_corner()[0])
+        return self._reach_at[1]
 
     def candidate(self, params: dict[str, Any], planned: bool = False,
                   is_new: Callable[[CompressionPolicy], bool] | None = None,
