@@ -356,9 +356,10 @@ def test_after_a_measured_miss_candidates_predicted_to_miss_are_set_aside(digits
 
     out = tmp_path / "run"
     # without the in-loop checks: this is about verify's own measurements
-    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=3,
+    # 0.95x: reachable on any machine (a slower CI CPU put every corner over 0.8x at batch 8)
+    fast(digits_task, out, budget="latency<=0.95x", target="torch-1t-b8", trials=3,
          measure_leaders=False)
-    cfg = SearchConfig(task="digits", budget="latency<=0.8x", target="torch-1t-b8", trials=3,
+    cfg = SearchConfig(task="digits", budget="latency<=0.95x", target="torch-1t-b8", trials=3,
                        finetune_steps=10, out=str(out), export=False, val_samples=200,
                        report_every=5, measure_leaders=False)
     prep = prepare_run(cfg, digits_task)
