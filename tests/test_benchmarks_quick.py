@@ -76,6 +76,30 @@ def test_goals_tally_seed_by_seed() -> None:
     assert "seeds won-tied-lost against uniform 1-1-1, random 2-0-0" in md
 
 
+def test_pooled_pairs_every_setting_seed_by_seed() -> None:
+    """Across settings: one pair per setting and seed, a missed export loses, the mean gap
+    and its bootstrap interval over the pairs where both met."""
+    sq = _bench()
+    rows = []
+    for budget, gains in (("latency<=0.5x", (0.01, 0.0, 0.02)), ("size<=15%", (0.03, 0.01, 0.0))):
+        for seed, gain in enumerate(gains):
+            rows += [_row(budget=budget, seed=seed, accuracy=0.95 + gain),
+                     _row(budget=budget, strategy="uniform", seed=seed, accuracy=0.95)]
+    rows += [_row(budget="latency<=0.25x", seed=0, accuracy=0.9, meets_budget=False),
+             _row(budget="latency<=0.25x", strategy="uniform", seed=0, accuracy=0.8),
+             # nobody met it: left out of the pairs
+             _row(budget="latency<=0.35x", seed=0, meets_budget=False),
+             _row(budget="latency<=0.35x", strategy="uniform", seed=0, meets_budget=False)]
+    df = sq.pd.DataFrame(rows).assign(setting="s")
+    df["acc_ok"] = df["accuracy"].where(df["meets_budget"])
+    row = sq.pooled(df, ["tpe", "uniform"]).set_index("against").loc["uniform"]
+    assert row["pairs"] == 7 and row["both met"] == 6
+    assert row["won-tied-lost"] == "4-2-1"  # the missed export loses to uniform's that met
+    assert row["mean gap (points)"] == pytest.approx(100 * 0.07 / 6)
+    assert 0 < row["95% CI low"] < row["mean gap (points)"] < row["95% CI high"] <= 3.0 + 1e-9
+    assert "### Pooled over settings" in sq.tables(rows)
+
+
 @pytest.mark.slow
 def test_run_row_real_search(tmp_path: Path) -> None:
     sq = _bench()
