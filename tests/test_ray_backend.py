@@ -139,6 +139,27 @@ def test_same_exporter_and_report(ray_run, digits_task):
     assert (ray_run.out / "report.html").stat().st_size > 1000
 
 
+def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_path):
+    """Each Ray trial runs in its own process: the same proposal three times is filled to
+    one edge point, and the later trials walk to policies no trial has trained (the run's
+    PolicyClaims actor), as the Optuna backend's do."""
+    from autocompress.search.optuna_backend import policy_key
+    from autocompress.search.ray_backend import run_ray
+
+    proposal = _points(digits_task)[1]  # uniform prune 0.5: filled back to the budget's edge
+    cfg = _cfg(tmp_path / "run", trials=4, finetune_steps=10, report_every=0, pruner="none",
+               fill_budget=True)
+    result = run_ray(cfg, task=digits_task, num_cpus=2, max_concurrent=1,
+                     points_to_evaluate=[proposal, proposal, proposal])
+    trained = [t for t in result.study.trials if t.user_attrs["metric"] is not None]
+    assert len(trained) == 4
+    keys = [policy_key(t.user_attrs["policy"]) for t in trained]
+    assert len(set(keys)) == len(keys)  # no policy trained twice
+    walked = [t for t in trained
+              if "neighbour" in t.user_attrs["policy"]["provenance"].get("fill", {})]
+    assert len(walked) >= 2  # the first fill may take the edge point; the others cannot
+
+
 def test_baseline_strategies_are_refused(tmp_path):
     import autocompress as ac
 

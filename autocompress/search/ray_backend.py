@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class TrialKit:
     lut_path: str | None = None
     target: Target | None = None
     lut: Any = None  # the driver's table, for nodes that do not see lut_path
+    claims: Any = None  # a PolicyClaims actor: filled proposals walk off taken policies
 
     def objective_here(self) -> tuple[Objective, Any]:
         """The objective with this process's view of the latency table (and that table).
@@ -106,6 +108,44 @@ class TrialKit:
                                                    self.objective.task)
         self.objective.measure_seconds = lambda: lut.measure_seconds
         return self.objective, lut
+
+
+class PolicyClaims:
+    """The policies this run's trials have taken, kept by one Ray actor all trials ask.
+
+    Each Ray trial runs in its own process and sees no other trial's policy, so filling
+    alone would train the same edge point again and again (a small space has few). With
+    this, the fill's walk (:func:`~autocompress.search.fill.fill_to_budget`) moves a
+    proposal whose edge point another trial took to one no trial has, as the Optuna
+    backend's ``seen`` does, and concurrent trials cannot take the same one: asking
+    is taking (:meth:`claim` answers whether the policy was still free and then holds it).
+
+    >>> claims = PolicyClaims(["a"])
+    >>> claims.claim("a"), claims.claim("b"), claims.claim("b")
+    (False, True, False)
+    """
+
+    def __init__(self, taken: list[str]) -> None:
+        self.taken = set(taken)
+
+    def claim(self, key: str) -> bool:
+        """Whether ``key`` was free; it is taken from now on."""
+        if key in self.taken:
+            return False
+        self.taken.add(key)
+        return True
+
+
+def start_claims(study: optuna.Study) -> Any:
+    """A :class:`PolicyClaims` actor holding the policies the study has trained already."""
+    import ray
+
+    from autocompress.search.optuna_backend import DONE, policy_key
+
+    taken = [policy_key(t.user_attrs["policy"]) for t in study.get_trials(
+        deepcopy=False, states=DONE)
+        if t.user_attrs.get("metric") is not None and isinstance(t.user_attrs.get("policy"), dict)]
+    return ray.remote(num_cpus=0)(PolicyClaims).remote(taken)
 
 
 def pre_attrs(
@@ -145,6 +185,8 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     from ray import tune
     from ray.tune.utils import flatten_dict
 
+    from autocompress.search.optuna_backend import policy_key
+
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
     try:
         import ray
@@ -156,11 +198,20 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     objective, lut = kit.objective_here()
     names = objective.space.params
     params = {k: v for k, v in flatten_dict(dict(config), delimiter="/").items() if k in names}
-    policy, fill = objective.candidate(params)
     try:
         trial_id = tune.get_context().get_trial_id()
     except Exception:  # noqa: BLE001
         trial_id = None
+    is_new = None
+    if kit.claims is not None:
+        import ray
+
+        def is_new(p: Any) -> bool:
+            return bool(ray.get(kit.claims.claim.remote(policy_key(p.to_dict()))))
+    policy, fill = objective.candidate(
+        params, is_new=is_new, rng=random.Random(f"{objective.settings.seed}:{trial_id}"))
+    if kit.claims is not None:  # a point evaluated as it is (the warm start) is taken too
+        kit.claims.claim.remote(policy_key(policy.to_dict()))
     prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
     if fill is not None:
         prov["fill"] = fill
@@ -488,7 +539,8 @@ def run_ray(
             owns_ray = init_ray(ray_address, num_cpus)
             kit = TrialKit(objective, study.study_name,
                            str((out / LUT_FILE).resolve()) if prep.lut is not None else None,
-                           prep.target, prep.lut)
+                           prep.target, prep.lut,
+                           claims=start_claims(study) if objective.fill else None)
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
             # Resume the last experiment of this run when Ray can; its trials keep their ids,
