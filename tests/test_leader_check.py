@@ -115,3 +115,26 @@ def test_a_run_ends_once_measurements_put_every_corner_over_the_budget(digits_ta
     assert objective.out_of_reach() and objective.leader_check.scale > 5
     assert n_done(prep.study) == 0
     assert len(prep.study.trials) == 1  # the measured miss, and nothing after it
+
+
+def test_fill_predictions_are_remembered_until_the_measured_scale_changes(digits_task, tmp_path):
+    """The fill screens the same points trial after trial: a point is predicted once per
+    scale, and a measured miss (a larger scale) makes it predicted again, scaled."""
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SETTINGS, "finetune_steps": 2})
+    prep = prepare_run(cfg, digits_task)
+    objective = prep.objective
+    screened = []
+    screen = objective.screen
+    objective.screen = lambda policy: screened.append(policy) or screen(policy)  # type: ignore[method-assign]
+    params = prep.space.uniform_params(prune=0.5, bits=32)
+    feasible, constraints = objective._screen_params(params)
+    assert objective._screen_params(dict(params)) == (feasible, constraints)
+    assert len(screened) == 1
+    objective.leader_check = LeaderCheck(measure=lambda p: (10.0, 1.0))
+    objective(prep.space.policy_from_params(params))  # measured 10x the uncompressed model
+    scale = objective.leader_check.scale
+    assert scale > 1
+    before = len(screened)
+    _, scaled = objective._screen_params(params)
+    assert len(screened) == before + 1
+    assert scaled["latency"] + 1 == pytest.approx((constraints["latency"] + 1) * scale)

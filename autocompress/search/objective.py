@@ -40,6 +40,7 @@ from autocompress.tasks.base import Task
 
 LatencyFn = Callable[[CompressionPolicy], float]
 COST_KEYS = ("macs", "bops", "params", "size_bytes")
+SCREEN_MEMO_SIZE = 100_000  # fill predictions kept per run (a few hundred bytes each)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class Objective:
         # a planned point, already at the budget's edge, that the search must not move).
         self.planned: set[tuple[tuple[str, Any], ...]] = set()
         self._reach_at: tuple[float, bool] | None = None  # (scale, out of reach at it)
+        # params_key -> (feasible, constraints) the fill predicted, at (scale, latency_fn id)
+        self._screened: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
+        self._screened_at: tuple[float, int] | None = None
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -244,8 +248,20 @@ class Objective:
         return self.space.policy_from_params(params), None
 
     def _screen_params(self, params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
-        s = self.screen(self.space.policy_from_params(params))
-        return s.feasible, s.constraints
+        # The fill and its walk screen the same points trial after trial (a small space
+        # has few edge points, and their neighbours are tried again each time one is
+        # taken): remember them. A prediction changes only with the measured scale (or a
+        # new latency function, as a Ray worker sets): then the memo starts again.
+        scale = self.leader_check.scale if self.leader_check is not None else 1.0
+        if self._screened_at != (scale, id(self.latency_fn)) or \
+                len(self._screened) >= SCREEN_MEMO_SIZE:
+            self._screened, self._screened_at = {}, (scale, id(self.latency_fn))
+        key = params_key(params)
+        hit = self._screened.get(key)
+        if hit is None:
+            s = self.screen(self.space.policy_from_params(params))
+            hit = self._screened[key] = (s.feasible, dict(s.constraints))
+        return hit[0], dict(hit[1])
 
     def screen(self, policy: CompressionPolicy) -> Screening:
         """Predict a candidate's costs and check the budget: nothing is applied or fine-tuned.
