@@ -138,3 +138,20 @@ def test_fill_predictions_are_remembered_until_the_measured_scale_changes(digits
     _, scaled = objective._screen_params(params)
     assert len(screened) == before + 1
     assert scaled["latency"] + 1 == pytest.approx((constraints["latency"] + 1) * scale)
+
+
+def test_before_a_run_ends_its_corner_is_measured_and_that_settles_it(digits_task, tmp_path):
+    """One slow measurement scales every corner over ``0.8x``; the corner itself, timed,
+    meets it, so the run is not out of reach, and the corner's ratio joins the scale."""
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SETTINGS, "finetune_steps": 2})
+    prep = prepare_run(cfg, digits_task)
+    objective = prep.objective
+    times = iter([(10.0, 1.0), (0.01, 1.0)])  # the trial, then the corner
+    timed = []
+    objective.leader_check = LeaderCheck(measure=lambda p: timed.append(p) or next(times))
+    objective(prep.space.policy_from_params(prep.space.uniform_params(prune=0.5, bits=32)))
+    assert objective.leader_check.scale > 5 and len(timed) == 1
+    assert not objective.out_of_reach()  # measured, the corner meets the budget
+    assert len(timed) == 2 and len(objective.leader_check.ratios) == 2
+    assert objective.leader_check.leader is None  # the corner was timed, not trained
+    assert not objective.out_of_reach() and len(timed) == 2  # settled: not timed again

@@ -537,7 +537,7 @@ def _leader_check(cfg: SearchConfig, task: Task, inventory: LayerInventory, targ
 def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
     """Whether a corner of the space is predicted to meet the budget (warns when none is;
     :meth:`Objective.cheapest_corner`)."""
-    ok, costs, violations = objective.cheapest_corner()
+    ok, _, costs, violations = objective.cheapest_corner()
     if ok:
         return True
     worst = max(violations, key=violations.__getitem__)

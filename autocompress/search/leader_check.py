@@ -99,8 +99,17 @@ class LeaderCheck:
 
         ``costs`` are the trial's predicted costs (latency scaled by :attr:`scale`);
         relative clauses are judged against the uncompressed model timed alongside, and
-        latency with :data:`MEASURED_GUARD` (the constraints are shifted by it).
+        latency with :data:`MEASURED_GUARD` (the constraints are shifted by it). A policy
+        that meets it takes the lead with ``metric``.
         """
+        meets, constraints, record = self.probe(policy, costs, budget, budget_baseline)
+        if meets:
+            self.leader = metric
+        return meets, constraints, record
+
+    def probe(self, policy: CompressionPolicy, costs: Costs, budget: Budget,
+              budget_baseline: Costs) -> tuple[bool, dict[str, float], dict[str, Any]]:
+        """:meth:`check` without a metric: measured, judged and learnt from, never a leader."""
         scale = self.scale
         measured_ms, baseline_ms = self.measure(policy)
         meets, constraints = judge_measured(budget, costs.with_latency(measured_ms),
@@ -112,8 +121,6 @@ class LeaderCheck:
         record = {"measured_ms": measured_ms, "baseline_ms": baseline_ms,
                   "predicted_ms": predicted_ms, "scale": scale, "meets": bool(meets)}
         self._learn(record, budget_baseline.latency_ms)
-        if meets:
-            self.leader = metric
         return bool(meets), constraints, record
 
     def _learn(self, record: dict[str, Any], budget_baseline_ms: float | None) -> None:
