@@ -472,9 +472,6 @@ def pooled(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
             if not len(both):
                 continue
             pair = acc.reindex(index=both, columns=[s, other])
-            scored = pair.fillna(-1.0).round(9)
-            wins = int((scored[s] > scored[other]).sum())
-            ties = int((scored[s] == scored[other]).sum())
             gaps = (pair[s] - pair[other]).dropna().to_numpy() * 100
             low = high = float("nan")
             if len(gaps) > 1 and np.ptp(gaps) > 0:
@@ -482,7 +479,7 @@ def pooled(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                                random_state=0).confidence_interval
                 low, high = float(ci.low), float(ci.high)
             out.append({"searched": s, "against": other, "pairs": len(both),
-                        "won-tied-lost": f"{wins}-{ties}-{len(both) - wins - ties}",
+                        "won-tied-lost": _won_tied_lost(pair, s, other),
                         "both met": len(gaps),
                         "mean gap (points)": float(gaps.mean()) if len(gaps) else float("nan"),
                         "95% CI low": low, "95% CI high": high})
@@ -502,11 +499,17 @@ def per_seed(d: pd.DataFrame, strategy: str) -> str:
         both = [i for i, have in seeds.items() if {strategy, other} <= have]
         if not both:
             continue
-        pair = acc.reindex(index=both, columns=[strategy, other]).fillna(-1.0).round(9)
-        wins = int((pair[strategy] > pair[other]).sum())
-        ties = int((pair[strategy] == pair[other]).sum())
-        parts.append(f"{other} {wins}-{ties}-{len(both) - wins - ties}")
+        parts.append(f"{other} {_won_tied_lost(acc.reindex(index=both), strategy, other)}")
     return f"; seeds won-tied-lost against {', '.join(parts)}" if parts else ""
+
+
+def _won_tied_lost(pair: pd.DataFrame, mine: str, other: str) -> str:
+    """``"W-T-L"`` of column ``mine`` against ``other``, row by row (NaN, no result that met
+    the budget, loses to any result; rounded, so the same images right are a tie)."""
+    scored = pair.reindex(columns=[mine, other]).fillna(-1.0).round(9)
+    wins = int((scored[mine] > scored[other]).sum())
+    ties = int((scored[mine] == scored[other]).sum())
+    return f"{wins}-{ties}-{len(scored) - wins - ties}"
 
 
 def _f(v: float) -> str:

@@ -16,7 +16,8 @@ uniform baseline, which only proposes candidates under the budget, fine-tuned
 all 30). At most ``SKIPPED_PER_TRIAL`` such skips per counted trial are allowed,
 so a budget the space can hardly meet ends the run instead of looping. When the in-loop
 measurements (:mod:`autocompress.search.leader_check`) scale the predictions so far that no
-corner of the space meets the budget, no later candidate can either, and the run ends.
+corner of the space meets the budget, and the cheapest corner, timed, misses it too, no later
+candidate can meet it, and the run ends.
 Filling (``fill_budget``) maps many proposals to one edge point: before stop 13, TPE
 fine-tuned 9-14 distinct policies in 20 trials on the digits CNN and 1-2 on the MLP. A
 proposal filled onto a policy an earlier trial evaluated is moved to a neighbour of it
@@ -399,8 +400,9 @@ def run_trials(
             assert objective.leader_check is not None  # out of reach only by its scale
             LOG.warning(
                 "stopped after %d of %d trials: the candidates measured in the loop ran %.3fx "
-                "their predicted times, and at that no corner of the search space meets the "
-                "budget, so no later candidate can; loosen the budget or widen the space",
+                "their predicted times, at that no corner of the search space meets the budget, "
+                "and the cheapest corner, timed, missed it too, so no later candidate can; "
+                "loosen the budget or widen the space",
                 n_done(study), total, objective.leader_check.scale)
             break
     return ran
