@@ -145,7 +145,8 @@ def test_filled_proposals_walk_to_new_policies_instead_of_repeating_one(digits_m
                                                                          tmp_path):
     """Under ``macs<=40%`` the MLP's edge holds 4 policies (its ranks): proposals filled onto a
     trained one walk on, to knobs the budget does not need, and none is skipped or repeated."""
-    from autocompress.search.optuna_backend import evaluated, policy_key
+    from autocompress.search.optuna_backend import evaluated
+    from autocompress.search.taken import policy_key
 
     search(digits_mlp_task, out=tmp_path / "mlp", budget="macs<=40%", target="torch-1t",
            trials=8, finetune_steps=5, export=False, report_every=5, val_samples=100,
@@ -165,7 +166,8 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
     """A ranks-only space: once the walk reaches the corner, a filled proposal landing on a
     trained policy is told that trial's outcome, and after MAX_REPEATS_IN_A_ROW in a row
     filling stops."""
-    from autocompress.search.optuna_backend import MAX_REPEATS_IN_A_ROW, evaluated, policy_key
+    from autocompress.search.optuna_backend import MAX_REPEATS_IN_A_ROW, evaluated
+    from autocompress.search.taken import policy_key
 
     space = tmp_path / "ranks.yaml"
     space.write_text("schema_version: 1\ndefaults: {}\nrules:\n"

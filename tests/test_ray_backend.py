@@ -143,8 +143,8 @@ def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_
     """Each Ray trial runs in its own process: the same proposal three times is filled to
     one edge point, and the later trials walk to policies no trial has trained (the run's
     PolicyClaims actor), as the Optuna backend's do."""
-    from autocompress.search.optuna_backend import policy_key
     from autocompress.search.ray_backend import run_ray
+    from autocompress.search.taken import policy_key
 
     proposal = _points(digits_task)[1]  # uniform prune 0.5: filled back to the budget's edge
     cfg = _cfg(tmp_path / "run", trials=4, finetune_steps=10, report_every=0, pruner="none",

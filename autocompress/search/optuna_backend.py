@@ -20,8 +20,9 @@ corner of the space meets the budget, and the cheapest corner, timed, misses it 
 candidate can meet it, and the run ends.
 Filling (``fill_budget``) maps many proposals to one edge point: before stop 13, TPE
 fine-tuned 9-14 distinct policies in 20 trials on the digits CNN and 1-2 on the MLP. A
-proposal filled onto a policy an earlier trial evaluated is moved to a neighbour of it
-on the budget's edge that no trial has evaluated (:mod:`autocompress.search.fill`). When
+proposal filled onto a policy an earlier trial evaluated (or, in a study other processes
+share, one that another trial claimed: :mod:`autocompress.search.taken`) is moved to a
+neighbour of it on the budget's edge that no trial has taken (:mod:`autocompress.search.fill`). When
 there is none, it is not fine-tuned again: it is told that trial's outcome (``repeat_of``)
 and does not count either. After ``MAX_REPEATS_IN_A_ROW`` such repeats in a row the
 budget's edge is taken as exhausted: filling stops for the rest of the run and proposals
@@ -34,13 +35,13 @@ Baselines (``uniform``, ``greedy``) enqueue their candidates
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError, MethodError
+from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import params_key
 from autocompress.search.config import RESUME_KEYS
 from autocompress.search.journal import journal_storage, set_user_attrs
 from autocompress.search.objective import Objective, Screening, TrialOutcome
+from autocompress.search.taken import REPEAT_ATTR, TakenPolicies
 from autocompress.space import ResolvedSpace
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +66,6 @@ SKIPPED_PER_TRIAL = 20  # candidates predicted over the budget allowed per count
 # Filled proposals landing on evaluated policies in a row before filling stops for the run (a
 # small space can hold fewer edge points than trials: the MLP's has a handful).
 MAX_REPEATS_IN_A_ROW = 5
-REPEAT_ATTR = "repeat_of"
 
 Planner = Callable[[], Iterator[dict[str, Any]]]
 OnTrial = Callable[[FrozenTrial | None, TrialOutcome | None], None]
@@ -200,17 +202,12 @@ def evaluated(trial: FrozenTrial) -> bool:
     return trial.state in DONE and trial.user_attrs.get("feasible") is not False
 
 
-def policy_key(policy: dict[str, Any]) -> str:
-    """What two evaluations of the same policy share: its layers (a policy's ``to_dict()``)."""
-    return json.dumps(policy.get("layers", {}), sort_keys=True)
+def record_repeat(trial: optuna.Trial, earlier: FrozenTrial, fill: dict[str, Any] | None) -> None:
+    """Record on ``trial`` that its proposal was filled onto ``earlier``'s policy.
 
-
-def tell_repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
-                fill: dict[str, Any] | None) -> FrozenTrial:
-    """Finish ``trial`` with ``earlier``'s outcome: its proposal was filled onto that policy.
-
-    The sampler learns what the proposal leads to; ``feasible`` is False so the repeat is
-    neither counted nor picked (the earlier trial is), and ``repeat_of`` says why.
+    The trial takes ``earlier``'s constraints and metric, so the sampler learns what the
+    proposal leads to; ``feasible`` is False so the repeat is neither counted nor picked
+    (the earlier trial is), and ``repeat_of`` says why.
     """
     for key, value in earlier.constraints.items():
         trial.set_constraint(key, float(value))
@@ -221,9 +218,66 @@ def tell_repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
         "strategy": earlier.user_attrs.get("strategy"), "fill": fill,
         "cost_s": float((fill or {}).get("fill_s", 0.0)),
     })
+
+
+def tell_repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
+                fill: dict[str, Any] | None) -> FrozenTrial:
+    """Finish ``trial`` with ``earlier``'s outcome (:func:`record_repeat`, then ``tell``)."""
+    record_repeat(trial, earlier, fill)
     if earlier.state == TrialState.PRUNED or earlier.values is None:
         return study.tell(trial, state=TrialState.PRUNED)
     return study.tell(trial, earlier.values)
+
+
+@dataclass
+class Proposals:
+    """What a trial trains for the parameters its sampler drew: filled, walked, claimed.
+
+    With filling on (:meth:`Objective.candidate`), the proposal moves to the budget's edge;
+    an edge point some trial of the study trained or claimed, in any process
+    (:class:`~autocompress.search.taken.TakenPolicies`, read again before each fill), walks
+    to one none did. When the walk finds none, the trial is to be told the earlier trial's
+    outcome, a repeat; after ``MAX_REPEATS_IN_A_ROW`` of them in a row, filling stops for
+    the rest of this process's run and proposals are trained as drawn. The trained policy
+    is claimed in the storage before its fine-tune. Shared by the search loop
+    (:func:`run_trials`) and ``autocompress worker`` (:func:`~autocompress.search.workers.optuna_objective`).
+    """
+
+    objective: Objective
+    taken: TakenPolicies | None = None
+    repeats_in_a_row: int = 0
+
+    def policy_for(self, trial: optuna.Trial, drawn: dict[str, Any]
+                   ) -> tuple[CompressionPolicy, dict[str, Any] | None, FrozenTrial | None]:
+        """``(policy, fill, earlier)``: ``earlier`` set means tell ``trial`` a repeat of it."""
+        objective = self.objective
+        if self.taken is None:
+            self.taken = TakenPolicies(trial.study)
+        elif objective.fill:
+            self.taken.refresh()
+        taken = self.taken
+        policy, fill = objective.candidate(
+            drawn, planned="warm_start" in trial.user_attrs,
+            is_new=lambda p: taken.is_new(p.to_dict()),
+            rng=random.Random(f"{objective.settings.seed}:{trial.number}"))
+        earlier = taken.earlier(policy.to_dict()) if fill is not None else None
+        if earlier is not None and self.repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
+            self.repeats_in_a_row += 1
+            return policy, fill, earlier
+        if earlier is not None:  # filling keeps repeating itself: explore as drawn
+            LOG.info("%d filled proposals in a row landed on evaluated policies; "
+                     "proposals are evaluated as drawn from here", self.repeats_in_a_row)
+            objective.fill = False
+            policy, fill = objective.space.policy_from_params(drawn), None
+        self.repeats_in_a_row = 0
+        if fill is not None:
+            taken.claim(trial, policy.to_dict())
+        return policy, fill, None
+
+    def finished(self, trial: FrozenTrial) -> None:
+        """A trial this process finished: its policy is taken without reading the study again."""
+        if self.taken is not None:
+            self.taken.add(trial)
 
 
 def n_done(study: optuna.Study) -> int:
@@ -300,11 +354,7 @@ def run_trials(
                   else None)
     ran = 0
     failures = 0
-    repeats_in_a_row = 0
-    # Trained policies (a metric), those later measured over the budget in the loop included.
-    seen = {policy_key(t.user_attrs["policy"]): t for t in study.get_trials(
-        deepcopy=False, states=DONE) if t.user_attrs.get("metric") is not None
-        and REPEAT_ATTR not in t.user_attrs and isinstance(t.user_attrs.get("policy"), dict)}
+    proposals = Proposals(objective)
     skipped, max_skipped = n_skipped(study), SKIPPED_PER_TRIAL * total
     counted = n_finished if count_skipped else n_done
     while counted(study) < total:
@@ -340,23 +390,12 @@ def run_trials(
             trial.set_user_attr("worker", worker_id())
             try:
                 drawn = space.suggest_params(trial)
-                policy, fill = objective.candidate(
-                    drawn, planned="warm_start" in trial.user_attrs,
-                    is_new=lambda p: policy_key(p.to_dict()) not in seen,
-                    rng=random.Random(f"{objective.settings.seed}:{trial.number}"))
-                earlier = seen.get(policy_key(policy.to_dict())) if fill is not None else None
-                if earlier is not None and repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
-                    repeats_in_a_row += 1
+                policy, fill, earlier = proposals.policy_for(trial, drawn)
+                if earlier is not None:
                     frozen = tell_repeat(study, trial, earlier, fill)
                     if on_trial:
                         on_trial(frozen, None)
                     continue
-                if earlier is not None:  # filling keeps repeating itself: explore as drawn
-                    LOG.info("%d filled proposals in a row landed on evaluated policies; "
-                             "proposals are evaluated as drawn from here", repeats_in_a_row)
-                    objective.fill = False
-                    policy, fill = space.policy_from_params(drawn), None
-                repeats_in_a_row = 0
 
                 def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
                     trial.report(metric, step)
@@ -388,8 +427,7 @@ def run_trials(
             else:
                 frozen = study.tell(trial, outcome.values)
             done_keys.add(params_key(frozen.params))
-            if outcome.metric is not None:
-                seen.setdefault(policy_key(outcome.user_attrs["policy"]), frozen)
+            proposals.finished(frozen)
         if outcome.feasible or count_skipped:
             ran += 1
         else:

@@ -140,7 +140,8 @@ def start_claims(study: optuna.Study) -> Any:
     """A :class:`PolicyClaims` actor holding the policies the study has trained already."""
     import ray
 
-    from autocompress.search.optuna_backend import DONE, policy_key
+    from autocompress.search.optuna_backend import DONE
+    from autocompress.search.taken import policy_key
 
     taken = [policy_key(t.user_attrs["policy"]) for t in study.get_trials(
         deepcopy=False, states=DONE)
@@ -185,7 +186,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     from ray import tune
     from ray.tune.utils import flatten_dict
 
-    from autocompress.search.optuna_backend import policy_key
+    from autocompress.search.taken import policy_key
 
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
     try:

@@ -44,7 +44,14 @@ from autocompress.errors import ConfigError
 from autocompress.search import api
 from autocompress.search.api import PreparedRun
 from autocompress.search.journal import journal_storage
-from autocompress.search.optuna_backend import DONE, SKIPPED_PER_TRIAL, evaluated, record_outcome
+from autocompress.search.optuna_backend import (
+    DONE,
+    SKIPPED_PER_TRIAL,
+    Proposals,
+    evaluated,
+    record_outcome,
+    record_repeat,
+)
 
 if TYPE_CHECKING:
     from autocompress.search.config import SearchConfig
@@ -369,11 +376,22 @@ def optuna_objective(
     Records what ``autocompress search`` records on a trial (the contract's user
     attributes, one ``set_constraint`` per budget clause, intermediate metrics
     for the pruner) and raises :class:`optuna.TrialPruned` for a pruned fine-tune.
+    Proposals are filled to the budget's edge as the search loop fills them
+    (:class:`~autocompress.search.optuna_backend.Proposals`): an edge point another
+    worker trained or is training is not trained again, and a proposal with nowhere
+    new to walk is told the earlier trial's outcome (``repeat_of``, not counted).
     """
+    proposals = Proposals(objective)
 
     def fn(trial: optuna.Trial) -> list[float]:
         trial.set_user_attr("worker", worker_id())
-        policy = objective.space.suggest(trial)
+        drawn = objective.space.suggest_params(trial)
+        policy, fill, earlier = proposals.policy_for(trial, drawn)
+        if earlier is not None:
+            record_repeat(trial, earlier, fill)
+            if earlier.state == TrialState.PRUNED or earlier.values is None:
+                raise optuna.TrialPruned()
+            return list(earlier.values)
 
         def report(step: int, metric: float) -> bool:
             trial.report(metric, step)
@@ -381,6 +399,8 @@ def optuna_objective(
 
         prov = {"study": trial.study.study_name, "trial": trial.number, "backend": "optuna",
                 **(provenance or {})}
+        if fill is not None:
+            prov["fill"] = fill
         outcome = objective(policy, report=report, provenance=prov)
         record_outcome(trial, outcome)
         if outcome.pruned:
