@@ -80,11 +80,20 @@ class LeaderCheck:
     higher_is_better: bool = True
     leader: float | None = None
     ratios: list[float] = field(default_factory=list)
+    # The largest scale at which a policy that met the budget when measured is still
+    # predicted to meet it (set by Objective.out_of_reach after timing the cheapest corner).
+    cap: float | None = None
 
     @property
     def scale(self) -> float:
-        """What later latency predictions are multiplied by (>= 1)."""
-        return max(1.0, float(statistics.median(self.ratios))) if self.ratios else 1.0
+        """What later latency predictions are multiplied by (>= 1, at most :attr:`cap`).
+
+        >>> lc = LeaderCheck(measure=lambda policy: (0.6, 2.0), ratios=[1.3, 1.2], cap=1.1)
+        >>> lc.scale
+        1.1
+        """
+        scale = max(1.0, float(statistics.median(self.ratios))) if self.ratios else 1.0
+        return max(1.0, min(scale, self.cap)) if self.cap is not None else scale
 
     def leads(self, metric: float) -> bool:
         """Whether ``metric`` beats every candidate that met the budget so far."""

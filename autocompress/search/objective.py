@@ -215,7 +215,12 @@ class Objective:
         Before it says so, the corner is measured once, and that settles it: the scale
         can rest on one noisy measurement (in stop 15 a single trial timed 1.18x its
         prediction ended digits-mlp ``latency<=0.35x`` runs at their first trial, where
-        uniform's pick then met the budget at 0.31x). Its ratio joins the scale.
+        uniform's pick then met the budget at 0.31x). Its ratio joins the scale. When it
+        met, the scale is capped where the corner is predicted to meet the budget: the
+        median of a slow trial and a fast corner could otherwise still put every candidate
+        over it, and the run screen out candidates until it gave up with nothing trained
+        (seen on digits-mlp ``latency<=0.35x``: 400 skipped, no trial). Candidates near
+        the corner are then trained, and judged on their own measurements.
         """
         if self.leader_check is None or self.leader_check.scale <= 1.0:
             return False
@@ -223,10 +228,13 @@ class Objective:
             return not self._corner_met
         scale = self.leader_check.scale
         if self._reach_at is None or self._reach_at[0] != scale:
-            meets, corner, costs, _ = self.cheapest_corner()
+            meets, corner, costs, violations = self.cheapest_corner()
             if not meets:
                 self._corner_met = self.leader_check.probe(
                     corner, costs, self.budget, self.budget_baseline)[0]
+                if self._corner_met and "latency" in violations:
+                    # The corner's unscaled prediction times the cap is its limit (a hair under).
+                    self.leader_check.cap = scale / (1.0 + violations["latency"]) * (1 - 1e-9)
                 return not self._corner_met
             self._reach_at = (scale, False)
         return self._reach_at[1]
