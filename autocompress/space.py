@@ -425,12 +425,15 @@ class ResolvedSpace:
         >>> [p.to_dict()["layers"]["features.2"] for p in sp.corner_policies()]
         [{'prune': 0.5, 'bits': 4}, {'prune': 0.5}]
         """
+        return [self.policy_from_params(params) for params in self.corner_params()]
+
+    def corner_params(self) -> list[dict[str, Any]]:
+        """The parameter dicts of :meth:`corner_policies`, in the same order."""
         knobs = sorted({p.knob for p in self.params.values() if p.knob != "prune"})
         subsets = [set(c) for r in range(len(knobs), -1, -1)
                    for c in itertools.combinations(knobs, r)]
-        return [self.policy_from_params({
-            name: p.levels()[-1] if p.knob == "prune" or p.knob in subset else p.levels()[0]
-            for name, p in self.params.items()}) for subset in subsets]
+        return [{name: p.levels()[-1] if p.knob == "prune" or p.knob in subset else p.levels()[0]
+                 for name, p in self.params.items()} for subset in subsets]
 
     def identity_params(self) -> dict[str, Any]:
         """Every knob at its least compressing value."""

@@ -141,6 +141,9 @@ class Objective:
         self.planned: set[tuple[tuple[str, Any], ...]] = set()
         self._reach_at: tuple[float, bool] | None = None  # (scale, out of reach at it)
         self._corner_met: bool | None = None  # the cheapest corner, measured: met the budget
+        # Parameter dicts the search loop should evaluate next, as they are (a corner that
+        # met the budget when timed: the one policy with a measurement for it).
+        self.to_try: list[dict[str, Any]] = []
         # params_key -> (feasible, constraints) the fill predicted, at (scale, latency_fn id)
         self._screened: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
         self._screened_at: tuple[float, int] | None = None
@@ -220,7 +223,9 @@ class Objective:
         median of a slow trial and a fast corner could otherwise still put every candidate
         over it, and the run screen out candidates until it gave up with nothing trained
         (seen on digits-mlp ``latency<=0.35x``: 400 skipped, no trial). Candidates near
-        the corner are then trained, and judged on their own measurements.
+        the corner are then trained, and judged on their own measurements, and the corner
+        itself is queued (:attr:`to_try`): budget filling moves proposals toward the
+        smallest policy, which on a latency target need not be the fastest corner.
         """
         if self.leader_check is None or self.leader_check.scale <= 1.0:
             return False
@@ -235,6 +240,12 @@ class Objective:
                 if self._corner_met and "latency" in violations:
                     # The corner's unscaled prediction times the cap is its limit (a hair under).
                     self.leader_check.cap = scale / (1.0 + violations["latency"]) * (1 - 1e-9)
+                if self._corner_met:
+                    layers = corner.to_dict()["layers"]
+                    params = next(p for p in self.space.corner_params()
+                                  if self.space.policy_from_params(p).to_dict()["layers"] == layers)
+                    self.planned.add(params_key(params))
+                    self.to_try.append(params)
                 return not self._corner_met
             self._reach_at = (scale, False)
         return self._reach_at[1]

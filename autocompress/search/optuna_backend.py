@@ -364,6 +364,8 @@ def run_trials(
                 "evaluated): the budget is hard to meet in this search space; loosen it "
                 "or widen the space's ranges", skipped, n_done(study), total)
             break
+        if objective.to_try:  # a measured corner that met the budget (Objective.out_of_reach)
+            study.enqueue_trial(objective.to_try.pop(0), user_attrs={"planned": "measured corner"})
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         screening: Screening | None = None  # of the candidate enqueued below, if screened
         if plan is not None and not waiting:
