@@ -196,3 +196,25 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
     assert not any("fill" in t.user_attrs["policy"]["provenance"] for t in as_drawn)
     last = [r.number for r in repeats[-MAX_REPEATS_IN_A_ROW:]]
     assert last == list(range(last[-1] - MAX_REPEATS_IN_A_ROW + 1, last[-1] + 1))
+
+
+def test_the_line_ends_at_the_corner_given_so_a_fast_corner_can_be_reached(digits_task):
+    """On a latency target the most compressed point can be the slowest corner (a low rank
+    adds a matrix product). A budget only a pruned, dense corner meets: the line to the most
+    compressed point finds nothing, the line to that corner finds the edge."""
+    space, _, _ = _setup(digits_task, "macs<=50%")
+
+    def screen(p):  # "fast" only with features.2 pruned by half and left dense
+        slow = p["features.2/rank"] < 1.0
+        return (p["features.2/prune"] >= 0.5 and not slow,
+                {"latency": 0.5 - p["features.2/prune"] + (1.0 if slow else 0.0)})
+
+    proposal = {**space.identity_params(), "features.2/prune": 0.2, "features.2/rank": 0.25}
+    assert fill_to_budget(space, proposal, screen) is None  # the smallest policy is "slow"
+    corner = {**space.smallest_params(), "features.2/rank": 1.0}
+    filled = fill_to_budget(space, proposal, screen, corner=corner)
+    assert filled is not None and screen(filled.params)[0] and 1 < filled.position <= 2
+    # dense, and pruned to the edge (0.55: the latency clause keeps LATENCY_MARGIN under 0)
+    assert filled.params["features.2/rank"] == 1.0 and filled.params["features.2/prune"] == 0.55
+    assert line_point(space, proposal, 2, corner)["features.2/rank"] == 1.0
+    assert line_point(space, proposal, 2)["features.2/rank"] == 0.125

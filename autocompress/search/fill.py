@@ -53,7 +53,7 @@ class Filled:
     """A proposal moved to the budget's edge.
 
     ``position``: where on the line it landed (0 = uncompressed, 1 = as proposed,
-    2 = the space's most compressed corner); ``relaxed``: knobs set back to
+    2 = the line's corner, see :func:`fill_to_budget`); ``relaxed``: knobs set back to
     uncompressed afterwards; ``stepped_back``: single-level steps back taken to use the
     slack the line's whole-level moves left; ``predictions``: cost predictions it took;
     ``neighbour``: the knobs given up on the walk away from the edge point, comma-separated
@@ -91,10 +91,13 @@ def _first_true(points: list[float], pred: Callable[[float], bool]) -> float | N
     return points[lo]
 
 
-def line_point(space: ResolvedSpace, params: Params, t: float) -> Params:
+def line_point(space: ResolvedSpace, params: Params, t: float,
+               corner: Params | None = None) -> Params:
     """The point ``t`` of the line through ``params``: 0 uncompressed, 1 ``params``, 2 the corner.
 
-    Each knob moves by level index, rounded half up.
+    Each knob moves by level index, rounded half up. ``corner``: the line's far end (default
+    the space's most compressed point); past ``params`` a knob moves toward its value there,
+    which may be less compressed than the proposal's (a fast corner keeps dense ranks).
 
     >>> import torch
     >>> from autocompress.inventory import build_inventory
@@ -110,7 +113,8 @@ def line_point(space: ResolvedSpace, params: Params, t: float) -> Params:
     for name, spec in space.params.items():
         levels = spec.levels()
         s = levels.index(spec.snap(params[name]))  # a sampled float may sit off the grid
-        i = t * s if t <= 1 else s + (t - 1) * (len(levels) - 1 - s)
+        end = len(levels) - 1 if corner is None else levels.index(spec.snap(corner[name]))
+        i = t * s if t <= 1 else s + (t - 1) * (end - s)
         out[name] = levels[min(int(i + 0.5), len(levels) - 1)]
     return out
 
@@ -125,8 +129,8 @@ IsNew = Callable[[Params], bool]
 
 def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
                    steps: int = STEPS, margins: dict[str, float] | None = None,
-                   is_new: IsNew | None = None, rng: random.Random | None = None
-                   ) -> Filled | None:
+                   is_new: IsNew | None = None, rng: random.Random | None = None,
+                   corner: Params | None = None) -> Filled | None:
     """``params`` moved to the least compressed point of its line that the budget accepts.
 
     ``screen(params)`` returns ``(feasible, {clause: cost / limit - 1})`` (what
@@ -138,7 +142,11 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
     ``is_new(params)``: whether a point has not been evaluated yet. When the edge point
     has been, a neighbour of it that has not is returned instead (:func:`_neighbour`,
     knobs tried in ``rng``'s order); when none is found, the edge point.
-    Returns None when not even the space's corner is feasible (the caller then
+    ``corner``: the line's far end (:func:`line_point`; default the space's most compressed
+    point). On a latency target the most compressed point is not always the fastest: a
+    low rank adds a matrix product, and a line ending there can miss a budget that a
+    pruned, dense corner meets.
+    Returns None when not even the line's corner is feasible (the caller then
     evaluates the proposal as it is: it is screened out as over the budget).
 
     >>> import torch
@@ -173,7 +181,7 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
 
     def edge(need: dict[str, float]) -> float | None:
         def ok(t: float) -> bool:
-            return meets(line_point(space, params, t), need)
+            return meets(line_point(space, params, t, corner), need)
 
         if ok(1.0):
             return _first_true([i / steps for i in range(steps + 1)], ok)
@@ -186,7 +194,7 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
         t = edge(need)
     if t is None:
         return None
-    filled = line_point(space, params, t)
+    filled = line_point(space, params, t, corner)
     relaxed = []
     for name in sorted(filled):  # a fixed order: the same proposal is always filled the same
         identity = levels[name][0]
