@@ -6,8 +6,10 @@ digits CNN under ``latency<=0.35x``, half of the trained candidates were predict
 at 0.20-0.29x (over-compressed: 85-92% accuracy against 93% at the edge) and a
 fifth over the budget (never trained). As AMC clips each action so that the whole
 model lands on its resource budget, a proposal here is moved along the line from
-the uncompressed model through the proposal to the space's most compressed
-corner, to the least compressed point of that line the cost model predicts within
+the uncompressed model through the proposal to a corner of the space (the most
+compressed point when the budget admits it, else the first corner that the budget
+admits: on a latency target a pruned, dense corner can be faster than the most
+compressed one), to the least compressed point of that line the cost model predicts within
 budget (bisection on a grid of :data:`STEPS` points each side; a predicted latency
 :data:`LATENCY_MARGIN` under its limit, for the table's error); then every knob
 the budget does not need is set back to its uncompressed value, one at a time
