@@ -197,17 +197,23 @@ class Objective:
         on a latency target a low rank or 4-bit weights can cost time. The first corner
         that meets the budget is returned, else the one with the smallest worst violation.
         """
-        best: tuple[float, CompressionPolicy, Costs, dict[str, float]] | None = None
-        for policy in self.space.corner_policies():
+        return self._cheapest_corner()[1:]
+
+    def _cheapest_corner(self) -> tuple[dict[str, Any], bool, CompressionPolicy, Costs,
+                                        dict[str, float]]:
+        """:meth:`cheapest_corner` with the corner's parameter dict first."""
+        best: tuple[float, dict[str, Any], CompressionPolicy, Costs, dict[str, float]] | None = None
+        for params in self.space.corner_params():
+            policy = self.space.policy_from_params(params)
             costs = self.predict(policy)
             ok, violations = self.check(costs)
             if ok:
-                return True, policy, costs, violations
+                return params, True, policy, costs, violations
             excess = max(violations.values(), default=0.0)
             if best is None or excess < best[0]:
-                best = (excess, policy, costs, violations)
+                best = (excess, params, policy, costs, violations)
         assert best is not None  # the smallest policy is always a corner
-        return False, best[1], best[2], best[3]
+        return best[1], False, best[2], best[3], best[4]
 
     def out_of_reach(self) -> bool:
         """Whether no corner of the space is predicted to meet the budget any more.
@@ -234,7 +240,7 @@ class Objective:
             return not self._corner_met
         scale = self.leader_check.scale
         if self._reach_at is None or self._reach_at[0] != scale:
-            meets, corner, costs, violations = self.cheapest_corner()
+            params, meets, corner, costs, violations = self._cheapest_corner()
             if not meets:
                 self._corner_met = self.leader_check.probe(
                     corner, costs, self.budget, self.budget_baseline)[0]
@@ -242,17 +248,11 @@ class Objective:
                     # The corner's unscaled prediction times the cap is its limit (a hair under).
                     self.leader_check.cap = scale / (1.0 + violations["latency"]) * (1 - 1e-9)
                 if self._corner_met:
-                    params = self._params_of_corner(corner)
                     self.planned.add(params_key(params))
                     self.to_try.append(params)
                 return not self._corner_met
             self._reach_at = (scale, False)
         return self._reach_at[1]
-
-    def _params_of_corner(self, corner: CompressionPolicy) -> dict[str, Any]:
-        layers = corner.to_dict()["layers"]
-        return next(p for p in self.space.corner_params()
-                    if self.space.policy_from_params(p).to_dict()["layers"] == layers)
 
     def fill_corner(self) -> dict[str, Any]:
         """The far end of budget filling's line: :meth:`cheapest_corner`'s parameters.
@@ -268,7 +268,7 @@ class Objective:
         key = (self.leader_check.scale if self.leader_check is not None else 1.0,
                id(self.latency_fn))
         if self._fill_corner is None or self._fill_corner[0] != key:
-            self._fill_corner = (key, self._params_of_corner(self.cheapest_corner()[1]))
+            self._fill_corner = (key, self._cheapest_corner()[0])
         return self._fill_corner[1]
 
     def candidate(self, params: dict[str, Any], planned: bool = False,
