@@ -126,31 +126,40 @@ def controller_overhead(study: Any) -> dict[str, float]:
     the first) to its completion, so it holds Optuna's ask/sampling/tell, storage
     writes, cost prediction and the baselines' candidate planning: that is the
     controller overhead. The latency table's one-off measurements of layer shapes
-    it had not seen (each trial's ``lut_measure_s``, or the study's ``lut_fill_s``
+    it had not seen (each trial's ``lut_measure_s`` and ``fill_lut_s``, or the study's ``lut_fill_s``
     when larger: it adds the fills of a baseline's planning between trials; timing
     them and writing them down, reused by every later trial and run) are reported
     apart, as ``lut_fill_share``; so are the in-loop measurements of would-be leaders on
     the target (``measure_s``, :mod:`autocompress.search.leader_check`), as
     ``measure_share``: both are the cost model measuring, not the controller deciding.
     ``cost_share`` is cost prediction without those measurements; ``sampler_share``
-    everything outside the objective call.
+    everything outside the objective call. A failed trial's cycle is left out of both
+    sides: a killed and resumed run marks its unfinished trial FAIL on resuming, and that
+    trial's cycle holds the time the run was down.
     """
     from optuna.trial import TrialState
 
     from autocompress.search.api import LOOP_LUT_FILL_ATTR
 
-    trials = sorted((t for t in study.get_trials(deepcopy=False)
-                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                     and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
+    # A failed trial ends a cycle but its own is left out: a killed run's trial is marked
+    # FAIL when the run resumes, so its cycle spans the time nothing ran.
+    ended = sorted((t for t in study.get_trials(deepcopy=False)
+                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                    and t.datetime_complete is not None), key=lambda t: t.datetime_complete)
+    trials = []
     cycle = work = cost = objective = fill = measure = 0.0
     prev = None
-    for t in trials:
+    for t in ended:
         start = prev if prev is not None else t.datetime_start
-        cycle += (t.datetime_complete - start).total_seconds()
         prev = t.datetime_complete
+        if t.state == TrialState.FAIL:
+            continue
+        trials.append(t)
+        cycle += (t.datetime_complete - start).total_seconds()
         a = t.user_attrs
         work += sum(float(a.get(k) or 0.0) for k in ("apply_s", "finetune_s", "eval_s"))
-        fill += float(a.get("lut_measure_s") or 0.0)
+        # in the objective's screening, and while the proposal was filled to the budget
+        fill += float(a.get("lut_measure_s") or 0.0) + float(a.get("fill_lut_s") or 0.0)
         measure += float(a.get("measure_s") or 0.0)
         cost += float(a.get("cost_s") or 0.0) - float(a.get("lut_measure_s") or 0.0)
         objective += float(a.get("total_s") or 0.0)

@@ -117,3 +117,33 @@ def test_run_row_real_search(tmp_path: Path) -> None:
     # a second call reuses the cached row instead of searching again
     assert sq.run_row("digits", "latency<=0.5x", "uniform", 0, trials=2, steps=5,
                       work=tmp_path) == row
+
+
+def test_overhead_leaves_out_the_time_a_killed_run_was_down() -> None:
+    """A resumed run marks the trial it was killed in FAIL on resuming: that trial's cycle holds
+    the minutes nothing ran, and counting it would report them as controller overhead."""
+    import datetime as dt
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    t0 = dt.datetime(2026, 1, 1)
+    study = optuna.create_study()
+
+    def add(start_s: float, end_s: float, state: TrialState) -> None:
+        work = {"apply_s": 0.0, "finetune_s": 1.5, "eval_s": 0.0}
+        study.add_trial(FrozenTrial(
+            number=0, trial_id=0, state=state, value=0.9 if state != TrialState.FAIL else None,
+            values=None, datetime_start=t0 + dt.timedelta(seconds=start_s),
+            datetime_complete=t0 + dt.timedelta(seconds=end_s), params={"x": 0.5},
+            distributions={"x": FloatDistribution(0, 1)},
+            user_attrs=work if state != TrialState.FAIL else {}, system_attrs={},
+            intermediate_values={}))
+
+    add(0, 2, TrialState.COMPLETE)
+    add(2, 600, TrialState.FAIL)  # killed at 3 s, marked FAIL when the run resumed at 600 s
+    add(600, 602, TrialState.COMPLETE)
+    ov = _bench().controller_overhead(study)
+    assert ov["trials_s"] == pytest.approx(4.0)  # 2 s + 2 s: the down time is left out
+    assert ov["controller_overhead_share"] == pytest.approx(1.0 / 4.0)

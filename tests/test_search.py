@@ -270,6 +270,12 @@ def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
         assert checks.get(str(result.best_trial), {}).get("meets") in (True, None)
     assert not any(c["meets"] is False and int(n) == result.best_trial for n, c in checks.items())
     assert (out / "latency_lut.json").is_file()
+    # the table's one-off timings while a proposal was filled to the budget are recorded on its
+    # trial, apart from the screening's: the loop's total holds both
+    in_fills = sum(t.user_attrs.get("fill_lut_s", 0.0) for t in study.trials)
+    in_screens = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
+    assert in_fills > 0 and "fill_lut_s" in study.trials[-1].user_attrs
+    assert in_fills + in_screens <= study.user_attrs["lut_fill_s"] + 1e-6
     # with in-loop leader checks the relative budget compares predictions against the table's
     # own time of the uncompressed model: predicted speed ratios (the measured ones are checked)
     lut = LatencyLUT(out / "latency_lut.json", parse_target("torch-1t-b8"))

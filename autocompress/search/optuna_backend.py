@@ -41,7 +41,7 @@ import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,10 @@ class Proposals:
     objective: Objective
     taken: TakenPolicies | None = None
     repeats_in_a_row: int = 0
+    #: Seconds the latency table spent timing new layer shapes while the last proposal was
+    #: filled: recorded on its trial (``fill_lut_s``, :meth:`record`), so the one-off
+    #: measurements are told apart from the controller's time even in a killed run.
+    fill_lut_s: float = 0.0
 
     def policy_for(self, trial: optuna.Trial, drawn: dict[str, Any]
                    ) -> tuple[CompressionPolicy, dict[str, Any] | None, FrozenTrial | None]:
@@ -256,10 +260,12 @@ class Proposals:
         elif objective.fill:
             self.taken.refresh()
         taken = self.taken
+        measured0 = objective.measure_seconds()
         policy, fill = objective.candidate(
             drawn, planned="warm_start" in trial.user_attrs,
             is_new=lambda p: taken.is_new(p.to_dict()),
             rng=random.Random(f"{objective.settings.seed}:{trial.number}"))
+        self.fill_lut_s = objective.measure_seconds() - measured0
         earlier = taken.earlier(policy.to_dict()) if fill is not None else None
         if earlier is not None and self.repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
             self.repeats_in_a_row += 1
@@ -273,6 +279,11 @@ class Proposals:
         if fill is not None:
             taken.claim(trial, policy.to_dict())
         return policy, fill, None
+
+    def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """:func:`record_outcome`, with the table's seconds spent filling this trial's proposal."""
+        record_outcome(trial, replace(outcome, user_attrs={**outcome.user_attrs,
+                                                           "fill_lut_s": self.fill_lut_s}))
 
     def finished(self, trial: FrozenTrial) -> None:
         """A trial this process finished: its policy is taken without reading the study again."""
@@ -407,7 +418,7 @@ def run_trials(
                 if fill is not None:
                     prov["fill"] = fill
                 outcome = objective(policy, report=report, provenance=prov, screening=screening)
-                record_outcome(trial, outcome)
+                proposals.record(trial, outcome)
             except KeyboardInterrupt:
                 study.tell(trial, state=TrialState.FAIL)
                 raise

@@ -49,7 +49,6 @@ from autocompress.search.optuna_backend import (
     SKIPPED_PER_TRIAL,
     Proposals,
     evaluated,
-    record_outcome,
     record_repeat,
 )
 
@@ -402,7 +401,7 @@ def optuna_objective(
         if fill is not None:
             prov["fill"] = fill
         outcome = objective(policy, report=report, provenance=prov)
-        record_outcome(trial, outcome)
+        proposals.record(trial, outcome)
         if outcome.pruned:
             raise optuna.TrialPruned()
         return list(outcome.values)
