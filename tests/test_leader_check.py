@@ -170,3 +170,34 @@ def test_before_a_run_ends_its_corner_is_measured_and_that_settles_it(digits_tas
     assert len(corner) == 1 and corner[0].user_attrs["feasible"]
     assert "fill" not in corner[0].user_attrs["policy"]["provenance"]
     assert n_done(prep.study) >= 1  # without the cap and the queued corner: none trained
+
+
+@pytest.mark.parametrize("corner_ms", [0.01, 10.0])
+def test_a_budget_the_table_puts_out_of_reach_is_settled_by_timing_the_corner(
+        digits_task, tmp_path, corner_ms):
+    """Before any trial, the table predicts every corner over ``0.05x``. Timed, the cheapest
+    corner settles it: when it meets, predictions are scaled down to where it is predicted to
+    meet (a scale below 1) and it is trained first; when it misses, the run warns as before."""
+    from autocompress.search.api import _check_reach
+    from autocompress.search.optuna_backend import n_done, run_trials
+
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SETTINGS, "budget": "latency<=0.05x",
+                                                      "finetune_steps": 2, "measure_leaders": False})
+    prep = prepare_run(cfg, digits_task)
+    objective = prep.objective
+    assert not prep.reachable and not objective.cheapest_corner()[0]  # predicted out of reach
+    timed = []
+    objective.leader_check = LeaderCheck(
+        measure=lambda p: timed.append(p) or (corner_ms, 1.0))
+    said: list[str] = []
+    reachable = _check_reach(objective, prep.budget, said.append)
+    assert len(timed) == 1 and reachable == (corner_ms < 1)
+    if not reachable:
+        assert "timed, misses it too" in said[0] and objective.leader_check.cap is None
+        return
+    assert "timed, meets it" in said[0]
+    assert objective.leader_check.scale < 1 and objective.cheapest_corner()[0]
+    run_trials(prep.study, objective, total=2)
+    corner = [t for t in prep.study.trials if t.user_attrs.get("planned") == "measured corner"]
+    assert len(corner) == 1 and corner[0].user_attrs["feasible"]
+    assert n_done(prep.study) == 2  # without the timing: every candidate screened out

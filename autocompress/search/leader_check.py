@@ -81,19 +81,24 @@ class LeaderCheck:
     leader: float | None = None
     ratios: list[float] = field(default_factory=list)
     # The largest scale at which a policy that met the budget when measured is still
-    # predicted to meet it (set by Objective.out_of_reach after timing the cheapest corner).
+    # predicted to meet it (set by Objective.corner_in_reach after timing the cheapest
+    # corner); below 1 when the table's predictions put that corner over the budget.
     cap: float | None = None
 
     @property
     def scale(self) -> float:
-        """What later latency predictions are multiplied by (>= 1, at most :attr:`cap`).
+        """What later latency predictions are multiplied by: the measured ratios' median, at
+        least 1 (a fast measurement never loosens predictions), at most :attr:`cap` (a corner
+        that met the budget when timed stays predicted to meet it, even below 1).
 
         >>> lc = LeaderCheck(measure=lambda policy: (0.6, 2.0), ratios=[1.3, 1.2], cap=1.1)
         >>> lc.scale
         1.1
+        >>> LeaderCheck(measure=lambda policy: (0.6, 2.0), ratios=[0.8], cap=0.9).scale
+        0.9
         """
         scale = max(1.0, float(statistics.median(self.ratios))) if self.ratios else 1.0
-        return max(1.0, min(scale, self.cap)) if self.cap is not None else scale
+        return min(scale, self.cap) if self.cap is not None else scale
 
     def leads(self, metric: float) -> bool:
         """Whether ``metric`` beats every candidate that met the budget so far."""

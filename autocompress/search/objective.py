@@ -139,7 +139,7 @@ class Objective:
         # Parameter dicts evaluated as they are even when filling (the uniform warm start:
         # a planned point, already at the budget's edge, that the search must not move).
         self.planned: set[tuple[tuple[str, Any], ...]] = set()
-        self._reach_at: tuple[float, bool] | None = None  # (scale, out of reach at it)
+        self._reach_at: tuple[float, bool] | None = None  # (scale, corner in reach at it)
         self._corner_met: bool | None = None  # the cheapest corner, measured: met the budget
         # Parameter dicts the search loop should evaluate next, as they are (a corner that
         # met the budget when timed: the one policy with a measurement for it).
@@ -236,22 +236,34 @@ class Objective:
         """
         if self.leader_check is None or self.leader_check.scale <= 1.0:
             return False
+        return not self.corner_in_reach()
+
+    def corner_in_reach(self) -> bool:
+        """Whether the cheapest corner meets the budget: predicted at the current scale, else
+        timed once (with in-loop checks on; without them, the prediction's answer).
+
+        The timing settles it for the rest of the run. When the corner met, the scale is
+        capped where the corner is predicted to meet the budget, below 1 when the latency
+        table put it over before any measurement (a digits-mlp ``latency<=0.35x`` run's fresh
+        table predicted its fastest corner over the budget, and the run screened out every
+        candidate untimed, while uniform's and random's picks met it when measured), and
+        the corner is queued (:attr:`to_try`). See :meth:`out_of_reach`.
+        """
         if self._corner_met is not None:  # the corner was measured
-            return not self._corner_met
-        scale = self.leader_check.scale
+            return self._corner_met
+        scale = self.leader_check.scale if self.leader_check is not None else 1.0
         if self._reach_at is None or self._reach_at[0] != scale:
             params, meets, corner, costs, violations = self._cheapest_corner()
-            if not meets:
+            if not meets and self.leader_check is not None and "latency" in violations:
                 self._corner_met = self.leader_check.probe(
                     corner, costs, self.budget, self.budget_baseline)[0]
-                if self._corner_met and "latency" in violations:
+                if self._corner_met:
                     # The corner's unscaled prediction times the cap is its limit (a hair under).
                     self.leader_check.cap = scale / (1.0 + violations["latency"]) * (1 - 1e-9)
-                if self._corner_met:
                     self.planned.add(params_key(params))
                     self.to_try.append(params)
-                return not self._corner_met
-            self._reach_at = (scale, False)
+                return self._corner_met
+            self._reach_at = (scale, meets)
         return self._reach_at[1]
 
     def fill_corner(self) -> dict[str, Any]:
