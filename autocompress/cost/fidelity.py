@@ -22,7 +22,6 @@ absolute measurement taken minutes apart (the table's entries, the models).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from autocompress.cost.latency import (
     torch_threads,
 )
 from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, activation_fraction, macs_model_ms
-from autocompress.cost.sampling import random_policies
+from autocompress.cost.sampling import build_sampled, random_policies
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
 
@@ -109,9 +108,6 @@ def validate(
     second measurements against the first (``retest``, ``retest_relative``): how far the
     machine lets any model's predictions agree with a measurement.
     """
-    from autocompress.methods import apply_policy
-    from autocompress.methods.lowrank import LowRankSkipped
-
     t0 = time.perf_counter()
     measured_before = lut.measure_seconds
     fit = lut.remainder(inventory, model, example_input)
@@ -125,9 +121,7 @@ def validate(
         policies = random_policies(inventory, n, seed=seed)
     n = len(policies)
     def measure(policy: CompressionPolicy) -> tuple[float, LatencyStats, LatencyStats]:
-        with warnings.catch_warnings():  # a random rank past break-even is left dense, as predicted
-            warnings.simplefilter("ignore", LowRankSkipped)
-            small = apply_policy(model, policy, example_input, inventory=inventory)
+        small = build_sampled(model, policy, example_input, inventory)
         with torch_threads(target.threads):
             return paired_ratio(make_runner(small, x, target), reference, runs=runs,
                                 blocks=MODEL_BLOCKS, target=target.name)

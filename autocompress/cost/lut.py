@@ -62,7 +62,6 @@ import math
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -684,14 +683,9 @@ class LatencyLUT:
         """The model ``policy`` makes (``model`` itself for no policy)."""
         if policy is None:
             return model
-        from autocompress.methods import apply_policy
-        from autocompress.methods.lowrank import LowRankSkipped
+        from autocompress.cost.sampling import build_sampled
 
-        # The calibration policies are random: a rank their pruning pushed to break-even is
-        # left dense, as the layer times assume (compressed_shapes), and is no news to a user.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LowRankSkipped)
-            return apply_policy(model, policy, example_input, inventory=inventory)
+        return build_sampled(model, policy, example_input, inventory)  # random calibration
 
     def _measure_models(self, models: list[nn.Module], example_input: torch.Tensor) -> list[float]:
         """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""

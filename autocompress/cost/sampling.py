@@ -9,12 +9,16 @@ subset of layers gets a low rank, weight bits and 8-bit activations.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import TYPE_CHECKING
 
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from autocompress.space import ResolvedSpace
 
 
@@ -56,6 +60,30 @@ def random_policy(
     return CompressionPolicy(
         layers={fqn: LayerPolicy(**k) for fqn, k in layers.items() if k}
     )
+
+
+def build_sampled(model: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor,
+                  inventory: LayerInventory) -> nn.Module:
+    """The model a sampled policy makes (``apply_policy``), without ``LowRankSkipped`` warnings.
+
+    A random rank that the policy's own pruning pushed to break-even is left dense, as
+    the cost models assume (``compressed_shapes``); a user who never wrote the policy
+    would only see a warning about it.
+
+    >>> import torch
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsCNN
+    >>> x = torch.zeros(1, 1, 8, 8)
+    >>> inv = build_inventory(DigitsCNN(), x)
+    >>> p = CompressionPolicy(layers={"classifier.1": LayerPolicy(prune=0.9, rank=64)})
+    >>> build_sampled(DigitsCNN(), p, x, inv)(x).shape  # rank 64 past break-even: left dense
+    torch.Size([1, 10])
+    """
+    from autocompress.methods import LowRankSkipped, apply_policy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowRankSkipped)
+        return apply_policy(model, policy, example_input, inventory=inventory)
 
 
 def random_policies(inventory: LayerInventory, n: int, seed: int = 0, **kwargs) -> list[CompressionPolicy]:
