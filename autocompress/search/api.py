@@ -545,12 +545,12 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
     ok, _, costs, violations = objective.cheapest_corner()
     if ok:
         return True
-    check = objective.leader_check
-    timed = check is not None and "latency" in violations
-    if check is not None and timed and objective.corner_in_reach():
+    # Timed only with in-loop checks, and only a latency clause can be settled by a timing.
+    timed = objective.leader_check is not None and "latency" in violations
+    if timed and objective.corner_in_reach():
         say(f"the latency table predicts every corner of the space over {budget.text!r}, but "
             f"the cheapest one, timed, meets it: predictions are scaled by "
-            f"{check.scale:.3f} and that corner is queued as a trial")
+            f"{objective.scale:.3f} and that corner is queued as a trial")
         return True
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)

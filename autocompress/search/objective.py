@@ -173,13 +173,22 @@ class Objective:
         return a > b if self.higher_is_better else a < b
 
     # ---- stages --------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        """What latency predictions are multiplied by: the in-loop checks' (1 without them)."""
+        return self.leader_check.scale if self.leader_check is not None else 1.0
+
+    def _predictions_at(self) -> tuple[float, int]:
+        """What a prediction depends on besides the policy: the scale and the latency function
+        (a Ray worker sets a new one). Memos of predictions are kept while it stays."""
+        return self.scale, id(self.latency_fn)
+
     def predict(self, policy: CompressionPolicy) -> Costs:
         """Analytic costs, plus predicted latency when the budget needs it (no training)."""
         costs = self.cost_fn(policy, self.inventory)
         if self.budget.needs_latency:
             assert self.latency_fn is not None
-            scale = self.leader_check.scale if self.leader_check is not None else 1.0
-            costs = costs.with_latency(self.latency_fn(policy) * scale)
+            costs = costs.with_latency(self.latency_fn(policy) * self.scale)
         return costs
 
     def check(self, costs: Costs) -> tuple[bool, dict[str, float]]:
@@ -251,7 +260,7 @@ class Objective:
         """
         if self._corner_met is not None:  # the corner was measured
             return self._corner_met
-        scale = self.leader_check.scale if self.leader_check is not None else 1.0
+        scale = self.scale
         if self._reach_at is None or self._reach_at[0] != scale:
             params, meets, corner, costs, violations = self._cheapest_corner()
             if not meets and self.leader_check is not None and "latency" in violations:
@@ -277,8 +286,7 @@ class Objective:
         once the in-loop scale rose (its trials 1-20 were all screened out). Recomputed when
         the scale changes.
         """
-        key = (self.leader_check.scale if self.leader_check is not None else 1.0,
-               id(self.latency_fn))
+        key = self._predictions_at()
         if self._fill_corner is None or self._fill_corner[0] != key:
             self._fill_corner = (key, self._cheapest_corner()[0])
         return self._fill_corner[1]
@@ -316,10 +324,9 @@ class Objective:
         # has few edge points, and their neighbours are tried again each time one is
         # taken): remember them. A prediction changes only with the measured scale (or a
         # new latency function, as a Ray worker sets): then the memo starts again.
-        scale = self.leader_check.scale if self.leader_check is not None else 1.0
-        if self._screened_at != (scale, id(self.latency_fn)) or \
-                len(self._screened) >= SCREEN_MEMO_SIZE:
-            self._screened, self._screened_at = {}, (scale, id(self.latency_fn))
+        at = self._predictions_at()
+        if self._screened_at != at or len(self._screened) >= SCREEN_MEMO_SIZE:
+            self._screened, self._screened_at = {}, at
         key = params_key(params)
         hit = self._screened.get(key)
         if hit is None:
