@@ -467,9 +467,10 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
                 continue
             over = []
             for task, t in mine.groupby("task", sort=False):
-                if share_of(t) >= 2:
-                    ms = 1000 * (t["controller_overhead_share"] * t["trials_s"]).sum() / t["trials"].sum()
-                    over.append(f"{task} {share_of(t):.2f}% ({ms:.0f} ms per trial)")
+                pct = share_of(t)
+                if pct >= 2:  # the same time per trial, as overhead_table's overhead_ms
+                    ms = pct / 100 * t["trials_s"].sum() / t["trials"].sum() * 1000
+                    over.append(f"{task} {pct:.2f}% ({ms:.0f} ms per trial)")
             apart.append(f"{s} {share_of(mine):.2f}%" + (f", over 2% on {'; '.join(over)}" if over else ""))
         lines.append(f"- controller overhead < 2% of trial time ({setting}): {share:.2f}% "
                      f"(outside the objective call, one-off table measurements included: "
