@@ -12,7 +12,8 @@ never on the front and never picked.
   (metric, cost), where cost is the predicted latency, or the MACs when a
   study has no latency predictions.
 - :func:`pick_best`: the best metric among feasible trials; ties go to the
-  lower predicted latency, then the lower MACs, then the earlier trial.
+  faster one (measured speed ratio, else predicted), then the lower MACs, then the
+  earlier trial.
 """
 
 from __future__ import annotations
@@ -169,21 +170,13 @@ def pareto_front(
     return sorted(front, key=lambda t: (as_number(t.user_attrs.get(key)) or 0.0, t.number))
 
 
-# Study attribute where the search records candidates measured against a latency budget
-# before export ({str(trial number): {"measured_ms", "limit_ms", "predicted_ms", "meets"}},
-# "measured_ms" None plus "estimated_ms" for a candidate set aside on its scaled prediction;
-# written by autocompress.search.verify).
-LATENCY_CHECKS_ATTR = "latency_checks"
-
-
-# Study attribute with the uncompressed model's latency (ms) that relative latency budgets
-# were judged against in the trial loop: the faster of the latency table's own time of it and
-# the study's baseline (written by autocompress.search.api.prepare_run).
+# Study attribute with the latency table's own time of the uncompressed model (ms): what
+# predicted speed ratios are relative to (written by autocompress.search.api.prepare_run).
 BUDGET_BASELINE_ATTR = "budget_baseline_latency_ms"
 
 
 def budget_baseline_ms(study: optuna.Study) -> float | None:
-    """The latency relative budgets were judged against in the search (see above).
+    """The latency predicted speed ratios were relative to in the search (see above).
 
     Studies written before the attribute existed judged against their ``baseline``.
     """
@@ -193,32 +186,28 @@ def budget_baseline_ms(study: optuna.Study) -> float | None:
     return as_number((study.user_attrs.get("baseline") or {}).get("latency_ms"))
 
 
-def failed_latency_checks(study: optuna.Study) -> set[int]:
-    """Trials that were measured against the latency budget and missed it."""
-    checks = study.user_attrs.get(LATENCY_CHECKS_ATTR) or {}
-    return {int(n) for n, c in checks.items() if isinstance(c, dict) and c.get("meets") is False}
-
-
 def pick_best(
     study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
 ) -> FrozenTrial | None:
     """The best feasible trial, or None when no trial met the budget.
 
-    Best metric first (in the study's direction); ties go to the lower
-    predicted latency, then the lower MACs, then the earlier trial. The best
+    Best metric first (in the study's direction); ties go to the lower speed ratio
+    (measured on the target, else predicted), then the lower MACs, then the earlier trial. The best
     metric is always on the front, so this is also the pick in ``pareto`` mode.
-    Trials whose built model was measured and missed the latency budget
-    (:data:`LATENCY_CHECKS_ATTR`) are not picked, whatever the table predicted.
+    A trial timed on the target and found over the budget is infeasible, whatever the
+    table predicted.
     """
     all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
-    failed = failed_latency_checks(study)
-    feasible = [t for t in feasible_trials(all_trials) if t.number not in failed]
+    feasible = feasible_trials(all_trials)
     if not feasible:
         return None
     sign = -1.0 if _is_max(metric_direction(study)) else 1.0
 
     def rank(t: FrozenTrial) -> tuple[float, float, float, int]:
-        lat = as_number(t.user_attrs.get("predicted_latency_ms"))
+        # A speed ratio, measured when the trial was timed on the target, else predicted.
+        lat = as_number(t.user_attrs.get("measured_ratio"),
+                        as_number(t.user_attrs.get("predicted_ratio"),
+                                  as_number(t.user_attrs.get("predicted_latency_ms"))))
         macs = as_number(t.user_attrs.get("macs"))
         return (
             sign * float(trial_metric(t) or 0.0),

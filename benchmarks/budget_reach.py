@@ -8,8 +8,7 @@ budget baseline a ``tpe`` search of the task uses):
    (:meth:`ResolvedSpace.corner_policies`: prune at its maximum and every subset of
    the other knobs at their most compressing value) is predicted and then built and
    timed next to the uncompressed model, in alternating blocks
-   (:func:`~autocompress.search.api.paired_policy_ms`, what the in-loop checks and
-   ``verify.py`` use). The fastest measured corner says which budgets any strategy
+   (:class:`~autocompress.search.judge.PolicyTimer`, what the trials use). The fastest measured corner says which budgets any strategy
    can meet at all; predicted against measured says how the table does at the
    space's extreme, where random policies of the fidelity benchmark rarely go.
 2. **Filling cost.** ``--proposals`` seeded random proposals per latency budget are
@@ -59,18 +58,19 @@ def _prepare(task: str, budget: str, out: Path) -> Any:
 
 def corner_rows(prep: Any) -> list[dict[str, Any]]:
     """Each corner's predicted and measured speed ratio to the uncompressed model."""
-    from autocompress.search.api import paired_policy_ms
+    from autocompress.search.judge import PolicyTimer
 
     obj = prep.objective
+    timer = PolicyTimer(prep.task, prep.inventory, prep.target)
     base_pred = float(obj.budget_baseline.latency_ms)
     rows = []
     for policy in prep.space.corner_policies():
         knobs = sorted({k for lp in policy.layers.values()
                         for k, v in lp.model_dump(exclude_none=True).items()})
-        mine, ref = paired_policy_ms(prep.task, prep.inventory, prep.target, policy)
+        mine, ref = timer(policy)
         rows.append({"task": prep.task.name, "target": prep.target.name,
                      "corner": "+".join(knobs) or "uncompressed",
-                     "predicted_ratio": float(obj.predict(policy).latency_ms) / base_pred,
+                     "predicted_ratio": float(obj.predict_raw(policy).latency_ms) / base_pred,
                      "measured_ratio": mine / ref, "measured_ms": mine, "baseline_ms": ref})
     return rows
 

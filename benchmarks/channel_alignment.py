@@ -2,7 +2,7 @@
 
 Builds DigitsCNN-shaped models whose first conv has each width in ``--widths``
 (weights do not change run time), and measures each on the target the way the
-search measures whole models (:func:`autocompress.search.api.whole_model_ms`).
+search measures whole models (:func:`autocompress.cost.timing.whole_model_ms`).
 
     .venv/bin/python benchmarks/channel_alignment.py                  # ort-1t, batch 64
     .venv/bin/python benchmarks/channel_alignment.py --target ort-2t --widths 32 31 24 16
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch import nn
 
     from autocompress.cost import parse_target
+    from autocompress.cost.timing import whole_model_ms
     from autocompress.models import DigitsCNN
-    from autocompress.search.api import whole_model_ms
     from autocompress.tasks import load_task
 
     task = load_task("digits")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         model = DigitsCNN().eval()
         model.features[0] = nn.Conv2d(1, width, 3, padding=1)
         model.features[2] = nn.Conv2d(width, 64, 3, padding=1)
-        rows.append((width, whole_model_ms(model, task, target)))
+        rows.append((width, whole_model_ms(model, task.example_input, target)))
         print(f"first conv {width:3d} channels: {rows[-1][1]:.3f} ms", file=sys.stderr)
     base = rows[0][1]
     lines = [f"# Digits CNN latency against its first conv's width ({target.name})", "",

@@ -129,8 +129,8 @@ def controller_overhead(study: Any) -> dict[str, float]:
     it had not seen (each trial's ``lut_measure_s`` and ``fill_lut_s``, or the study's ``lut_fill_s``
     when larger: it adds the fills of a baseline's planning between trials; timing
     them and writing them down, reused by every later trial and run) are reported
-    apart, as ``lut_fill_share``; so are the in-loop measurements of would-be leaders on
-    the target (``measure_s``, :mod:`autocompress.search.leader_check`), as
+    apart, as ``lut_fill_share``; so are the timings of each candidate on the target
+    (``measure_s``, :mod:`autocompress.search.judge`), as
     ``measure_share``: both are the cost model measuring, not the controller deciding.
     ``cost_share`` is cost prediction without those measurements; ``sampler_share``
     everything outside the objective call. A failed trial's cycle is left out of both
@@ -341,8 +341,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
             "and the one-off table measurements the filling triggers); `lut_fill` = the "
             "latency table's one-off measurements of layer shapes it had not seen yet (timed "
             "and written down once, then reused by every later trial and run), kept apart "
-            "from the overhead; `measure` = the in-loop measurements on the target of "
-            "candidates that would become the best (`autocompress.search.leader_check`), kept "
+            "from the overhead; `measure` = the timings of each candidate on the target "
+            "before its fine-tune (`autocompress.search.judge`), kept "
             "apart too (TPE's budget filling, by contrast, is cost prediction and counts as "
             "overhead); `wall_s` = mean whole search incl. setup and export.", "",
             ov.reset_index().to_markdown(index=False, floatfmt=".1f"), ""]

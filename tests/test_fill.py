@@ -121,24 +121,25 @@ def _layers(trial):
     return CompressionPolicy.from_dict(trial.user_attrs["policy"]).layers
 
 
-def test_a_predicted_latency_is_filled_to_a_margin_under_its_limit(digits_task):
-    """Predicted latency has the table's error: the fill stops LATENCY_MARGIN short of the limit
-    (here a MACs clause posing as latency, so the numbers are exact)."""
-    from autocompress.search.fill import LATENCY_MARGIN
+def test_a_predicted_latency_is_filled_to_the_guard_under_its_limit(digits_task):
+    """The judge tells latency constraints shifted by its guard, so a proposal filled to them
+    sits MEASURED_GUARD under the limit, as a timing must to meet it (a MACs clause posing as
+    latency, so the numbers are exact)."""
+    from autocompress.search.judge import MEASURED_GUARD
 
     space, _, screen = _setup(digits_task, "macs<=50%")
 
-    def as_latency(params):
-        ok, constraints = screen(params)
-        return ok, {"latency": constraints["macs"]}
+    def as_latency(params, guard=MEASURED_GUARD):
+        _, constraints = screen(params)
+        told = constraints["macs"] + guard
+        return told <= 0, {"latency": told}
 
     proposal = space.smallest_params()
-    margin = fill_to_budget(space, proposal, as_latency)
-    exact = fill_to_budget(space, proposal, as_latency, margins={})
-    assert margin is not None and exact is not None
-    assert as_latency(margin.params)[1]["latency"] <= -LATENCY_MARGIN
-    assert margin.position > exact.position  # more compressed than the exact edge
-    assert -LATENCY_MARGIN < as_latency(exact.params)[1]["latency"] <= 0
+    guarded = fill_to_budget(space, proposal, as_latency)
+    exact = fill_to_budget(space, proposal, lambda p: as_latency(p, 0.0))
+    assert guarded is not None and exact is not None
+    assert as_latency(guarded.params, 0.0)[1]["latency"] <= -MEASURED_GUARD
+    assert -MEASURED_GUARD < as_latency(exact.params, 0.0)[1]["latency"] <= 0
 
 
 def test_filled_proposals_walk_to_new_policies_instead_of_repeating_one(digits_mlp_task,
@@ -166,8 +167,9 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
     """A ranks-only space: once the walk reaches the corner, a filled proposal landing on a
     trained policy is told that trial's outcome, and after MAX_REPEATS_IN_A_ROW in a row
     filling stops."""
-    from autocompress.search.optuna_backend import MAX_REPEATS_IN_A_ROW, evaluated
+    from autocompress.search.optuna_backend import evaluated
     from autocompress.search.taken import policy_key
+    from autocompress.search.trial import MAX_REPEATS_IN_A_ROW
 
     space = tmp_path / "ranks.yaml"
     space.write_text("schema_version: 1\ndefaults: {}\nrules:\n"
@@ -186,7 +188,7 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
         first = by_number[r.user_attrs["repeat_of"]]
         assert first.user_attrs["metric"] is not None and r.values == first.values
         assert r.user_attrs["policy"]["layers"] == first.user_attrs["policy"]["layers"]
-        assert "finetune_s" not in r.user_attrs  # told, not fine-tuned
+        assert r.user_attrs["finetune_s"] == 0  # told, not fine-tuned
     # every filled policy fine-tuned is a new one; once filling repeated itself
     # MAX_REPEATS_IN_A_ROW times in a row, it stopped and proposals were evaluated as drawn
     filled = [policy_key(t.user_attrs["policy"]) for t in done
@@ -214,7 +216,7 @@ def test_the_line_ends_at_the_corner_given_so_a_fast_corner_can_be_reached(digit
     corner = {**space.smallest_params(), "features.2/rank": 1.0}
     filled = fill_to_budget(space, proposal, screen, corner=corner)
     assert filled is not None and screen(filled.params)[0] and 1 < filled.position <= 2
-    # dense, and pruned to the edge (0.55: the latency clause keeps LATENCY_MARGIN under 0)
-    assert filled.params["features.2/rank"] == 1.0 and filled.params["features.2/prune"] == 0.55
+    # dense, and pruned to the edge
+    assert filled.params["features.2/rank"] == 1.0 and filled.params["features.2/prune"] == 0.5
     assert line_point(space, proposal, 2, corner)["features.2/rank"] == 1.0
     assert line_point(space, proposal, 2)["features.2/rank"] == 0.125

@@ -20,7 +20,7 @@ from autocompress.inventory import build_inventory
 from autocompress.policy import CompressionPolicy
 from autocompress.search import SearchConfig, search
 from autocompress.search.api import prepare_run, table_model_ms
-from autocompress.search.leader_check import MEASURED_GUARD
+from autocompress.search.judge import MEASURED_GUARD
 from autocompress.space import SearchSpace
 
 CONTRACT_CONFIG = ("version", "task", "space", "budget", "target", "mode", "strategy", "seed",
@@ -255,20 +255,8 @@ def test_pareto_mode_with_nsga2(digits_task, tmp_path):
 
 def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
     out = tmp_path / "run"
-    result = fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
+    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
     study = load(out)
-    # before the pick, the best candidates were built and measured against the budget
-    checks = study.user_attrs.get("latency_checks") or {}
-    feasible = [t for t in study.trials if t.user_attrs["feasible"]]
-    assert bool(checks) == bool(feasible)
-    for check in checks.values():
-        assert check["measured_ms"] > 0 and check["predicted_ms"] > 0
-        assert check["meets"] == (  # a measured time meets the limit only with the guard
-            check["measured_ms"] <= (1 - MEASURED_GUARD) * check["limit_ms"] + 1e-12)
-        assert check["limit_ms"] == pytest.approx(0.8 * check["baseline_ms"])  # measured anew
-    if result.best_trial is not None:
-        assert checks.get(str(result.best_trial), {}).get("meets") in (True, None)
-    assert not any(c["meets"] is False and int(n) == result.best_trial for n, c in checks.items())
     assert (out / "latency_lut.json").is_file()
     # the table's one-off timings while a proposal was filled to the budget are recorded on its
     # trial, apart from the screening's: the loop's total holds both
@@ -276,53 +264,45 @@ def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
     in_screens = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
     assert in_fills > 0 and "fill_lut_s" in study.trials[-1].user_attrs
     assert in_fills + in_screens <= study.user_attrs["lut_fill_s"] + 1e-6
-    # with in-loop leader checks the relative budget compares predictions against the table's
-    # own time of the uncompressed model: predicted speed ratios (the measured ones are checked)
+    # predictions are speed ratios to the table's own time of the uncompressed model
     lut = LatencyLUT(out / "latency_lut.json", parse_target("torch-1t-b8"))
     reference = lut.remainder(build_inventory(digits_task.model, digits_task.example_input),
                               None, digits_task.example_input)["model_ms"]
     assert study.user_attrs["budget_baseline_latency_ms"] == pytest.approx(reference)
     for t in study.trials:
-        assert t.user_attrs["predicted_latency_ms"] > 0
-        assert set(t.constraints) == {"latency"}
-        limit = 0.8 * reference
-        measured = t.user_attrs.get("latency_check")  # a would-be leader: judged as measured
-        if measured is None:
+        a = t.user_attrs
+        assert a["predicted_latency_ms"] > 0 and set(t.constraints) == {"latency"}
+        assert a["predicted_latency_ms"] == pytest.approx(
+            a["predicted_ratio"] * a["correction"] * reference)
+        if a["latency_basis"] == "predicted":  # screened out: judged on the prediction
             assert t.constraints["latency"] == pytest.approx(
-                t.user_attrs["predicted_latency_ms"] / limit - 1)
-        else:
-            assert t.constraints["latency"] == pytest.approx(  # told with the guard
-                measured["measured_ms"] / (0.8 * measured["baseline_ms"]) - 1 + MEASURED_GUARD)
+                a["predicted_latency_ms"] / (0.8 * reference) - 1 + MEASURED_GUARD)
+            assert a["metric"] is None and not a["feasible"]
     # one-off measurements of new layer shapes are part of cost_s and reported apart
     assert all(0 <= t.user_attrs["lut_measure_s"] <= t.user_attrs["cost_s"] for t in study.trials)
 
 
-@pytest.mark.parametrize("measure_leaders", [False, True])
-def test_a_slow_baseline_measurement_never_loosens_the_relative_budget(digits_task, tmp_path,
-                                                                       measure_leaders):
-    """A study baseline or a table time taken while the machine ran slower would loosen ``0.5x``
-    for every prediction: without in-loop checks the trials judge against the faster of the
-    two. With them, against the table's own time (predicted speed ratios), whatever the
-    study's: the would-be leaders are judged on their measured ratio."""
+def test_predictions_are_judged_against_the_tables_own_time_whatever_the_study_measured(
+        digits_task, tmp_path):
+    """A study baseline taken while the machine ran slower (or faster) moves no prediction's
+    verdict: a predicted speed ratio has both its times from the table."""
     cfg = SearchConfig(task="digits", budget="latency<=0.5x", target="torch-1t-b8", trials=1,
-                       finetune_steps=0, out=str(tmp_path / "run"), export=False,
-                       measure_leaders=measure_leaders)
+                       finetune_steps=0, out=str(tmp_path / "run"), export=False)
     first = prepare_run(cfg, digits_task)
     assert first.lut is not None
     table_ms = table_model_ms(first.lut, first.inventory, digits_task)
-    faster = 1.0 if measure_leaders else 0.8
-    for factor, expected in ((1.25, table_ms), (0.8, faster * table_ms)):  # inside 30% tolerance
+    for factor in (1.25, 0.8):  # inside the table's 30% staleness tolerance
         stored = dict(first.study.user_attrs["baseline"])
         stored["latency_ms"] = factor * table_ms
         first.study.set_user_attr("baseline", stored)
         again = prepare_run(cfg, digits_task)
         assert again.objective.baseline.latency_ms == pytest.approx(factor * table_ms)
-        assert again.objective.budget_baseline.latency_ms == pytest.approx(expected)
-        assert again.study.user_attrs["budget_baseline_latency_ms"] == pytest.approx(expected)
-        assert again.objective.budget_section["limits"]["latency"] == pytest.approx(0.5 * expected)
+        assert again.objective.budget_baseline.latency_ms == pytest.approx(table_ms)
+        assert again.study.user_attrs["budget_baseline_latency_ms"] == pytest.approx(table_ms)
         ok, violations = again.objective.check(
-            again.objective.predict(CompressionPolicy(layers={})).with_latency(0.55 * expected))
-        assert not ok and violations["latency"] == pytest.approx(0.1)  # 0.55x is over 0.5x
+            again.objective.predict(CompressionPolicy(layers={})).with_latency(0.55 * table_ms))
+        # 0.55x is over 0.5x (told with the guard); on the target close enough to be timed
+        assert violations["latency"] == pytest.approx(0.1 + MEASURED_GUARD) and not ok
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -352,38 +332,3 @@ def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, t
     fast(digits_task, out, strategy="uniform", budget="latency<=0.9x", target="torch-1t-b6",
          trials=3)  # a resumed run adds its own
     assert load(out).user_attrs["lut_fill_s"] >= study.user_attrs["lut_fill_s"]
-
-
-def test_after_a_measured_miss_candidates_predicted_to_miss_are_set_aside(digits_task, tmp_path):
-    """verify_latency judges the next candidates on their predictions scaled as the measured
-    ones ran: with a measured miss at 100x its prediction, no other candidate is built."""
-    from autocompress.pareto import pick_best
-    from autocompress.search.verify import measured_checks, verify_latency
-
-    out = tmp_path / "run"
-    # without the in-loop checks: this is about verify's own measurements
-    # 0.95x: reachable on any machine (a slower CI CPU put every corner over 0.8x at batch 8)
-    fast(digits_task, out, budget="latency<=0.95x", target="torch-1t-b8", trials=3,
-         measure_leaders=False)
-    cfg = SearchConfig(task="digits", budget="latency<=0.95x", target="torch-1t-b8", trials=3,
-                       finetune_steps=10, out=str(out), export=False, val_samples=200,
-                       report_every=5, measure_leaders=False)
-    prep = prepare_run(cfg, digits_task)
-    study = prep.study
-    study.set_user_attr("latency_checks", {})
-    first = pick_best(study)
-    assert first is not None
-    predicted = first.user_attrs["predicted_latency_ms"]
-    study.set_user_attr("latency_checks", {str(first.number): {
-        "measured_ms": 100 * predicted, "predicted_ms": predicted, "limit_ms": predicted,
-        "baseline_ms": 1.0, "meets": False}})
-    assert verify_latency(prep) is None
-    checks = study.user_attrs["latency_checks"]
-    assert measured_checks(checks) == 1  # only the planted one was measured
-    feasible = [t for t in study.trials if t.user_attrs["feasible"]]
-    assert set(checks) == {str(t.number) for t in feasible}
-    for number, check in checks.items():
-        if number != str(first.number):
-            assert check["measured_ms"] is None and check["meets"] is False
-            assert check["estimated_ms"] == pytest.approx(100 * check["predicted_ms"])
-    assert pick_best(study) is None

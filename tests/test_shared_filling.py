@@ -74,7 +74,7 @@ def test_a_claim_lapses_when_its_trial_fails():
     study = optuna.create_study()
     policy = {"layers": {"net.1": {"rank": 0.25}}}
     trial = study.ask()
-    TakenPolicies(study).claim(trial, policy)
+    TakenPolicies(study).claim(policy, trial)
     assert not TakenPolicies(study).is_new(policy)  # running elsewhere: taken
     study.tell(trial, state=TrialState.FAIL)
     assert TakenPolicies(study).is_new(policy)

@@ -14,8 +14,9 @@ from rich.table import Table
 from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
 from autocompress.cli.common import task_and_inventory
 from autocompress.cost.latency import measure_latency
-from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, default_lut_path
+from autocompress.cost.lut import LatencyLUT, default_lut_path
 from autocompress.cost.target import parse_target
+from autocompress.cost.timing import MODEL_BLOCKS
 
 TARGET_HELP = 'runtime[-cpu][-<N>t][-b<B>]: "ort", "torch", "ort-cpu-2t-b64"'
 

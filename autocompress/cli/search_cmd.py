@@ -35,9 +35,10 @@ def search(
     fill_budget: bool = typer.Option(
         None, "--fill-budget/--no-fill-budget", help="tpe, constrained: move each proposal to "
         "the budget's edge before it is trained (default: fill)"),
-    measure_leaders: bool = typer.Option(
-        None, "--measure-leaders/--no-measure-leaders", help="latency budgets: time each "
-        "candidate that would become the best, and judge the budget on that (default: measure)"),
+    measure: bool = typer.Option(
+        None, "--measure/--no-measure", help="latency budgets: time each candidate on the "
+        "target before its fine-tune and judge the budget on that; --no-measure: predictions "
+        "decide, for a search away from the target (default: measure)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -66,7 +67,7 @@ def search(
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
         "out": out, "strategy": strategy, "mode": mode, "seed": seed, "warm_start": warm_start,
-        "fill_budget": fill_budget, "measure_leaders": measure_leaders,
+        "fill_budget": fill_budget, "measure": measure,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,

@@ -37,8 +37,9 @@ from autocompress.cost.latency import (
     paired_ratio,
     torch_threads,
 )
-from autocompress.cost.lut import MODEL_BLOCKS, LatencyLUT, activation_fraction, macs_model_ms
+from autocompress.cost.lut import LatencyLUT, activation_fraction, macs_model_ms
 from autocompress.cost.sampling import build_sampled, random_policies
+from autocompress.cost.timing import MODEL_BLOCKS, timing_lock
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
 
@@ -122,7 +123,7 @@ def validate(
     n = len(policies)
     def measure(policy: CompressionPolicy) -> tuple[float, LatencyStats, LatencyStats]:
         small = build_sampled(model, policy, example_input, inventory)
-        with torch_threads(target.threads):
+        with timing_lock(), torch_threads(target.threads):
             return paired_ratio(make_runner(small, x, target), reference, runs=runs,
                                 blocks=MODEL_BLOCKS, target=target.name)
 

@@ -81,6 +81,7 @@ from autocompress.cost.latency import (
     torch_threads,
 )
 from autocompress.cost.target import Target
+from autocompress.cost.timing import MODEL_BLOCKS, timing_lock
 from autocompress.errors import InputFileError, TargetError
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
@@ -90,8 +91,6 @@ SCHEMA_VERSION = 1
 DEFAULT_FILE = "latency_lut.json"
 # Uniform prune ratio of the second model the remainder is fitted on.
 REMAINDER_PRUNE = 0.5
-# Whole-model measurements are split in this many blocks; the smallest block median counts.
-MODEL_BLOCKS = 10
 # Random policies whose measured models give the check line of compressed graphs (seeded; see
 # LatencyLUT.remainder; predictions use the proportional rule, not the line).
 CALIBRATION_POLICIES = 8
@@ -501,7 +500,7 @@ class LatencyLUT:
         t0 = time.perf_counter()
         t = self.timing
         built = [(layer_module(s), layer_input(s, batch)) for s in shapes]
-        with torch_threads(self.target.threads):
+        with timing_lock(), torch_threads(self.target.threads):
             if self.target.runtime == "ort":
                 # ONNX Runtime's profiler: kernel time only, without the NCHWc reorders a lone
                 # layer pays at its edges (inside the model they sit at layout changes only).
@@ -689,8 +688,9 @@ class LatencyLUT:
 
     def _measure_models(self, models: list[nn.Module], example_input: torch.Tensor) -> list[float]:
         """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""
-        stats = measure_models_interleaved(models, example_input, self.target,
-                                           runs=self.model_runs, blocks=MODEL_BLOCKS)
+        with timing_lock():
+            stats = measure_models_interleaved(models, example_input, self.target,
+                                               runs=self.model_runs, blocks=MODEL_BLOCKS)
         self.model_measurements += len(models)
         return [st.stable_ms for st in stats]
 

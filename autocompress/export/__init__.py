@@ -375,12 +375,15 @@ def fresh_latencies(
     }
     if int8_path is not None:
         jobs["int8"] = int8_stats
+    from autocompress.cost.timing import timing_lock
+
     out: dict[str, LatencyStats] = {}
-    for _ in range(max(1, rounds)):
-        for name, job in jobs.items():
-            stats = job()
-            if name not in out or stats.median_ms < out[name].median_ms:
-                out[name] = stats
+    with timing_lock():
+        for _ in range(max(1, rounds)):
+            for name, job in jobs.items():
+                stats = job()
+                if name not in out or stats.median_ms < out[name].median_ms:
+                    out[name] = stats
     return out
 
 

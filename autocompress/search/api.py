@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from autocompress.pareto import BUDGET_BASELINE_ATTR
 from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
 from autocompress.search.config import SearchConfig
-from autocompress.search.leader_check import LeaderCheck
+from autocompress.search.judge import PolicyTimer
 from autocompress.search.objective import Objective, TrialOutcome
 from autocompress.search.optuna_backend import (
     STUDY_FILE,
@@ -49,6 +48,7 @@ from autocompress.search.optuna_backend import (
     run_trials,
     storage_for,
 )
+from autocompress.search.trial import Repeat
 from autocompress.space import ResolvedSpace, SearchSpace, default_space
 from autocompress.tasks import Task, load_task
 
@@ -105,7 +105,7 @@ def search(
     log: Log | None = None,
     **settings: Any,
 ) -> SearchResult:
-    """Search a per-layer compression policy for ``task`` under ``budget`` (DESIGN.md section 1).
+    """Search a per-layer compression policy for ``task`` under ``budget``.
 
     ``task`` is a :class:`Task` or a task name; arguments left ``None`` come
     from ``config`` (a YAML file) or the defaults of :class:`SearchConfig`;
@@ -272,7 +272,7 @@ def prepare_run(
 
     latency_fn = None
     lut = None
-    leader_check = _leader_check(cfg, task, inventory, target, budget)
+    budget_baseline = baseline
     if budget.needs_latency:
         from autocompress.cost.lut import LatencyLUT
 
@@ -285,28 +285,11 @@ def prepare_run(
         with _status(progress, f"measuring the latency table on {target.name} ..."):
             latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
         lut.save()
-        # A relative latency clause is judged against the faster of the two times of the
-        # uncompressed model: the table's own (then it compares the predicted speed ratio,
-        # what the fidelity benchmark scores as ``lut_relative``) and the study's. Other
-        # jobs only ever slow a run down, so the faster time is the closer one, and the limit
-        # is never loosened by a slow moment of either. Against the study's alone, a machine
-        # 16% slower when the study started (0.510 against 0.439 ms) let picks through that
-        # measured over the budget; against the table's alone, a table time 11% above the
-        # study's (digits-mlp: 0.613 against 0.552 ms) let the search settle on policies
-        # the table was optimistic about (predicted 0.34x, measured 0.43x at 0.35x).
-        # With in-loop leader checks, that optimism is caught by measurement, and the
-        # table's own time is the reference: predictions are then judged as predicted speed
-        # ratios. The faster of the two would make a table timed in a slow moment judge its
-        # ratios too strictly: a digits-mlp table at 0.551 ms against a study at 0.472 ms
-        # put the space's fastest corner (0.33x predicted, 0.33-0.37x measured) at 0.38x,
-        # and a latency<=0.35x run gave up on all 20 trials.
-        table_ms = table_model_ms(lut, inventory, task)
-        study_ms = baseline.latency_ms
-        budget_baseline = baseline.with_latency(
-            table_ms if leader_check is not None or not study_ms else min(table_ms, study_ms))
+        # Predictions are speed ratios to the table's own time of the uncompressed model:
+        # both times come from the table, so its error on the whole model cancels.
+        # Measurements are judged against the uncompressed model timed alongside them.
+        budget_baseline = baseline.with_latency(table_model_ms(lut, inventory, task))
         study.set_user_attr(BUDGET_BASELINE_ATTR, budget_baseline.latency_ms)
-    else:
-        budget_baseline = baseline
 
     objective = Objective(
         task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
@@ -317,11 +300,11 @@ def prepare_run(
         # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
-        leader_check=leader_check,
+        measure=PolicyTimer(task, inventory, target) if cfg.measure else None,
     )
-    if objective.leader_check is not None and not created:  # a resumed run takes up its state
-        objective.leader_check.restore(study.get_trials(deepcopy=False, states=(
-            TrialState.COMPLETE,)), budget_baseline.latency_ms)
+    if not created:  # a resumed run takes up the correction its timings taught
+        objective.judge.correction.observe_trials(study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, budget, say)
     first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
@@ -391,19 +374,14 @@ def finish_run(
 
     The best trial is the export's pick (:func:`autocompress.pareto.pick_best`:
     best metric among feasible COMPLETE trials, ties to the cheaper one), so the
-    result and the results folder agree. Under a latency budget the best
-    candidates are first built and measured (:func:`autocompress.search.verify.
-    verify_latency`), and one that misses the budget is not picked. ``lut_path``: the latency table the
-    export reads (None: none); ``t_start``: ``time.perf_counter()`` at the start.
+    result and the results folder agree. On the target every trained candidate was timed
+    before its fine-tune and judged on that, so a pick meets the budget as measured.
+    ``lut_path``: the latency table the export reads (None: none); ``t_start``:
+    ``time.perf_counter()`` at the start.
     """
     from autocompress.pareto import pick_best
 
     cfg, study, out = prep.config, prep.study, prep.out
-    if prep.budget.needs_latency:
-        from autocompress.search.verify import verify_latency
-
-        with _status(progress, "measuring the best candidates against the latency budget ..."):
-            verify_latency(prep)
     best = pick_best(study)
     summary = None
     if cfg.export:
@@ -447,40 +425,6 @@ def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target) ->
     (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
 
 
-# Whole-model timings of the search (the study's baseline; each pick verify_latency checks, with
-# the uncompressed model alternating): runs split into blocks, the smallest block median kept.
-WHOLE_MODEL_RUNS = 100
-
-
-def whole_model_ms(model: torch.nn.Module, task: Task, target: Target) -> float:
-    """``model``'s latency on ``target`` (ms): the smallest of 10 block medians of 100 runs.
-
-    One block on a shared machine can come out several times too slow; the smallest
-    block median cannot, so a relative budget judged against it is not loosened.
-    """
-    from autocompress.cost import measure_latency
-    from autocompress.cost.lut import MODEL_BLOCKS
-
-    return float(measure_latency(model, task.example_input, target, runs=WHOLE_MODEL_RUNS,
-                                 blocks=MODEL_BLOCKS).stable_ms)
-
-
-def paired_model_ms(model: torch.nn.Module, task: Task, target: Target) -> tuple[float, float]:
-    """``(model's ms, the uncompressed model's ms)`` on ``target``, timed in alternating blocks.
-
-    Timed seconds apart, each side's smallest block median shares the machine's
-    speed of those minutes, so their ratio is what a relative budget compares; two
-    measurements one after the other gave a candidate 0.45 ms next to a 2.63 ms
-    baseline that later ran 0.62 against 2.45 (digits CNN, one thread).
-    """
-    from autocompress.cost.latency import measure_models_interleaved
-    from autocompress.cost.lut import MODEL_BLOCKS
-
-    mine, ref = measure_models_interleaved([model, task.model], task.example_input, target,
-                                           runs=WHOLE_MODEL_RUNS, blocks=MODEL_BLOCKS)
-    return float(mine.stable_ms), float(ref.stable_ms)
-
-
 def _baseline(
     study: optuna.Study,
     task: Task,
@@ -493,7 +437,9 @@ def _baseline(
     stored = study.user_attrs.get("baseline")
     costs = analytic_costs(None, inventory, include_layers=False)
     if stored is None:
-        latency = whole_model_ms(task.model, task, target)
+        from autocompress.cost.timing import whole_model_ms
+
+        latency = whole_model_ms(task.model, task.example_input, target)
         stored = {
             "metric": evaluate(task.model, task, val_loader),
             "metric_name": task.metric_name,
@@ -515,49 +461,20 @@ def _baseline(
     return costs.with_latency(float(stored["latency_ms"]))
 
 
-def paired_policy_ms(task: Task, inventory: LayerInventory, target: Target,
-                     policy: CompressionPolicy) -> tuple[float, float]:
-    """:func:`paired_model_ms` of the model ``policy`` makes (built without fine-tuning:
-    weights do not change the run time)."""
-    from autocompress.methods import apply_policy
-
-    model = apply_policy(task.model, policy, task.example_input, inventory=inventory)
-    return paired_model_ms(model, task, target)
-
-
-def _leader_check(cfg: SearchConfig, task: Task, inventory: LayerInventory, target: Target,
-                  budget: Budget) -> LeaderCheck | None:
-    """The in-loop measurement of would-be leaders (latency budgets, Optuna backend)."""
-    if not (cfg.measure_leaders and budget.needs_latency and cfg.backend == "optuna"):
-        return None
-    return LeaderCheck(measure=functools.partial(paired_policy_ms, task, inventory, target),
-                       higher_is_better=task.higher_is_better)
-
-
 def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
-    """Whether a corner of the space meets the budget (warns when none does).
+    """Whether a corner of the space passes screening (warns when none does).
 
-    Predicted first (:meth:`Objective.cheapest_corner`); a latency budget the table
-    puts every corner over is settled by timing the cheapest corner, when in-loop
-    checks are on (:meth:`Objective.corner_in_reach`): a fresh table can be a few
-    percent pessimistic, and a budget at the space's corner is then met when measured.
+    On the target, screening lets a prediction within the judge's tolerance through, so
+    a table a few percent pessimistic about the space's corner still has it timed.
     """
     ok, _, costs, violations = objective.cheapest_corner()
     if ok:
-        return True
-    # Timed only with in-loop checks, and only a latency clause can be settled by a timing.
-    timed = objective.leader_check is not None and "latency" in violations
-    if timed and objective.corner_in_reach():
-        say(f"the latency table predicts every corner of the space over {budget.text!r}, but "
-            f"the cheapest one, timed, meets it: predictions are scaled by "
-            f"{objective.scale:.3f} and that corner is queued as a trial")
         return True
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)
     limit = budget.limits(objective.budget_baseline)[worst]
     say(f"warning: budget {budget.text!r} looks out of reach: the cheapest corner of the space "
-        f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}"
-        f"{' (and timed, misses it too)' if timed else ''}; the search runs, and "
+        f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
         "exits 3 if no trial meets it (loosen the budget or widen the space)")
     return False
 
@@ -718,8 +635,8 @@ class _Progress:
         skipped = f"; {self.infeasible} skipped over budget" if self.infeasible else ""
         return f"best {obj.task.metric_name} {metric:.4f}{cost_s}{skipped}"
 
-    def update(self, frozen: Any, outcome: TrialOutcome | None) -> None:
-        if outcome is not None:
+    def update(self, frozen: Any, outcome: TrialOutcome | Repeat | None) -> None:
+        if isinstance(outcome, TrialOutcome):
             if not outcome.feasible:  # skipped without fine-tuning: not a counted trial
                 self.infeasible += 1
             if outcome.feasible or self.count_skipped:

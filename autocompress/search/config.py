@@ -28,7 +28,7 @@ MODES: tuple[str, ...] = ("constrained", "pareto")
 RESUME_KEYS = (
     "task", "space_sha256", "budget", "target", "mode", "strategy", "seed",
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
-    "threads", "fill_budget", "measure_leaders",
+    "threads", "fill_budget", "measure",
     "checkpoint",
 )
 
@@ -65,10 +65,10 @@ class SearchConfig(BaseModel):
     fill_budget: bool = Field(
         True, description="tpe in constrained mode: move each proposal to the budget's edge "
         "before it is trained (see autocompress.search.fill); false: train proposals as drawn")
-    measure_leaders: bool = Field(
-        True, description="latency budgets, optuna backend: measure each candidate that would "
-        "become the best on the target and judge the budget on that (see "
-        "autocompress.search.leader_check); false: predictions only until the final check")
+    measure: bool = Field(
+        True, description="latency budgets: time each candidate on the target before its "
+        "fine-tune and judge the budget on that measurement (see autocompress.search.judge); "
+        "false: the latency table's predictions decide, for a search away from the target")
     threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
     data_dir: str | None = None
     checkpoint: str | None = None

@@ -10,8 +10,8 @@ the uncompressed model through the proposal to a corner of the space (the most
 compressed point when the budget admits it, else the first corner that the budget
 admits: on a latency target a pruned, dense corner can be faster than the most
 compressed one), to the least compressed point of that line the cost model predicts within
-budget (bisection on a grid of :data:`STEPS` points each side; a predicted latency
-:data:`LATENCY_MARGIN` under its limit, for the table's error); then every knob
+budget (bisection on a grid of :data:`STEPS` points each side; the screen's constraints
+carry the judge's guard, so the edge sits that far under a latency limit); then every knob
 the budget does not need is set back to its uncompressed value, one at a time
 (under a latency budget: weight bits and sparsity, which a dense runtime does not
 run faster); last, the slack the line's whole-level moves left is used up one level
@@ -39,12 +39,6 @@ from typing import Any
 from autocompress.space import ResolvedSpace
 
 Params = dict[str, Any]
-# Fill latency to this much under its limit: the table's predicted speed ratios are off by
-# 3-9% (MAPE, benchmarks/results/latency_fidelity_stop11.md), and a pick sitting exactly on
-# the predicted edge misses the budget when measured about half the time (in a pilot run,
-# TPE's filled picks at digits-distorted latency<=0.25x all missed, and verify.py set every one
-# aside). Analytic costs (MACs, size, BOPs) are exact and are filled to their limit.
-LATENCY_MARGIN = 0.05
 # Grid points between the uncompressed model and the proposal (and again between the
 # proposal and the corner): 4-5 cost predictions by bisection, the edge found to 1/16.
 STEPS = 16
@@ -139,8 +133,8 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
     :meth:`Objective.screen <autocompress.search.objective.Objective.screen>` predicts).
     After the move, a knob goes back to uncompressed only when that leaves every
     clause's cost as it was: a knob the budget needs stays where the line put it.
-    ``margins``: ``{clause: fraction}`` a clause's cost must stay under its limit by
-    (default ``{"latency": LATENCY_MARGIN}``).
+    ``margins``: ``{clause: fraction}`` a clause's constraint must stay under 0 by
+    (default none: :meth:`Objective.screen` already shifts latency by the judge's guard).
     ``is_new(params)``: whether a point has not been evaluated yet. When the edge point
     has been, a neighbour of it that has not is returned instead (:func:`_neighbour`,
     knobs tried in ``rng``'s order); when none is found, the edge point.
@@ -166,7 +160,7 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
     (0.3, 32, ('classifier.1/bits',))
     """
     levels = {name: p.levels() for name, p in space.params.items()}
-    margins = {"latency": LATENCY_MARGIN} if margins is None else margins
+    margins = {} if margins is None else margins
     memo: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
 
     def predicted(candidate: Params) -> tuple[bool, dict[str, float]]:

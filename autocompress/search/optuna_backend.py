@@ -7,30 +7,19 @@ after a kill loads it: finished trials are kept, trials left RUNNING by a dead
 process on this host are marked FAIL (and their parameters queued again), and
 trials are run until ``trials`` are finished (COMPLETE + PRUNED) *and evaluated*.
 
-A candidate the cost model puts over the budget is recorded (the constrained
-samplers learn the budget's edge from it) but never fine-tuned: it costs
-milliseconds, not a fine-tune, so it does not count toward ``trials``. Without
-this a sampler that explores lost most of its evaluations at a tight budget
-(at ``latency<=0.25x`` on digits, TPE fine-tuned 1-10 of 30 trials while the
-uniform baseline, which only proposes candidates under the budget, fine-tuned
-all 30). At most ``SKIPPED_PER_TRIAL`` such skips per counted trial are allowed,
-so a budget the space can hardly meet ends the run instead of looping. When the in-loop
-measurements (:mod:`autocompress.search.leader_check`) scale the predictions so far that no
-corner of the space meets the budget, and the cheapest corner, timed, misses it too, no later
-candidate can meet it, and the run ends.
-Filling (``fill_budget``) maps many proposals to one edge point: before stop 13, TPE
-fine-tuned 9-14 distinct policies in 20 trials on the digits CNN and 1-2 on the MLP. A
-proposal filled onto a policy an earlier trial evaluated (or, in a study other processes
-share, one that another trial claimed: :mod:`autocompress.search.taken`) is moved to a
-neighbour of it on the budget's edge that no trial has taken (:mod:`autocompress.search.fill`). When
-there is none, it is not fine-tuned again: it is told that trial's outcome (``repeat_of``)
-and does not count either. After ``MAX_REPEATS_IN_A_ROW`` such repeats in a row the
-budget's edge is taken as exhausted: filling stops for the rest of the run and proposals
-are evaluated as drawn.
+Each trial is :func:`autocompress.search.trial.run_trial`. A candidate screened out as
+over the budget, or timed on the target and found over it, is recorded (the constrained
+samplers learn the budget's edge from it) but never fine-tuned: it costs milliseconds
+or a timing, not a fine-tune, so it does not count toward ``trials``. Without this a
+sampler that explores lost most of its evaluations at a tight budget, while a baseline
+that only proposes candidates under the budget fine-tuned all of them. At most
+``SKIPPED_PER_TRIAL`` such skips per counted trial are allowed, so a budget the space
+can hardly meet ends the run instead of looping. A filled proposal with nowhere new to
+walk is told the earlier trial's outcome (``repeat_of``) and does not count either.
 A different configuration for an existing study is a :class:`ConfigError`.
 
 Baselines (``uniform``, ``greedy``) enqueue their candidates
-(``study.enqueue_trial``) and go through the same ask/tell loop and objective.
+(``study.enqueue_trial``) and go through the same ask/tell loop and trial.
 """
 
 from __future__ import annotations
@@ -41,7 +30,6 @@ import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +38,22 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError, MethodError
-from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import params_key
 from autocompress.search.config import RESUME_KEYS
 from autocompress.search.journal import journal_storage, set_user_attrs
 from autocompress.search.objective import Objective, Screening, TrialOutcome
-from autocompress.search.taken import REPEAT_ATTR, TakenPolicies
+from autocompress.search.taken import TakenPolicies
+from autocompress.search.trial import Proposals, Repeat, run_trial
 from autocompress.space import ResolvedSpace
 
 LOG = logging.getLogger(__name__)
 STUDY_FILE = "study.log"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 3
-SKIPPED_PER_TRIAL = 20  # candidates predicted over the budget allowed per counted trial
-# Filled proposals landing on evaluated policies in a row before filling stops for the run (a
-# small space can hold fewer edge points than trials: the MLP's has a handful).
-MAX_REPEATS_IN_A_ROW = 5
+SKIPPED_PER_TRIAL = 20  # candidates judged over the budget allowed per counted trial
 
 Planner = Callable[[], Iterator[dict[str, Any]]]
-OnTrial = Callable[[FrozenTrial | None, TrialOutcome | None], None]
+OnTrial = Callable[[FrozenTrial | None, TrialOutcome | Repeat | None], None]
 
 
 def quiet_optuna() -> None:
@@ -202,93 +187,23 @@ def evaluated(trial: FrozenTrial) -> bool:
     return trial.state in DONE and trial.user_attrs.get("feasible") is not False
 
 
-def record_repeat(trial: optuna.Trial, earlier: FrozenTrial, fill: dict[str, Any] | None) -> None:
-    """Record on ``trial`` that its proposal was filled onto ``earlier``'s policy.
+def record_repeat(trial: optuna.Trial, repeat: Repeat) -> None:
+    """Record on ``trial`` the earlier trial's outcome (:meth:`Repeat.record`).
 
-    The trial takes ``earlier``'s constraints and metric, so the sampler learns what the
-    proposal leads to; ``feasible`` is False so the repeat is neither counted nor picked
-    (the earlier trial is), and ``repeat_of`` says why.
+    The trial takes the earlier one's constraints, so the sampler learns what the proposal
+    leads to; ``feasible`` is False so the repeat is neither counted nor picked.
     """
-    for key, value in earlier.constraints.items():
+    for key, value in repeat.earlier.constraints.items():
         trial.set_constraint(key, float(value))
-    set_user_attrs(trial, {
-        REPEAT_ATTR: earlier.number, "feasible": False, "pruned": earlier.state == TrialState.PRUNED,
-        "policy": earlier.user_attrs.get("policy"), "metric": earlier.user_attrs.get("metric"),
-        "violations": earlier.user_attrs.get("violations", {}),
-        "strategy": earlier.user_attrs.get("strategy"), "fill": fill,
-        "cost_s": float((fill or {}).get("fill_s", 0.0)),
-    })
+    set_user_attrs(trial, repeat.record())
 
 
-def tell_repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
-                fill: dict[str, Any] | None) -> FrozenTrial:
-    """Finish ``trial`` with ``earlier``'s outcome (:func:`record_repeat`, then ``tell``)."""
-    record_repeat(trial, earlier, fill)
-    if earlier.state == TrialState.PRUNED or earlier.values is None:
+def tell_repeat(study: optuna.Study, trial: optuna.Trial, repeat: Repeat) -> FrozenTrial:
+    """Finish ``trial`` as a repeat of the earlier trial (:func:`record_repeat`, then ``tell``)."""
+    record_repeat(trial, repeat)
+    if repeat.pruned:
         return study.tell(trial, state=TrialState.PRUNED)
-    return study.tell(trial, earlier.values)
-
-
-@dataclass
-class Proposals:
-    """What a trial trains for the parameters its sampler drew: filled, walked, claimed.
-
-    With filling on (:meth:`Objective.candidate`), the proposal moves to the budget's edge;
-    an edge point some trial of the study trained or claimed, in any process
-    (:class:`~autocompress.search.taken.TakenPolicies`, read again before each fill), walks
-    to one none did. When the walk finds none, the trial is to be told the earlier trial's
-    outcome, a repeat; after ``MAX_REPEATS_IN_A_ROW`` of them in a row, filling stops for
-    the rest of this process's run and proposals are trained as drawn. The trained policy
-    is claimed in the storage before its fine-tune. Shared by the search loop
-    (:func:`run_trials`) and ``autocompress worker`` (:func:`~autocompress.search.workers.optuna_objective`).
-    """
-
-    objective: Objective
-    taken: TakenPolicies | None = None
-    repeats_in_a_row: int = 0
-    #: Seconds the latency table spent timing new layer shapes while the last proposal was
-    #: filled: recorded on its trial (``fill_lut_s``, :meth:`record`), so the one-off
-    #: measurements are told apart from the controller's time even in a killed run.
-    fill_lut_s: float = 0.0
-
-    def policy_for(self, trial: optuna.Trial, drawn: dict[str, Any]
-                   ) -> tuple[CompressionPolicy, dict[str, Any] | None, FrozenTrial | None]:
-        """``(policy, fill, earlier)``: ``earlier`` set means tell ``trial`` a repeat of it."""
-        objective = self.objective
-        if self.taken is None:
-            self.taken = TakenPolicies(trial.study)
-        elif objective.fill:
-            self.taken.refresh()
-        taken = self.taken
-        measured0 = objective.measure_seconds()
-        policy, fill = objective.candidate(
-            drawn, planned="warm_start" in trial.user_attrs,
-            is_new=lambda p: taken.is_new(p.to_dict()),
-            rng=random.Random(f"{objective.settings.seed}:{trial.number}"))
-        self.fill_lut_s = objective.measure_seconds() - measured0
-        earlier = taken.earlier(policy.to_dict()) if fill is not None else None
-        if earlier is not None and self.repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
-            self.repeats_in_a_row += 1
-            return policy, fill, earlier
-        if earlier is not None:  # filling keeps repeating itself: explore as drawn
-            LOG.info("%d filled proposals in a row landed on evaluated policies; "
-                     "proposals are evaluated as drawn from here", self.repeats_in_a_row)
-            objective.fill = False
-            policy, fill = objective.space.policy_from_params(drawn), None
-        self.repeats_in_a_row = 0
-        if fill is not None:
-            taken.claim(trial, policy.to_dict())
-        return policy, fill, None
-
-    def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-        """:func:`record_outcome`, with the table's seconds spent filling this trial's proposal."""
-        record_outcome(trial, replace(outcome, user_attrs={**outcome.user_attrs,
-                                                           "fill_lut_s": self.fill_lut_s}))
-
-    def finished(self, trial: FrozenTrial) -> None:
-        """A trial this process finished: its policy is taken without reading the study again."""
-        if self.taken is not None:
-            self.taken.add(trial)
+    return study.tell(trial, repeat.earlier.values)
 
 
 def n_done(study: optuna.Study) -> int:
@@ -310,12 +225,12 @@ def record_outcome(trial: optuna.Trial, outcome: TrialOutcome) -> None:
     """What a trial records of its outcome (the search <-> export contract).
 
     One ``set_constraint`` per budget clause (the constrained samplers read them),
-    then the outcome's user attributes and ``pruned``, in one storage write on a
+    then the :class:`~autocompress.search.record.TrialRecord`, in one storage write on a
     journal file (:func:`~autocompress.search.journal.set_user_attrs`).
     """
     for key, value in outcome.constraints.items():
         trial.set_constraint(key, float(value))
-    set_user_attrs(trial, {**outcome.user_attrs, "pruned": outcome.pruned})
+    set_user_attrs(trial, outcome.user_attrs)
 
 
 def add_skipped(study: optuna.Study, space: ResolvedSpace, params: dict[str, Any],
@@ -328,8 +243,7 @@ def add_skipped(study: optuna.Study, space: ResolvedSpace, params: dict[str, Any
     study.add_trial(optuna.trial.create_trial(
         params=params, distributions=space.distributions, values=outcome.values,
         constraints=outcome.constraints,
-        user_attrs={"worker": worker_id(), **outcome.user_attrs, "pruned": outcome.pruned,
-                    "screened": True},
+        user_attrs={"worker": worker_id(), **outcome.user_attrs, "screened": True},
     ))
 
 
@@ -345,7 +259,7 @@ def run_trials(
     """Run trials until ``total`` are finished and evaluated; returns how many were evaluated now.
 
     ``planner`` (baselines) yields parameter dicts to enqueue; when it runs
-    dry the loop stops early. Candidates predicted over the budget are told to
+    dry the loop stops early. Candidates judged over the budget are told to
     Optuna and do not count (see the module docstring); after
     ``SKIPPED_PER_TRIAL * total`` of them the loop stops with a warning.
     ``count_skipped``: count them like any trial (for a budget no corner of the
@@ -365,20 +279,17 @@ def run_trials(
                   else None)
     ran = 0
     failures = 0
-    proposals = Proposals(objective)
+    proposals = Proposals(objective, TakenPolicies(study))
     skipped, max_skipped = n_skipped(study), SKIPPED_PER_TRIAL * total
     counted = n_finished if count_skipped else n_done
     while counted(study) < total:
         if skipped >= max_skipped:
             LOG.warning(
-                "stopped after %d candidates predicted over the budget (%d of %d trials "
+                "stopped after %d candidates judged over the budget (%d of %d trials "
                 "evaluated): the budget is hard to meet in this search space; loosen it "
                 "or widen the space's ranges", skipped, n_done(study), total)
             break
-        if objective.to_try:  # a measured corner that met the budget (Objective.out_of_reach)
-            study.enqueue_trial(objective.to_try.pop(0), user_attrs={"planned": "measured corner"})
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        screening: Screening | None = None  # of the candidate enqueued below, if screened
         if plan is not None and not waiting:
             nxt = next((p for p in plan if params_key(p) not in done_keys), None)
             if nxt is None:
@@ -386,90 +297,75 @@ def run_trials(
                 break
             study.enqueue_trial(nxt)
         frozen: FrozenTrial | None = None
-        outcome: TrialOutcome | None = None
+        screening: Screening | None = None  # of the candidate enqueued below, if screened
+        screened = None
         if screen_rng is not None and not waiting:
             params = space.draw_params(screen_rng)
-            policy = space.policy_from_params(params)
-            screening = objective.screen(policy)
-            if screening.feasible:  # evaluated in the trial below, without predicting again
-                study.enqueue_trial(params)
-            else:
+            screened = space.policy_from_params(params)
+            screening = objective.screen(screened)
+            if not screening.feasible:
                 prov = {"study": study.study_name, "trial": len(study.get_trials(deepcopy=False)),
                         **(provenance or {})}
-                outcome = objective(policy, provenance=prov, screening=screening)
+                outcome = objective(screened, provenance=prov, screening=screening)
                 add_skipped(study, space, params, outcome)
-        if outcome is None:
-            trial = study.ask()
-            trial.set_user_attr("worker", worker_id())
-            try:
-                drawn = space.suggest_params(trial)
-                policy, fill, earlier = proposals.policy_for(trial, drawn)
-                if earlier is not None:
-                    frozen = tell_repeat(study, trial, earlier, fill)
-                    if on_trial:
-                        on_trial(frozen, None)
-                    continue
-
-                def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
-                    trial.report(metric, step)
-                    return trial.should_prune()
-
-                prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
-                if fill is not None:
-                    prov["fill"] = fill
-                outcome = objective(policy, report=report, provenance=prov, screening=screening)
-                proposals.record(trial, outcome)
-            except KeyboardInterrupt:
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-            except Exception as exc:  # noqa: BLE001 - recorded on the trial, the search goes on
-                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
-                study.tell(trial, state=TrialState.FAIL)
-                failures += 1
+                skipped += not count_skipped
+                ran += count_skipped
                 if on_trial:
-                    on_trial(None, None)
-                if failures >= MAX_FAILURES_IN_A_ROW:
-                    raise MethodError(
-                        f"{failures} trials in a row failed; the last one (trial {trial.number}): "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                    on_trial(None, outcome)
                 continue
-            failures = 0
-            if outcome.pruned:
-                frozen = study.tell(trial, state=TrialState.PRUNED)
-            else:
-                frozen = study.tell(trial, outcome.values)
-            done_keys.add(params_key(frozen.params))
-            proposals.finished(frozen)
+            study.enqueue_trial(params)  # evaluated in the trial below, without predicting again
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_id())
+        try:
+            drawn = space.suggest_params(trial)
+
+            def report(step: int, metric: float, trial: optuna.Trial = trial) -> bool:
+                trial.report(metric, step)
+                return trial.should_prune()
+
+            prov = {"study": study.study_name, "trial": trial.number, **(provenance or {})}
+            result = run_trial(
+                proposals, str(trial.number), drawn, planned=_planned(trial), report=report,
+                provenance=prov, screening=screening, trial=trial,
+                policy=screened if screening is not None else None)
+            if isinstance(result, Repeat):
+                frozen = tell_repeat(study, trial, result)
+                if on_trial:
+                    on_trial(frozen, result)
+                continue
+            outcome = result
+            record_outcome(trial, outcome)
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the search goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            failures += 1
+            if on_trial:
+                on_trial(None, None)
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise MethodError(
+                    f"{failures} trials in a row failed; the last one (trial {trial.number}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            continue
+        failures = 0
+        if outcome.pruned:
+            frozen = study.tell(trial, state=TrialState.PRUNED)
+        else:
+            frozen = study.tell(trial, outcome.values)
+        done_keys.add(params_key(frozen.params))
+        proposals.finished(frozen)
         if outcome.feasible or count_skipped:
             ran += 1
         else:
             skipped += 1
         if on_trial:
             on_trial(frozen, outcome)
-        if not outcome.feasible and not count_skipped and objective.out_of_reach():
-            assert objective.leader_check is not None  # out of reach only by its scale
-            LOG.warning(
-                "stopped after %d of %d trials: the candidates measured in the loop ran %.3fx "
-                "their predicted times, at that no corner of the search space meets the budget, "
-                "and the cheapest corner, timed, missed it too, so no later candidate can; "
-                "loosen the budget or widen the space",
-                n_done(study), total, objective.leader_check.scale)
-            break
     return ran
 
 
-def best_feasible(study: optuna.Study, higher_is_better: bool) -> FrozenTrial | None:
-    """The COMPLETE trial with the best metric among those meeting the budget."""
-    best: FrozenTrial | None = None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if not t.user_attrs.get("feasible") or t.user_attrs.get("metric") is None:
-            continue
-        m = float(t.user_attrs["metric"])
-        if best is None:
-            best = t
-            continue
-        b = float(best.user_attrs["metric"])
-        if (m > b) if higher_is_better else (m < b):
-            best = t
-    return best
+def _planned(trial: optuna.Trial) -> bool:
+    """A trial whose parameters are evaluated as they are (the warm start, a requeued one)."""
+    return "warm_start" in trial.user_attrs

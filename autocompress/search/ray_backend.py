@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +79,7 @@ class TrialKit:
     lut_path: str | None = None
     target: Target | None = None
     lut: Any = None  # the driver's table, for nodes that do not see lut_path
-    claims: Any = None  # a PolicyClaims actor: filled proposals walk off taken policies
+    claims: Any = None  # a PolicyClaims actor: taken policies and the timings' correction
 
     def objective_here(self) -> tuple[Objective, Any]:
         """The objective with this process's view of the latency table (and that table).
@@ -111,22 +110,28 @@ class TrialKit:
 
 
 class PolicyClaims:
-    """The policies this run's trials have taken, kept by one Ray actor all trials ask.
+    """The policies this run's trials have taken, and the timings' correction ratios, kept by
+    one Ray actor all trials ask.
 
     Each Ray trial runs in its own process and sees no other trial's policy, so filling
     alone would train the same edge point again and again (a small space has few). With
     this, the fill's walk (:func:`~autocompress.search.fill.fill_to_budget`) moves a
-    proposal whose edge point another trial took to one no trial has, as the Optuna
-    backend's ``seen`` does, and concurrent trials cannot take the same one: asking
-    is taking (:meth:`claim` answers whether the policy was still free and then holds it).
+    proposal whose edge point another trial took to one no trial has, and concurrent
+    trials cannot take the same one: asking is taking (:meth:`claim` answers whether the
+    policy was still free and then holds it). The measured-over-predicted ratios of the
+    trials timed on the target are pooled here too, so every trial screens and fills with
+    the run's correction (:class:`~autocompress.search.judge.Correction`).
 
     >>> claims = PolicyClaims(["a"])
     >>> claims.claim("a"), claims.claim("b"), claims.claim("b")
     (False, True, False)
+    >>> claims.share_ratios({"1": 1.2}) == {"1": 1.2}
+    True
     """
 
-    def __init__(self, taken: list[str]) -> None:
+    def __init__(self, taken: list[str], ratios: dict[str, float] | None = None) -> None:
         self.taken = set(taken)
+        self.ratios: dict[str, float] = dict(ratios or {})
 
     def claim(self, key: str) -> bool:
         """Whether ``key`` was free; it is taken from now on."""
@@ -135,58 +140,79 @@ class PolicyClaims:
         self.taken.add(key)
         return True
 
+    def share_ratios(self, ratios: dict[str, float]) -> dict[str, float]:
+        """Add a trial's correction ratios; returns every trial's."""
+        self.ratios.update(ratios)
+        return dict(self.ratios)
+
+
+class ClaimsTaken:
+    """:class:`~autocompress.search.trial.Taken` over a :class:`PolicyClaims` actor.
+
+    Ray trials are not told an earlier outcome as a repeat (``earlier`` is always None):
+    when nothing is left to walk to, the policy is trained again.
+    """
+
+    def __init__(self, claims: Any, correction: Any) -> None:
+        self.claims, self.correction = claims, correction
+
+    def refresh(self) -> list[FrozenTrial]:
+        import ray
+
+        self.correction.ratios.update(
+            ray.get(self.claims.share_ratios.remote(dict(self.correction.ratios))))
+        return []
+
+    def is_new(self, policy: dict[str, Any]) -> bool:
+        import ray
+
+        from autocompress.search.taken import policy_key
+
+        return bool(ray.get(self.claims.claim.remote(policy_key(policy))))
+
+    def earlier(self, policy: dict[str, Any]) -> FrozenTrial | None:
+        return None
+
+    def claim(self, policy: dict[str, Any], trial: Any = None) -> None:
+        from autocompress.search.taken import policy_key
+
+        self.claims.claim.remote(policy_key(policy))  # a point evaluated as it is is taken too
+
+    def add(self, trial: FrozenTrial) -> None:
+        self.share()
+
+    def share(self) -> None:
+        """Give the run this trial's correction ratios (its own timing among them)."""
+        self.claims.share_ratios.remote(dict(self.correction.ratios))
+
 
 def start_claims(study: optuna.Study) -> Any:
-    """A :class:`PolicyClaims` actor holding the policies the study has trained already."""
+    """A :class:`PolicyClaims` actor holding the policies the study has judged already."""
     import ray
 
+    from autocompress.search.judge import Correction
     from autocompress.search.optuna_backend import DONE
-    from autocompress.search.taken import policy_key
+    from autocompress.search.taken import policy_key, trained
 
-    taken = [policy_key(t.user_attrs["policy"]) for t in study.get_trials(
-        deepcopy=False, states=DONE)
-        if t.user_attrs.get("metric") is not None and isinstance(t.user_attrs.get("policy"), dict)]
-    return ray.remote(num_cpus=0)(PolicyClaims).remote(taken)
-
-
-def pre_attrs(
-    objective: Objective, policy: Any, provenance: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """The contract's user attributes known before any fine-tune (costs, feasibility).
-
-    A trial ASHA stops never returns from the objective; these (reported with
-    every intermediate metric) are what the exported study keeps for it.
-    """
-    from autocompress.search.objective import COST_KEYS
-
-    t0 = time.perf_counter()
-    costs = objective.predict(policy)
-    feasible, constraints = objective.check(costs)
-    full = objective._annotate(policy, costs, None, provenance)  # the exported policy form
-    attrs = {
-        "policy": full.to_dict(),
-        "feasible": bool(feasible),
-        "violations": {k: float(v) for k, v in constraints.items()},
-        **{k: int(getattr(costs, k)) for k in COST_KEYS},
-        "predicted_latency_ms": costs.latency_ms,
-        "metric": None,
-        "cost_s": round(time.perf_counter() - t0, 6),
-        "strategy": objective.strategy,
-    }
-    return attrs, {k: float(v) for k, v in constraints.items()}
+    done = study.get_trials(deepcopy=False, states=DONE)
+    taken = [policy_key(t.user_attrs["policy"]) for t in done if trained(t)]
+    correction = Correction()
+    correction.observe_trials(done)
+    return ray.remote(num_cpus=0)(PolicyClaims).remote(taken, correction.ratios)
 
 
 def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
-    """One Ray Tune trial: the candidate in ``config`` through the shared objective.
+    """One Ray Tune trial: the candidate in ``config`` through :func:`run_trial`.
 
-    Reports ``METRIC`` at every ``report_every`` fine-tune steps (ASHA's rungs)
-    and once more, with ``FINAL=1`` and the full attributes, when done.
+    Reports ``METRIC`` at every ``report_every`` fine-tune steps (ASHA's rungs), each
+    with the trial's record as judged before the fine-tune, and once more, with
+    ``FINAL=1`` and the full record, when done.
     """
     import torch
     from ray import tune
     from ray.tune.utils import flatten_dict
 
-    from autocompress.search.taken import policy_key
+    from autocompress.search.trial import Proposals, Repeat, run_trial
 
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
     try:
@@ -200,48 +226,44 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     names = objective.space.params
     params = {k: v for k, v in flatten_dict(dict(config), delimiter="/").items() if k in names}
     try:
-        trial_id = tune.get_context().get_trial_id()
+        trial_id = str(tune.get_context().get_trial_id())
     except Exception:  # noqa: BLE001
-        trial_id = None
-    is_new = None
-    if kit.claims is not None:
-        import ray
-
-        def is_new(p: Any) -> bool:
-            return bool(ray.get(kit.claims.claim.remote(policy_key(p.to_dict()))))
-    policy, fill = objective.candidate(
-        params, is_new=is_new, rng=random.Random(f"{objective.settings.seed}:{trial_id}"))
-    if kit.claims is not None:  # a point evaluated as it is (the warm start) is taken too
-        kit.claims.claim.remote(policy_key(policy.to_dict()))
-    prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
-    if fill is not None:
-        prov["fill"] = fill
-    pre, constraints = pre_attrs(objective, policy, prov)
-    common = {ATTRS: json.dumps(pre), CONSTRAINTS: json.dumps(constraints)}
+        trial_id = "direct"
+    taken = ClaimsTaken(kit.claims, objective.judge.correction)
+    proposals = Proposals(objective, taken)
     pareto = objective.mode != "constrained"
-    cost_now = objective._cost_value(objective.predict(policy)) if pareto else None
+    common: dict[str, Any] = {}
+
+    def judged(record: Any) -> None:
+        attrs = record.to_attrs()
+        common.update({ATTRS: json.dumps(attrs), CONSTRAINTS: json.dumps(attrs["violations"])})
+        if pareto:
+            common[COST] = float(attrs["predicted_latency_ms"] if objective.cost_metric ==
+                                 "latency" else attrs.get(objective.cost_metric) or 0.0)
 
     def report(step: int, metric: float) -> bool:
-        result = {METRIC: float(metric), STEP: int(step), FINAL: 0, **common}
-        if pareto:
-            result[COST] = cost_now
-        tune.report(result)
+        tune.report({METRIC: float(metric), STEP: int(step), FINAL: 0, **common})
         return False  # ASHA decides outside: a stopped trial's process simply ends
 
-    outcome = objective(policy, report=report, provenance=prov)
+    prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
+    result = run_trial(proposals, trial_id, params,
+                       planned=params_key(params) in objective.planned, report=report,
+                       provenance=prov, judged=judged)
+    assert not isinstance(result, Repeat)  # ClaimsTaken knows no earlier outcomes
+    taken.share()
     if lut is not None:
         lut.save()  # layer shapes this trial measured serve the next trials
-    attrs = {**outcome.user_attrs, "pruned": outcome.pruned}
+    attrs = result.user_attrs
     final = {
-        METRIC: float(outcome.values[0]),
-        STEP: int(objective.settings.steps) if outcome.feasible else 0,
+        METRIC: float(result.values[0]),
+        STEP: int(objective.settings.steps) if result.feasible else 0,
         FINAL: 1,
         ATTRS: json.dumps(attrs),
-        CONSTRAINTS: json.dumps({k: float(v) for k, v in outcome.constraints.items()}),
-        VALUES: json.dumps([float(v) for v in outcome.values]),
+        CONSTRAINTS: json.dumps({k: float(v) for k, v in result.constraints.items()}),
+        VALUES: json.dumps([float(v) for v in result.values]),
     }
     if pareto:
-        final[COST] = float(outcome.values[1])
+        final[COST] = float(result.values[1])
     tune.report(final)
 
 
@@ -541,7 +563,7 @@ def run_ray(
             kit = TrialKit(objective, study.study_name,
                            str((out / LUT_FILE).resolve()) if prep.lut is not None else None,
                            prep.target, prep.lut,
-                           claims=start_claims(study) if objective.fill else None)
+                           claims=start_claims(study))
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
             # Resume the last experiment of this run when Ray can; its trials keep their ids,

@@ -1,7 +1,7 @@
 """Policies a study's trials trained or are training, in this process or any other.
 
 Budget filling maps many proposals to one edge point, and a proposal whose edge point
-was trained walks to a neighbour no trial has (:mod:`autocompress.search.fill`). With one
+was judged (trained, or timed on the target) walks to a neighbour no trial has (:mod:`autocompress.search.fill`). With one
 process, what it trained is enough to know. With several processes on one study (``autocompress
 worker`` on PostgreSQL, or ``autocompress search --storage URL`` started twice), a process
 knowing only its own trials trains the edge points the others trained, and two workers
@@ -22,8 +22,9 @@ never a wrong result.
 >>> policy = {"layers": {"fc": {"rank": 0.5}}}
 >>> taken.is_new(policy)
 True
->>> taken.claim(trial, policy)
->>> TakenPolicies(study).refresh().is_new(policy)  # another process sees the claim
+>>> taken.claim(policy, trial)
+>>> other = TakenPolicies(study)  # another process sees the claim
+>>> other.is_new(policy)
 False
 """
 
@@ -37,6 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.search.journal import set_user_attrs
+from autocompress.search.record import judged
 
 CLAIM_ATTR = "policy_claim"
 REPEAT_ATTR = "repeat_of"
@@ -58,8 +60,9 @@ def policy_digest(policy: dict[str, Any]) -> str:
 
 
 def trained(trial: FrozenTrial) -> bool:
-    """A finished trial that fine-tuned and scored its policy (a told repeat did not)."""
-    return (trial.state in _FINISHED and trial.user_attrs.get("metric") is not None
+    """A finished trial that judged its policy: fine-tuned and scored it, or timed it on the
+    target and found it over the budget (a told repeat did neither)."""
+    return (trial.state in _FINISHED and judged(trial.user_attrs)
             and REPEAT_ATTR not in trial.user_attrs
             and isinstance(trial.user_attrs.get("policy"), dict))
 
@@ -79,13 +82,15 @@ class TakenPolicies:
         self._read: set[int] = set()  # finished trials already read (their attributes are final)
         self.refresh()
 
-    def refresh(self) -> TakenPolicies:
-        """Read the trials finished or running in the study now, whichever process ran them.
+    def refresh(self) -> list[FrozenTrial]:
+        """Read the trials finished or running in the study now, whichever process ran them;
+        returns the finished trials read for the first time.
 
         A claim holds while its trial runs or once it finished; a failed trial's claim
         lapses, so the retry of a dead worker's trial may train that policy.
         """
         running: set[str] = set()
+        new: list[FrozenTrial] = []
         for t in self.study.get_trials(deepcopy=False, states=(*_FINISHED, TrialState.RUNNING)):
             if t.number in self._read:
                 continue
@@ -95,12 +100,13 @@ class TakenPolicies:
                     running.add(str(claim))
                 continue
             self._read.add(t.number)
+            new.append(t)
             if claim:
                 self._finished_claims.add(str(claim))
             if trained(t):
                 self.trained.setdefault(policy_digest(t.user_attrs["policy"]), t)
         self.claimed = self._finished_claims | running
-        return self
+        return new
 
     def is_new(self, policy: dict[str, Any]) -> bool:
         """Whether no trial trained ``policy`` (a ``to_dict()``) or claimed it."""
@@ -111,8 +117,8 @@ class TakenPolicies:
         """The finished trial that trained ``policy``, if one did."""
         return self.trained.get(policy_digest(policy))
 
-    def claim(self, trial: optuna.Trial, policy: dict[str, Any]) -> None:
-        """Record in the storage that ``trial`` trains ``policy`` (before its fine-tune)."""
+    def claim(self, policy: dict[str, Any], trial: Any = None) -> None:
+        """Record in the storage that ``trial`` (an :class:`optuna.Trial`) judges ``policy``."""
         digest = policy_digest(policy)
         set_user_attrs(trial, {CLAIM_ATTR: digest})
         self.claimed.add(digest)

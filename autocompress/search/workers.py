@@ -47,10 +47,12 @@ from autocompress.search.journal import journal_storage
 from autocompress.search.optuna_backend import (
     DONE,
     SKIPPED_PER_TRIAL,
-    Proposals,
     evaluated,
+    record_outcome,
     record_repeat,
 )
+from autocompress.search.taken import TakenPolicies
+from autocompress.search.trial import Proposals, Repeat, run_trial
 
 if TYPE_CHECKING:
     from autocompress.search.config import SearchConfig
@@ -370,27 +372,23 @@ def worker_seed(seed: int, worker: str | None = None) -> int:
 def optuna_objective(
     objective: Objective, provenance: dict[str, Any] | None = None
 ) -> Callable[[optuna.Trial], list[float]]:
-    """The :class:`Objective` as a ``study.optimize`` function (heartbeat, stale-trial retry).
+    """:func:`~autocompress.search.trial.run_trial` as a ``study.optimize`` function.
 
-    Records what ``autocompress search`` records on a trial (the contract's user
-    attributes, one ``set_constraint`` per budget clause, intermediate metrics
-    for the pruner) and raises :class:`optuna.TrialPruned` for a pruned fine-tune.
-    Proposals are filled to the budget's edge as the search loop fills them
-    (:class:`~autocompress.search.optuna_backend.Proposals`): an edge point another
-    worker trained or is training is not trained again, and a proposal with nowhere
-    new to walk is told the earlier trial's outcome (``repeat_of``, not counted).
+    Records what ``autocompress search`` records on a trial (the contract's
+    :class:`~autocompress.search.record.TrialRecord`, one ``set_constraint`` per budget
+    clause, intermediate metrics for the pruner) and raises :class:`optuna.TrialPruned` for
+    a pruned fine-tune. Proposals are filled and walked as in the search loop, against the
+    policies every worker of the study took; a proposal with nowhere new to walk is told the
+    earlier trial's outcome (``repeat_of``, not counted).
     """
-    proposals = Proposals(objective)
+    proposals: Proposals | None = None
 
     def fn(trial: optuna.Trial) -> list[float]:
+        nonlocal proposals
+        if proposals is None:
+            proposals = Proposals(objective, TakenPolicies(trial.study))
         trial.set_user_attr("worker", worker_id())
         drawn = objective.space.suggest_params(trial)
-        policy, fill, earlier = proposals.policy_for(trial, drawn)
-        if earlier is not None:
-            record_repeat(trial, earlier, fill)
-            if earlier.state == TrialState.PRUNED or earlier.values is None:
-                raise optuna.TrialPruned()
-            return list(earlier.values)
 
         def report(step: int, metric: float) -> bool:
             trial.report(metric, step)
@@ -398,13 +396,18 @@ def optuna_objective(
 
         prov = {"study": trial.study.study_name, "trial": trial.number, "backend": "optuna",
                 **(provenance or {})}
-        if fill is not None:
-            prov["fill"] = fill
-        outcome = objective(policy, report=report, provenance=prov)
-        proposals.record(trial, outcome)
-        if outcome.pruned:
+        result = run_trial(proposals, str(trial.number), drawn,
+                           planned="warm_start" in trial.user_attrs, report=report,
+                           provenance=prov, trial=trial)
+        if isinstance(result, Repeat):
+            record_repeat(trial, result)
+            if result.pruned:
+                raise optuna.TrialPruned()
+            return list(result.earlier.values)
+        record_outcome(trial, result)
+        if result.pruned:
             raise optuna.TrialPruned()
-        return list(outcome.values)
+        return list(result.values)
 
     return fn
 

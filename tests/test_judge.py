@@ -1,0 +1,142 @@
+"""One judgment of a latency budget: every trained candidate timed on the target, real searches."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from autocompress.cost.timing import LOCK_ENV, timing_lock
+from autocompress.search import SearchConfig, search
+from autocompress.search.api import prepare_run
+from autocompress.search.judge import MEASURED_GUARD, PREDICTION_TOLERANCE
+
+SETTINGS = dict(budget="latency<=0.8x", target="torch-1t-b8", trials=4, finetune_steps=10,
+                export=False, report_every=5, val_samples=200)
+
+
+def _trials(out):
+    storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
+    study = optuna.load_study(study_name="autocompress", storage=storage)
+    return study, study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "random"])
+def test_every_trained_candidate_was_timed_on_the_target_and_judged_on_it(digits_task, tmp_path,
+                                                                         strategy):
+    out = tmp_path / "run"
+    result = search(digits_task, out=out, strategy=strategy, **SETTINGS)
+    study, trials = _trials(out)
+    trained = [t for t in trials if t.user_attrs["metric"] is not None]
+    assert trained
+    for t in trials:
+        a = t.user_attrs
+        if a["latency_basis"] != "measured":  # screened out on its prediction: never built
+            assert a["metric"] is None and a["measure_s"] == 0 and not a["feasible"]
+            continue
+        assert a["measure_s"] > 0 and a["measured_latency_ms"] > 0
+        assert a["measured_ratio"] == pytest.approx(
+            a["measured_latency_ms"] / a["measured_baseline_ms"])
+        # the constraint Optuna sees is the measured ratio's, told with the guard
+        assert t.constraints["latency"] == pytest.approx(a["measured_ratio"] / 0.8 - 1
+                                                         + MEASURED_GUARD)
+        assert a["feasible"] == (t.constraints["latency"] <= 0)
+        if not a["feasible"]:  # a measured miss is never fine-tuned and is worth nothing
+            assert a["metric"] is None and a["finetune_s"] == 0 and t.values == [0.0]
+    assert all(t.user_attrs["latency_basis"] == "measured" for t in trained)
+    if result.best_trial is not None:
+        pick = next(t for t in trials if t.number == result.best_trial)
+        assert pick.user_attrs["measured_ratio"] <= 0.8 * (1 - MEASURED_GUARD) + 1e-9
+
+
+def test_a_measured_miss_is_not_fine_tuned_and_corrects_later_predictions(digits_task, tmp_path):
+    """The judging, with the timing given: a candidate timed at 10x the uncompressed model
+    misses ``0.8x`` whatever it was predicted at, and the correction then scales predictions."""
+    cfg = SearchConfig(task="digits", out=str(tmp_path / "run"), **SETTINGS)
+    prep = prepare_run(cfg, digits_task)
+    objective = prep.objective
+    policy = prep.space.policy_from_params(prep.space.uniform_params(prune=0.5, bits=32))
+    before = objective.predict(policy).latency_ms
+    screening = objective.screen(policy)
+    assert screening.feasible  # predicted well under 0.8x
+    objective.judge.measure = lambda p: (10.0, 1.0)
+    outcome = objective(policy, key="slow")
+    assert not outcome.feasible and outcome.metric is None and outcome.values == [0.0]
+    assert outcome.record.finetune_s == 0 and outcome.record.latency_basis == "measured"
+    assert outcome.constraints["latency"] == pytest.approx(10.0 / 0.8 - 1 + MEASURED_GUARD)
+    factor = objective.judge.correction.factor
+    assert factor == pytest.approx(10.0 / screening.predicted_ratio)
+    assert objective.predict(policy).latency_ms == pytest.approx(before * factor)
+    assert not objective.screen(policy).feasible  # corrected, it is over the budget
+
+    objective.judge.measure = lambda p: (0.1, 1.0)  # a fast timing: trained and feasible
+    objective.judge.correction.ratios.clear()
+    fast = objective(policy, key="fast")
+    assert fast.feasible and fast.metric is not None and fast.record.finetune_s > 0
+
+
+def test_a_resumed_run_takes_up_the_correction_its_timings_taught(digits_task, tmp_path):
+    out = tmp_path / "run"
+    search(digits_task, out=out, **SETTINGS)
+    _, trials = _trials(out)
+    timed = [t for t in trials if t.user_attrs["latency_basis"] == "measured"]
+    assert timed
+    again = prepare_run(SearchConfig(task="digits", out=str(out), **SETTINGS), digits_task)
+    correction = again.objective.judge.correction
+    assert len(correction.ratios) == len(timed)
+    assert correction.factor == pytest.approx(statistics.median(
+        t.user_attrs["measured_ratio"] / t.user_attrs["predicted_ratio"] for t in timed))
+
+
+def test_without_measuring_predictions_decide_and_say_so(digits_task, tmp_path):
+    out = tmp_path / "run"
+    search(digits_task, out=out, measure=False, **SETTINGS)
+    _, trials = _trials(out)
+    assert trials
+    for t in trials:
+        a = t.user_attrs
+        assert a["latency_basis"] == "predicted" and a["measure_s"] == 0
+        assert a["measured_latency_ms"] is None
+        assert a["feasible"] == (t.constraints["latency"] <= 0)  # no screening tolerance
+
+
+def test_screening_times_a_candidate_predicted_just_over_the_budget(digits_task, tmp_path):
+    """On the target a prediction within the tolerance is timed, since single predictions are
+    off by that much; away from it, the same prediction is over the budget."""
+    cfg = SearchConfig(task="digits", out=str(tmp_path / "run"), **SETTINGS)
+    objective = prepare_run(cfg, digits_task).objective
+    limit = 0.8 * objective.budget_baseline.latency_ms
+    near = objective.predict(objective.space.policy_from_params(
+        objective.space.identity_params())).with_latency(
+            limit * (1 - MEASURED_GUARD) * (1 + PREDICTION_TOLERANCE / 2))
+    assert objective.judge.screen(near).feasible
+    objective.judge.measure = None
+    assert not objective.judge.screen(near).feasible
+
+
+def test_timings_of_two_processes_on_one_host_take_turns(tmp_path, monkeypatch):
+    """The host-wide lock is a real flock: another process holding it makes this one wait."""
+    lock = tmp_path / "timing.lock"
+    monkeypatch.setenv(LOCK_ENV, str(lock))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, time, sys\n"
+        f"os.environ[{LOCK_ENV!r}] = {str(lock)!r}\n"
+        "from autocompress.cost.timing import timing_lock\n"
+        "with timing_lock():\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with timing_lock():
+            waited = time.monotonic() - t0
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.5
