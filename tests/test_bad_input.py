@@ -1,0 +1,96 @@
+"""Bad input found on the way: one ``error:`` line, exit code 2, no traceback, before slow work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autocompress.cli.app import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# The CLI of this checkout (the console script may belong to another install of the package).
+CLI = [sys.executable, "-c", "from autocompress.cli.app import run; run()"]
+# Cheap settings: a MACs budget needs no latency table, torch target no ONNX export.
+FAST = ["--budget", "macs<=60%", "--target", "torch-1t", "--finetune-steps", "1", "--trials", "1"]
+
+RAISES = '''\
+def _read(path):
+    raise FileNotFoundError(f"no data at {path}")
+
+
+def make_task():
+    return _read("/nowhere/data.npz")
+'''
+
+
+def _error_line(err: str, trail: int = 0) -> str:
+    """The only ``error:`` line of ``err``, followed by exactly ``trail`` other lines."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 + trail, err
+    assert lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> str:
+    """Write module ``name`` into ``tmp_path`` and make it importable for this test."""
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def test_task_factory_that_raises_shows_its_own_frames(tmp_path, monkeypatch, capsys) -> None:
+    mod = _module(tmp_path, monkeypatch, "acbad_raises", RAISES)
+    rc = main(["search", "--task", f"{mod}:make_task", *FAST, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = _error_line(err, trail=2)
+    assert f"task factory '{mod}:make_task' raised FileNotFoundError: no data at " in line
+    trail = err.strip().splitlines()[1:]
+    assert trail[0].endswith("acbad_raises.py line 6, in make_task: return _read(\"/nowhere/data.npz\")")
+    assert "acbad_raises.py line 2, in _read" in trail[1]
+    assert not any("autocompress" in t for t in trail)  # autocompress's own frames are left out
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "where"),
+    [
+        ("import json\nVALUE = json.loads('{x')\n", "raised JSONDecodeError",
+         "acbad_import.py line 2, in <module>: VALUE = json.loads('{x')"),
+        ("import acbad_no_such_dependency\n",
+         "raised ModuleNotFoundError: No module named 'acbad_no_such_dependency'",
+         "acbad_import.py line 1, in <module>: import acbad_no_such_dependency"),
+        ("def make_task(:\n    pass\n", "raised SyntaxError: invalid syntax",
+         "acbad_import.py line 1: def make_task(:"),
+    ],
+    ids=["raises on import", "missing dependency", "syntax error"],
+)
+def test_task_module_that_fails_to_import(body, expected, where, tmp_path, monkeypatch,
+                                          capsys) -> None:
+    mod = _module(tmp_path, monkeypatch, "acbad_import", body)
+    rc = main(["search", "--task", f"{mod}:make_task", *FAST, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = _error_line(err, trail=1)
+    assert f"importing module '{mod}' for task '{mod}:make_task' {expected}" in line
+    assert err.strip().splitlines()[1].endswith(where)
+
+
+def test_task_factory_error_in_a_real_process(tmp_path) -> None:
+    (tmp_path / "acbad_proc.py").write_text(RAISES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]),
+               PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [*CLI, "search", "--task", "acbad_proc:make_task", *FAST, "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = _error_line(proc.stderr, trail=2)
+    assert "task factory 'acbad_proc:make_task' raised FileNotFoundError" in line
+    assert proc.stderr.strip().splitlines()[1].startswith("  acbad_proc.py line 6, in make_task")
