@@ -94,3 +94,40 @@ def test_task_factory_error_in_a_real_process(tmp_path) -> None:
     line = _error_line(proc.stderr, trail=2)
     assert "task factory 'acbad_proc:make_task' raised FileNotFoundError" in line
     assert proc.stderr.strip().splitlines()[1].startswith("  acbad_proc.py line 6, in make_task")
+
+
+def _out_cases(tmp_path: Path) -> dict[str, list[str]]:
+    """Each command that writes a folder, with ``{out}`` where the folder goes."""
+    config = tmp_path / "search.yaml"
+    config.write_text("task: digits\nbudget: macs<=60%\ntarget: torch-1t\n")
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"format": "autocompress.policy", "schema_version": 1, "layers": {}}')
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    return {
+        "search": ["search", "--task", "digits", *FAST, "--out", "{out}"],
+        "apply": ["apply", "--task", "digits", "--policy", str(policy), "--out", "{out}"],
+        "export": ["export", "--storage", str(tmp_path / "none.log"), "--out", "{out}"],
+        "worker": ["worker", "--storage", db, "--config", str(config), "--out", "{out}"],
+    }
+
+
+@pytest.mark.parametrize("command", ["search", "apply", "export", "worker"])
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under a file"])
+def test_out_naming_a_file(command: str, under: bool, tmp_path, capsys) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder\n")
+    out = taken / "run" if under else taken
+    argv = [a.replace("{out}", str(out)) for a in _out_cases(tmp_path)[command]]
+    assert main(argv) == 2
+    line = _error_line(capsys.readouterr().err)
+    where = f"lies under {str(taken)!r}, which is a file" if under else "is a file"
+    assert f"--out {str(out)!r} {where}; expected a folder" in line
+    assert taken.read_text() == "not a folder\n"
+    assert not (tmp_path / "none.log").exists()  # export failed before it opened the storage
+
+
+def test_out_from_a_config_file_naming_a_file(tmp_path, capsys) -> None:
+    config = tmp_path / "search.yaml"
+    config.write_text(f"task: digits\nout: {tmp_path / 'search.yaml'}\n")
+    assert main(["search", "--config", str(config)]) == 2
+    assert f"out {str(config)!r} is a file" in _error_line(capsys.readouterr().err)

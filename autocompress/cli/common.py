@@ -1,8 +1,11 @@
-"""Helpers shared by commands: loading a task and its inventory with a spinner."""
+"""Helpers shared by commands: cheap checks of paths and URLs, loading a task with a spinner."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from autocompress.cli.app import err_console
+from autocompress.errors import InputFileError
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.tasks import Task, load_task
 
@@ -15,3 +18,21 @@ def task_and_inventory(
         task = load_task(task_name, data_dir=data_dir, checkpoint=checkpoint)
         inventory = build_inventory(task.model, task.example_input)
     return task, inventory
+
+
+def check_out_folder(path: str | Path, name: str = "--out") -> None:
+    """Raise :class:`InputFileError` when folder ``path`` cannot be created: it or a parent is a file.
+
+    Commands create their output folder only after slow work (loading, training,
+    measuring); this check fails first instead.
+    """
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists():
+            if part.is_dir():
+                return
+            where = "is a file" if part == p else f"lies under {str(part)!r}, which is a file"
+            raise InputFileError(
+                f"{name} {str(p)!r} {where}; expected a folder (created when missing): give "
+                "the path of a new or existing folder"
+            )

@@ -60,6 +60,7 @@ def search(
 
     Exit codes: 0 a policy meets the budget, 3 no trial met it, 2 bad input.
     """
+    from autocompress.cli.common import check_out_folder
     from autocompress.search.api import run
     from autocompress.search.config import SearchConfig
 
@@ -71,6 +72,8 @@ def search(
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,
     })
+    # Checked here because the run creates its folder only after loading (maybe training) the task.
+    check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)

@@ -52,6 +52,7 @@ def worker(
     import optuna
     from optuna.trial import FrozenTrial
 
+    from autocompress.cli.common import check_out_folder
     from autocompress.errors import ConfigError
     from autocompress.search.config import SearchConfig
     from autocompress.search.workers import (
@@ -92,6 +93,8 @@ def worker(
             f"strategy {cfg.strategy!r} is a baseline that plans its candidates in one process; "
             "run it with `autocompress search`, or give workers tpe, nsga2 or random"
         )
+    # The run creates its folder only after loading (maybe training) the task.
+    check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
