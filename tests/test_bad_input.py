@@ -131,3 +131,46 @@ def test_out_from_a_config_file_naming_a_file(tmp_path, capsys) -> None:
     config.write_text(f"task: digits\nout: {tmp_path / 'search.yaml'}\n")
     assert main(["search", "--config", str(config)]) == 2
     assert f"out {str(config)!r} is a file" in _error_line(capsys.readouterr().err)
+
+
+SCHEMES = "postgresql://, postgres://, mysql://, sqlite://"
+
+
+@pytest.mark.parametrize("command", ["search", "worker", "export"])
+def test_storage_with_an_unknown_scheme(command: str, tmp_path, capsys) -> None:
+    argv = {
+        "search": ["search", "--task", "digits", *FAST, "--out", str(tmp_path / "o")],
+        "worker": ["worker", "--study", "s"],
+        "export": ["export", "--out", str(tmp_path / "o")],
+    }[command]
+    assert main([*argv, "--storage", "foo://bar"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"storage 'foo://bar' is not a database URL this version knows ({SCHEMES}" in line
+    assert "give e.g. postgresql://user:pass@host:5432/db or results/run/study.log" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["folder", "under a file"])
+def test_storage_path_that_cannot_be_a_journal_file(under: bool, tmp_path, capsys) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("")
+    storage = str(taken / "study.log") if under else str(tmp_path)
+    argv = ["search", "--task", "digits", *FAST, "--out", str(tmp_path / "o")]
+    assert main([*argv, "--storage", storage]) == 2
+    line = _error_line(capsys.readouterr().err)
+    if under:
+        assert f"--storage {storage!r} lies under {str(taken)!r}, which is a file" in line
+    else:
+        assert f"--storage {storage!r} is a folder; expected a journal file path" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_storage_for_opens_a_journal_path_and_rejects_unknown_schemes(tmp_path) -> None:
+    from optuna.storages import JournalStorage
+
+    from autocompress.errors import ConfigError
+    from autocompress.search.optuna_backend import storage_for
+
+    assert isinstance(storage_for(tmp_path, str(tmp_path / "runs" / "study.log")), JournalStorage)
+    with pytest.raises(ConfigError, match="storage 'foo://bar' is not a database URL"):
+        storage_for(tmp_path, "foo://bar")

@@ -60,7 +60,7 @@ def search(
 
     Exit codes: 0 a policy meets the budget, 3 no trial met it, 2 bad input.
     """
-    from autocompress.cli.common import check_out_folder
+    from autocompress.cli.common import check_out_folder, check_storage
     from autocompress.search.api import run
     from autocompress.search.config import SearchConfig
 
@@ -74,6 +74,7 @@ def search(
     })
     # Checked here because the run creates its folder only after loading (maybe training) the task.
     check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
+    check_storage(cfg.storage, "--storage" if storage is not None else "storage")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
