@@ -45,7 +45,8 @@ def search(
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
     checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
     storage: str = typer.Option(None, "--storage",
-                                help="Optuna storage URL (default: journal file <out>/study.log)"),
+                                help="Optuna storage URL or journal file path "
+                                     "(default: <out>/study.log)"),
     study_name: str = typer.Option(None, "--study-name", help="(default: autocompress)"),
     export: bool = typer.Option(None, "--export/--no-export",
                                 help="write the results folder at the end (default: export)"),
