@@ -18,6 +18,19 @@ class TaskError(AutocompressError):
     """An unknown task name, a task factory that cannot be imported, or bad task data."""
 
 
+class TaskFactoryError(TaskError):
+    """A user's task factory (or its module, on import) raised an exception.
+
+    ``trail`` holds one line per frame of the user's own code the exception passed
+    through (outermost first); the CLI prints them under the ``error:`` line, since the
+    message alone cannot say where in the user's file to look.
+    """
+
+    def __init__(self, message: str, trail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.trail: list[str] = list(trail or [])
+
+
 class CheckpointError(AutocompressError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 

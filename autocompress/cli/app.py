@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, TaskFactoryError
 
 app = typer.Typer(
     name="autocompress",
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         # escape: messages quote grammars like "<metric><=<value>[unit]" that rich would eat
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
                           soft_wrap=True)
+        if isinstance(exc, TaskFactoryError):  # where in the user's own code it failed
+            for line in exc.trail:
+                err_console.print(line, highlight=False, soft_wrap=True, markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")

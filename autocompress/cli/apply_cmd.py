@@ -21,8 +21,8 @@ from rich.table import Table
 from torch import nn
 
 from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
-from autocompress.cli.common import task_and_inventory
-from autocompress.errors import InputFileError, MethodError
+from autocompress.cli.common import check_out_folder, task_and_inventory
+from autocompress.errors import MethodError
 from autocompress.methods import apply_policy, model_stats
 from autocompress.policy import CompressionPolicy
 from autocompress.runtime.onnx import export_onnx, run_onnx
@@ -100,8 +100,7 @@ def apply(
     torch.load("DIR/model.pt", weights_only=False).
     """
     # Cheap checks first (file, JSON, value ranges), before the task loads; then the layers.
-    if out.exists() and not out.is_dir():
-        raise InputFileError(f"--out {str(out)!r} is a file; expected a folder (it is created)")
+    check_out_folder(out)
     the_policy = CompressionPolicy.load(policy)
     the_task, inventory = task_and_inventory(task, data_dir, checkpoint)
     the_policy.validate_against(inventory, source=f"policy {str(policy)!r}")

@@ -28,8 +28,11 @@ def export(
 
     Exit codes: 0 a trial meets the budget, 3 none did, 2 bad input.
     """
+    from autocompress.cli.common import check_out_folder, check_storage
     from autocompress.search.workers import export_shared_study
 
+    check_out_folder(out)  # before the study is read and the best model re-measured
+    check_storage(storage)
     summary = export_shared_study(storage, study, out, measure=measure, data_dir=data_dir)
     d = summary.to_dict()
     best = d.get("best_metric")

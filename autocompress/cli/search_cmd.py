@@ -46,7 +46,8 @@ def search(
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
     checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
     storage: str = typer.Option(None, "--storage",
-                                help="Optuna storage URL (default: journal file <out>/study.log)"),
+                                help="Optuna storage URL or journal file path "
+                                     "(default: <out>/study.log)"),
     study_name: str = typer.Option(None, "--study-name", help="(default: autocompress)"),
     export: bool = typer.Option(None, "--export/--no-export",
                                 help="write the results folder at the end (default: export)"),
@@ -61,6 +62,7 @@ def search(
 
     Exit codes: 0 a policy meets the budget, 3 no trial met it, 2 bad input.
     """
+    from autocompress.cli.common import check_out_folder, check_storage
     from autocompress.search.api import run
     from autocompress.search.config import SearchConfig
 
@@ -72,6 +74,9 @@ def search(
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,
     })
+    # Checked here because the run creates its folder only after loading (maybe training) the task.
+    check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
+    check_storage(cfg.storage, "--storage" if storage is not None else "storage")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)

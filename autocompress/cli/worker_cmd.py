@@ -52,6 +52,7 @@ def worker(
     import optuna
     from optuna.trial import FrozenTrial
 
+    from autocompress.cli.common import check_out_folder, check_storage
     from autocompress.errors import ConfigError
     from autocompress.search.config import SearchConfig
     from autocompress.search.workers import (
@@ -66,12 +67,13 @@ def worker(
         worker_seed,
     )
 
-    if not is_rdb_url(storage):
+    check_storage(storage)
+    st = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace,
+                      max_retry=max_retry)
+    if not is_rdb_url(storage):  # warned after opening: a bad URL gets its error line alone
         err_console.print(
             "warning: a journal-file storage has no heartbeat: a trial of a killed worker "
             "stays RUNNING and is not retried", highlight=False)
-    st = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace,
-                      max_retry=max_retry)
     overrides = {"storage": storage, "study_name": study, "trials": trials, "out": out,
                  "data_dir": data_dir, "export": False}
     try:
@@ -92,6 +94,8 @@ def worker(
             f"strategy {cfg.strategy!r} is a baseline that plans its candidates in one process; "
             "run it with `autocompress search`, or give workers tpe, nsga2 or random"
         )
+    # The run creates its folder only after loading (maybe training) the task.
+    check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)

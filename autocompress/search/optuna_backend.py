@@ -63,16 +63,17 @@ def quiet_optuna() -> None:
 
 
 def storage_for(out_dir: Path, url: str | None = None) -> str | BaseStorage:
-    """``url`` as given, or a journal file ``<out_dir>/study.log``.
+    """``url`` opened, or a journal file ``<out_dir>/study.log``.
 
-    A database URL is opened by :func:`autocompress.search.workers.open_storage`
-    (a driver SQLAlchemy can import, heartbeat settings shared with
-    ``autocompress worker``, one-line errors for an unreachable database).
+    ``url`` (a database URL or a journal file path) is opened by
+    :func:`autocompress.search.workers.open_storage` (a driver SQLAlchemy can import,
+    heartbeat settings shared with ``autocompress worker``, one-line errors for an
+    unreachable database or an unknown URL scheme).
     """
     if url:
-        from autocompress.search.workers import is_rdb_url, open_storage
+        from autocompress.search.workers import open_storage
 
-        return open_storage(url) if is_rdb_url(url) else url
+        return open_storage(url)
     out_dir.mkdir(parents=True, exist_ok=True)
     return journal_storage(out_dir / STUDY_FILE)
 
