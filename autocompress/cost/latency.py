@@ -390,9 +390,8 @@ def measure_interleaved(
 
     Returns each callable's statistics (``stable_ms``: smallest block median) and
     its block medians, round by round. Every callable is timed in the same minutes,
-    so a machine that slows down or speeds up over minutes (a shared VM: +-5% over
-    a minute here) moves them all alike instead of favouring whichever ran in a
-    fast spell.
+    so a machine whose speed drifts over minutes (a shared VM's does) moves them all
+    alike instead of favouring whichever ran in a fast spell.
 
     >>> stats, medians = measure_interleaved([lambda: sum(range(2000)), lambda: sum(range(10))],
     ...                                      runs=6, blocks=3, warmup=1)
