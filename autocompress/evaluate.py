@@ -51,9 +51,8 @@ class FinetuneSettings:
     ``calibration_batches``: training batches that set 8-bit activation ranges;
     ``threads``: torch threads for the fine-tune and scoring (0 = leave torch's setting).
     One thread is the default: short fine-tunes of small models gain little from more,
-    and OpenMP threads competing for busy cores slow them down by 10x or more
-    (measured here: 60 steps of the digits CNN, 1.5-4 s on 1 thread, 20-40 s on 2 threads
-    of a loaded 2-core machine). Results are deterministic for a given thread count.
+    and OpenMP threads that compete for busy cores can slow them down many times over.
+    Results are deterministic for a given thread count.
 
     >>> FinetuneSettings(steps=10).steps
     10

@@ -1,6 +1,6 @@
 """CompressionPolicy: per-layer knobs keyed by FQN, saved and loaded strictly as JSON.
 
-The format is in DESIGN.md section 4. Loading rejects unknown keys, FQNs the
+The format is in docs/policy.md. Loading rejects unknown keys, FQNs the
 model lacks, out-of-range values and a different inventory fingerprint, each
 with a one-line :class:`PolicyError` naming the layer and the valid range.
 """
@@ -161,7 +161,7 @@ class CompressionPolicy(BaseModel):
         if not p.is_file():
             raise InputFileError(
                 f"policy file {str(p)!r} does not exist; expected a JSON file written by "
-                "'autocompress search' (best_policy.json) or by hand in the format of DESIGN.md"
+                "'autocompress search' (best_policy.json) or by hand (format: docs/policy.md)"
             )
         policy = cls.from_json(p.read_text(), source=f"policy {str(p)!r}")
         if inventory is not None:

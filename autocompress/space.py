@@ -1,6 +1,6 @@
 """Search spaces: human-written YAML -> per-layer knob distributions -> CompressionPolicy.
 
-A space file (DESIGN.md section 4) has ``defaults`` for every compressible
+A space file (docs/search-space.md) has ``defaults`` for every compressible
 layer and ``rules`` matched first-match-wins by ``fqn`` (exact, or
 ``"re:<regex>"``), ``kind`` and/or ``output`` (``true``: the layers whose output
 is the model's output, i.e. the logits). A knob that is ``null`` (or absent from the

@@ -17,6 +17,7 @@ BASE = Costs(macs=1_000_000, bops=10**9, params=50_000, size_bytes=200_000, late
         ("latency<=50%", "latency", 2.0),
         ("latency<=2.5ms", "latency", 2.5),
         ("latency<=300us", "latency", 0.3),
+        ("latency<=300µs", "latency", 0.3),
         ("latency<=0.01s", "latency", 10.0),
         ("macs<=40%", "macs", 400_000),
         ("macs<=300K", "macs", 300_000),

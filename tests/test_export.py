@@ -83,6 +83,8 @@ def build_study(
     for knobs in policies:
         params = space.uniform_params(**knobs)
         policy = space.policy_from_params(params).with_fingerprint(inventory, "digits")
+        # What the search adds to a filled proposal's policy (provenance.fill).
+        policy = policy.model_copy(update={"provenance": {"fill": {"position": 1.0}}})
         costs = analytic_costs(policy, inventory)
         predicted = base_latency * costs.macs / base_costs.macs
         ok, violations = bud.check(costs.with_latency(predicted), base)
@@ -173,6 +175,8 @@ def test_best_policy_loads_strictly_and_matches_the_trial(int8_run, digits_task)
     assert (prov["study"], prov["trial"], prov["backend"], prov["seed"]) == (
         "autocompress", summary.best_trial, "optuna", 0)
     assert prov["torch"] == torch.__version__ and prov["autocompress"]
+    assert prov["fill"] == {"position": 1.0}  # the trial's own provenance is kept
+    assert prov["finetune"]["steps"] == STEPS
 
 
 def test_policy_from_another_model_is_rejected(int8_run, digits_mlp_task):

@@ -30,7 +30,7 @@ from autocompress.tasks import Task
 
 # Relative to the largest |output|. With 8-bit activations ONNX Runtime runs the layers as
 # integer kernels that re-quantise their outputs, so a value on a rounding edge can move by
-# one step and a few such steps add up (measured: 0.3-0.5% on digits and ResNet-20).
+# one step and a few such steps add up.
 FLOAT_TOLERANCE = 1e-4
 INT8_TOLERANCE = 2e-2
 

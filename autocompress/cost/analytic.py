@@ -237,8 +237,13 @@ def analytic_costs(
     >>> base = analytic_costs(None, inv)
     >>> base.macs == inv.total_macs, base.params == inv.total_params
     (True, True)
+
+    Pruning half of ``net.1`` (64 -> 512) leaves it 256 outputs, so ``net.3`` sees 256 inputs:
+
     >>> analytic_costs(CompressionPolicy(layers={"net.1": LayerPolicy(prune=0.5)}), inv).macs
-    25856
+    152576
+    >>> 64 * 256 + 256 * 512 + 512 * 10
+    152576
     """
     policy = policy or CompressionPolicy(layers={})
     shapes = compressed_shapes(policy, inventory)

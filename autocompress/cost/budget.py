@@ -5,7 +5,7 @@ Grammar: ``<metric><=<value>[unit]``, clauses joined by commas.
 - metric: ``latency`` | ``macs`` | ``size`` | ``bops`` | ``params``
 - relative units (to the uncompressed model, on the same target for latency):
   ``x`` (``0.5x``) and ``%`` (``40%``)
-- latency: ``ms``, ``us``, ``s``
+- latency: ``ms``, ``us`` (or ``µs``), ``s``
 - size: ``B``, ``KB``/``MB``/``GB`` (powers of 1000), ``KiB``/``MiB``/``GiB`` (powers of 1024),
   or a bare number of bytes
 - macs, bops, params: a bare number (``1e9``) or with ``K``/``M``/``G``/``T`` (``300M``)
@@ -30,7 +30,7 @@ GRAMMAR = (
     'latency|macs|size|bops|params, e.g. "latency<=0.5x,size<=1.5MB"'
 )
 
-_CLAUSE = re.compile(r"^\s*([a-z_]+)\s*<=\s*([0-9.]+(?:e[+-]?\d+)?)\s*([a-z%]*)\s*$", re.I)
+_CLAUSE = re.compile(r"^\s*([a-z_]+)\s*<=\s*([0-9.]+(?:e[+-]?\d+)?)\s*([a-zµ%]*)\s*$", re.I)
 
 _LATENCY_UNITS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
 _SIZE_UNITS = {

@@ -1,4 +1,4 @@
-"""Export a finished study into its results folder (DESIGN.md section 4).
+"""Export a finished study into its results folder (file by file: docs/results.md).
 
 :func:`export_results` writes ``trials.csv``, ``pareto.csv``,
 ``best_policy.json``, ``policies/``, ``model_best.pt``, ``model_best.onnx``
@@ -29,7 +29,6 @@ from autocompress.evaluate import FinetuneSettings, compress_and_score
 from autocompress.export.int8 import calibration_batches, export_int8, needs_int8
 from autocompress.export.results import (
     pareto_frame,
-    provenance,
     trial_policy,
     trials_frame,
     write_policies,
@@ -229,7 +228,9 @@ def export_results(
             "macs": costs.macs, "params": costs.params, "size_bytes": costs.size_bytes,
             "bops": costs.bops,
         },
-        "provenance": {**provenance(best, study), "finetune": settings.to_dict()},
+        # The trial's provenance (trial_policy: study, trial, versions, and how a filled
+        # proposal moved) plus the settings the model was rebuilt with.
+        "provenance": {**(policy.provenance or {}), "finetune": settings.to_dict()},
     })
     final.save(out / FILES["best_policy"])
     summary.files["best_policy"] = FILES["best_policy"]

@@ -21,10 +21,9 @@ weight scales and exports its weight as int8 QuantizeLinear/DequantizeLinear
 integer kernel with exactly these weights; with a bare float weight it would
 re-quantise the weight itself (per tensor) and disagree with PyTorch. Integer
 kernels re-quantise their outputs, so ONNX Runtime still differs from PyTorch
-by a rounding step here and there (measured: 0.3-0.5% of the largest output on
-digits and ResNet-20 with every layer at 4 bits / 8-bit inputs). With 8-bit
-weights, ONNX Runtime's uint8 x int8 kernels can saturate on CPUs without
-VNNI (measured 9% on the AVX2 machine here); 7 bits or fewer avoid that.
+by a rounding step here and there. With 8-bit weights, ONNX Runtime's
+uint8 x int8 kernels can saturate on CPUs without VNNI: there they sum pairs of
+products in 16 bits (VPMADDUBSW); 7 bits or fewer avoid that.
 """
 
 from __future__ import annotations

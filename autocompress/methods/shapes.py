@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 
 # Pruned layers keep a multiple of this many channels (when they have at least two such
 # blocks): 8 fp32 lanes fill one AVX2 register, and ONNX Runtime's NCHWc convolutions work
-# in blocks of 8 on AVX2 CPUs. Measured on this machine (digits CNN, ort-1t, batch 64): the
-# first conv cut from 32 to 29 channels made the whole model 25% SLOWER than unpruned
-# (3.01 ms against 2.39 ms), cut to 24 it ran in 1.54 ms, to 15 in 1.62 ms, to 16 in 1.09 ms.
-# Torch-Pruning's ``round_to`` and NNCF's pruning do the same for the same reason.
+# in blocks of 8 on AVX2 CPUs, so a channel count off the multiple falls back to slower
+# kernels and can make a pruned model slower than the unpruned one
+# (benchmarks/channel_alignment.py measures it). Torch-Pruning's ``round_to`` and NNCF's
+# pruning do the same for the same reason.
 CHANNEL_MULTIPLE = 8
 
 

@@ -40,7 +40,7 @@ class Task:
 
     ``target_batch_size`` is the batch at which latency is measured by
     default: tiny models must be measured where compute, not per-call
-    overhead, dominates (DESIGN.md section 8).
+    overhead, dominates.
 
     >>> from torch.utils.data import TensorDataset
     >>> dl = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))

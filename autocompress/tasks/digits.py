@@ -1,7 +1,7 @@
 """The embedded default tasks: scikit-learn's bundled 8x8 handwritten digits.
 
 The data ships inside scikit-learn (1,797 images, no download). The
-uncompressed baseline is trained once (a few seconds on a CPU) and cached
+uncompressed baseline is trained on first use and cached
 with its accuracy under the cache directory (``$AUTOCOMPRESS_CACHE`` or
 ``~/.cache/autocompress``).
 

@@ -60,7 +60,14 @@ GRAMMAR = (
 def load_task(name: str, data_dir: str | None = None, checkpoint: str | None = None) -> Task:
     """Build a task by name.
 
-    >>> load_task("digits").name
+    >>> load_task("mnist")
+    Traceback (most recent call last):
+    ...
+    autocompress.errors.TaskError: unknown task 'mnist'; expected one of digits, digits-mlp, digits-distorted, cifar10-resnet20, cifar10-resnet56, torchvision:<model name> or a user task as package.module:function
+
+    The first ``digits`` load trains the baseline (about a minute) and caches it:
+
+    >>> load_task("digits").name  # doctest: +SKIP
     'digits'
     """
     if name in TASKS:

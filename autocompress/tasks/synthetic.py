@@ -2,7 +2,8 @@
 
 Without a checkpoint the weights are random, so accuracy means nothing; the
 metric is the top-1 agreement of the compressed model with the original one
-on synthetic inputs (a label-free metric, see DESIGN.md section 1).
+on synthetic inputs: a label-free metric, so a model without labelled data can still be
+searched for latency.
 """
 
 from __future__ import annotations
