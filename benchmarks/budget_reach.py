@@ -1,7 +1,7 @@
 """Budget reach and filling cost: how far a space's corners really go, and what filling costs.
 
 Two questions the search-quality table raises, answered with the search's own setup
-(:func:`autocompress.search.api.prepare_run`: the same latency table, baseline and
+(:func:`autocompress.search.session.prepare_run`: the same latency table, baseline and
 budget baseline a ``tpe`` search of the task uses):
 
 1. **Reach.** Every corner of the task's default space
@@ -46,8 +46,8 @@ TARGET = "ort-1t"  # the search-quality benchmark's target
 
 
 def _prepare(task: str, budget: str, out: Path) -> Any:
-    from autocompress.search.api import prepare_run
     from autocompress.search.config import SearchConfig
+    from autocompress.search.session import prepare_run
 
     # The defaults of a TPE search, in-loop checks included: they decide the budget baseline
     # the predictions are judged against (prepare_run measures nothing for them up front).

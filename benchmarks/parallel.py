@@ -64,7 +64,7 @@ def _study_times(storage: str, name: str) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from autocompress.search.workers import load_shared_study, open_storage
+    from autocompress.search.storage import load_shared_study, open_storage
 
     study = load_shared_study(open_storage(storage, heartbeat_interval=None), name)
     trials = study.trials
@@ -134,7 +134,8 @@ def storage_overhead(storage: str, label: str, n: int = 40) -> dict[str, Any]:
     3 intermediate values), through the worker loop (heartbeat on for PostgreSQL)."""
     import optuna
 
-    from autocompress.search.workers import open_storage, run_worker
+    from autocompress.search.storage import open_storage
+    from autocompress.search.workers import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(storage, heartbeat_interval=10)

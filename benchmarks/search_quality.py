@@ -139,7 +139,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     """
     from optuna.trial import TrialState
 
-    from autocompress.search.api import LOOP_LUT_FILL_ATTR
+    from autocompress.search.session import LOOP_LUT_FILL_ATTR
 
     # A failed trial ends a cycle but its own is left out: a killed run's trial is marked
     # FAIL when the run resumes, so its cycle spans the time nothing ran.

@@ -35,8 +35,8 @@ def run_row(storage: str, label: str, fill: bool, workers: int, seed: int,
     """One shared study filled by ``workers`` processes; its trials summarised."""
     import optuna
 
+    from autocompress.search.storage import load_shared_study, open_storage
     from autocompress.search.taken import REPEAT_ATTR, policy_digest, trained
-    from autocompress.search.workers import load_shared_study, open_storage
 
     name = f"fill-{'on' if fill else 'off'}-{workers}w-s{seed}-{uuid.uuid4().hex[:6]}"
     run = work / name

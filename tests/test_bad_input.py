@@ -169,7 +169,7 @@ def test_storage_for_opens_a_journal_path_and_rejects_unknown_schemes(tmp_path) 
     from optuna.storages import JournalStorage
 
     from autocompress.errors import ConfigError
-    from autocompress.search.optuna_backend import storage_for
+    from autocompress.search.storage import storage_for
 
     assert isinstance(storage_for(tmp_path, str(tmp_path / "runs" / "study.log")), JournalStorage)
     with pytest.raises(ConfigError, match="storage 'foo://bar' is not a database URL"):

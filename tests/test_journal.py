@@ -8,7 +8,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from autocompress.search.journal import BatchJournalStorage, TrialDurableJournal, set_user_attrs
-from autocompress.search.optuna_backend import storage_for
+from autocompress.search.storage import storage_for
 
 
 def test_a_trial_costs_one_fsync_and_plain_optuna_reads_every_attribute(tmp_path):

@@ -22,13 +22,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autocompress.errors import ConfigError
-from autocompress.search.workers import (
-    export_shared_study,
-    load_shared_study,
-    open_storage,
-    prepare_run,
-    retried_trials,
-)
+from autocompress.search.storage import load_shared_study, open_storage
+from autocompress.search.workers import export_shared_study, prepare_run, retried_trials
 
 PG_ENV = "AUTOCOMPRESS_TEST_PG_URL"
 TRIALS = 3

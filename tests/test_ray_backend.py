@@ -88,7 +88,7 @@ def test_ray_runs_the_trials_into_the_study(ray_run):
 
 def test_ray_starts_from_the_uniform_warm_start(ray_run, digits_task, tmp_path):
     """As with Optuna alone, the first trial is the uniform policy at the budget's edge."""
-    from autocompress.search.api import prepare_run, warm_start_params
+    from autocompress.search.session import prepare_run, warm_start_params
 
     cfg = _cfg(tmp_path / "fresh")
     prep = prepare_run(cfg, digits_task, warm_start=False)

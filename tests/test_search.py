@@ -19,8 +19,8 @@ from autocompress.errors import ConfigError
 from autocompress.inventory import build_inventory
 from autocompress.policy import CompressionPolicy
 from autocompress.search import SearchConfig, search
-from autocompress.search.api import prepare_run, table_model_ms
 from autocompress.search.judge import MEASURED_GUARD
+from autocompress.search.session import prepare_run, table_model_ms
 from autocompress.space import SearchSpace
 
 CONTRACT_CONFIG = ("version", "task", "space", "budget", "target", "mode", "strategy", "seed",

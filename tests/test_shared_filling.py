@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 
 from autocompress.search.config import SearchConfig
 from autocompress.search.optuna_backend import evaluated
+from autocompress.search.storage import open_storage
 from autocompress.search.taken import CLAIM_ATTR, REPEAT_ATTR, TakenPolicies, policy_digest
-from autocompress.search.workers import open_storage, optuna_objective, prepare_run, run_worker
+from autocompress.search.workers import optuna_objective, prepare_run, run_worker
 
 TRIALS = 8
 

@@ -44,7 +44,7 @@ def check_storage(url: str | None, name: str = "--storage") -> None:
     """
     if not url:
         return
-    from autocompress.search.workers import is_rdb_url, open_storage
+    from autocompress.search.storage import is_rdb_url, open_storage
 
     if is_rdb_url(url):
         return

@@ -55,15 +55,13 @@ def worker(
     from autocompress.cli.common import check_out_folder, check_storage
     from autocompress.errors import ConfigError
     from autocompress.search.config import SearchConfig
+    from autocompress.search.optuna_backend import worker_id
+    from autocompress.search.storage import is_rdb_url, load_shared_study, open_storage
     from autocompress.search.workers import (
         config_from_study,
-        is_rdb_url,
-        load_shared_study,
-        open_storage,
         optuna_objective,
         prepare_run,
         run_worker,
-        worker_id,
         worker_seed,
     )
 

@@ -74,6 +74,7 @@ def timing_lock() -> Iterator[None]:
 def whole_model_ms(model: nn.Module, example_input: Any, target: Target) -> float:
     """``model``'s latency on ``target`` (ms): the smallest of 10 block medians of 100 runs.
 
+    >>> import torch
     >>> from autocompress.cost.target import parse_target
     >>> whole_model_ms(nn.Linear(8, 8), torch.zeros(1, 8), parse_target("torch-1t-b2")) > 0
     True
@@ -92,6 +93,7 @@ def paired_model_ms(model: nn.Module, reference: nn.Module, example_input: Any,
     Timed seconds apart, each side's smallest block median shares the machine's speed
     of those minutes, so their ratio is what a relative budget compares.
 
+    >>> import torch
     >>> from autocompress.cost.target import parse_target
     >>> big, small = nn.Linear(256, 256), nn.Linear(256, 8)
     >>> mine, ref = paired_model_ms(small, big, torch.zeros(1, 256), parse_target("torch-1t-b8"))

@@ -8,84 +8,41 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
-import pandas as pd
-import torch
-import yaml
-from optuna.storages import BaseStorage
-from optuna.trial import TrialState
 
-from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
-from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
-from autocompress.inventory import LayerInventory, build_inventory
-from autocompress.pareto import BUDGET_BASELINE_ATTR
+from autocompress.evaluate import evaluate
+from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
 from autocompress.search.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
 from autocompress.search.config import SearchConfig
-from autocompress.search.judge import PolicyTimer
 from autocompress.search.objective import Objective, TrialOutcome
-from autocompress.search.optuna_backend import (
-    STUDY_FILE,
-    fail_dead_trials,
-    make_pruner,
-    make_sampler,
-    n_done,
-    n_finished,
-    open_study,
-    quiet_optuna,
-    run_trials,
-    storage_for,
+from autocompress.search.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
+from autocompress.search.session import (
+    LOOP_LUT_FILL_ATTR,
+    LUT_FILE,
+    Log,
+    SearchResult,
+    _share_lut,
+    _status,
+    finish_run,
+    prepare_run,
 )
 from autocompress.search.trial import Repeat
-from autocompress.space import ResolvedSpace, SearchSpace, default_space
-from autocompress.tasks import Task, load_task
+from autocompress.space import ResolvedSpace
+from autocompress.tasks import Task
 
-if TYPE_CHECKING:
-    from autocompress.cost.lut import LatencyLUT
+__all__ = ["SearchResult", "run", "search"]
 
 LOG = logging.getLogger("autocompress.search")
-EXIT_OK = 0
-EXIT_NO_FEASIBLE = 3
-LUT_FILE = "latency_lut.json"
-LOOP_LUT_FILL_ATTR = "lut_fill_s"  # study attribute: latency-table fills during the trial loop
-
-Log = Callable[[str], None]
 
 
-@dataclass
-class SearchResult:
-    """What a search run produced.
 
-    ``exit_status``: 0 when some trial met the budget, 3 when none did (the
-    CLI's exit code). ``summary`` is the export's summary (None without export).
-    """
-
-    best_policy: CompressionPolicy | None
-    best_metric: float | None
-    best_trial: int | None
-    trials: pd.DataFrame
-    out: Path
-    exit_status: int
-    study: optuna.Study
-    config: SearchConfig
-    summary: Any | None = None
-    seconds: float = 0.0
-
-    @property
-    def feasible(self) -> bool:
-        return self.exit_status == EXIT_OK
 
 
 def search(
@@ -148,188 +105,12 @@ def run(
     return _run(cfg, task, progress, log)
 
 
-@dataclass
-class PreparedRun:
-    """Everything fixed for one search run before its first trial, whatever runs the trials.
-
-    Built by :func:`prepare_run` for ``autocompress search`` (both backends) and
-    ``autocompress worker``. ``study`` holds the contract's study attributes
-    (``autocompress``, ``baseline``, ``inventory_sha256``); ``objective`` scores
-    a policy; ``lut`` is the latency table (None when the budget does not limit
-    latency); ``where`` names the storage in messages; ``created`` is True when
-    this call created the study; ``reachable`` is False when every corner of the
-    space (:meth:`ResolvedSpace.corner_policies`) is predicted over the budget
-    (then every trial counts toward ``trials``: hunting for a candidate under
-    the budget would be in vain).
-    """
-
-    config: SearchConfig
-    task: Task
-    inventory: LayerInventory
-    space: ResolvedSpace
-    budget: Budget
-    target: Target
-    study: optuna.Study
-    created: bool
-    objective: Objective
-    lut: LatencyLUT | None
-    where: str
-    reachable: bool = True
-
-    @property
-    def out(self) -> Path:
-        """The results folder (``config.out_dir``)."""
-        return self.config.out_dir
-
-    @property
-    def baseline(self) -> Costs:
-        """The uncompressed model's costs (latency as stored in the study)."""
-        return self.objective.baseline
 
 
-def prepare_run(
-    cfg: SearchConfig,
-    task: Task | None = None,
-    storage: BaseStorage | str | None = None,
-    log: Log | None = None,
-    sampler_seed: int | None = None,
-    progress: bool = False,
-    warm_start: bool = True,
-) -> PreparedRun:
-    """Everything a run fixes before its first trial; the one setup every backend and worker uses.
-
-    Checks budget, target and space (cheap, before any model is loaded), loads
-    the task, writes ``config.resolved.yaml`` and ``env.json``, opens (or
-    creates) the study, measures the baseline once per study, seeds and
-    measures the latency table, builds the
-    :class:`~autocompress.search.objective.Objective` and warns when the budget
-    looks out of reach. ``storage``: an opened storage (e.g.
-    :func:`autocompress.search.workers.open_storage` with a heartbeat), a URL,
-    or None for ``cfg.storage`` / the run's journal file. ``sampler_seed``
-    replaces ``cfg.seed`` for the sampler only (see
-    :func:`autocompress.search.workers.worker_seed`). ``progress`` shows a
-    spinner on stderr during the slow steps. ``warm_start``: queue
-    :func:`warm_start_params` in a study this call creates (Ray Tune passes it
-    as a point to evaluate instead).
-
-    >>> prep = prepare_run(SearchConfig.build(None, {"task": "digits",  # doctest: +SKIP
-    ...                    "budget": "macs<=50%", "out": "results/digits"}))
-    >>> prep.objective(prep.space.smallest_policy()).feasible  # doctest: +SKIP
-    True
-    """
-    quiet_optuna()
-    say: Log = log or LOG.warning
-    # Cheap checks first: a bad budget, target or space fails before any model is loaded.
-    budget = parse_budget(cfg.budget)
-    target0 = parse_target(cfg.target)
-    space = SearchSpace.load(cfg.space) if cfg.space else None
-    if task is None:
-        task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
-    if space is None:
-        space = default_space(task.name)
-    target = target0.with_batch(task.target_batch_size)
-    inventory = build_inventory(task.model, task.example_input)
-    resolved = space.resolve(inventory)
-    cfg = cfg.model_copy(update={"task": task.name, "space": space.source})
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-
-    settings = FinetuneSettings(
-        steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
-        seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
-        threads=cfg.threads,
-    )
-    from autocompress import __version__
-
-    resolved_cfg = {
-        **cfg.model_dump(), "version": __version__, "budget": budget.text,
-        "target": target.name, "space_sha256": space.sha256, "finetune": settings.to_dict(),
-    }
-    _write_run_files(out, resolved_cfg, target)
-
-    if storage is None:
-        storage = storage_for(out, cfg.storage)
-        where = cfg.storage or str(out / STUDY_FILE)
-    else:
-        from autocompress.search.workers import redact_url
-
-        where = redact_url(storage) if isinstance(storage, str) else (cfg.storage or "the storage")
-    study, created = open_study(
-        storage, cfg.study_name, _directions(task, cfg.mode),
-        make_sampler(cfg.strategy, cfg.mode,
-                     cfg.seed if sampler_seed is None else sampler_seed, cfg.trials),
-        make_pruner(cfg.pruner, cfg.mode, cfg.strategy, cfg.report_every),
-        resolved_cfg, where,
-    )
-    val_loader = val_subset(task, settings.val_samples)
-    baseline = _baseline(study, task, inventory, target, val_loader, say)
-    # Processes that created a shared study at the same moment may each have measured a
-    # baseline; the one stored last is the study's, so every process judges the budget
-    # against it (one process alone reads back its own value).
-    stored = study.user_attrs.get("baseline") or {}
-    if stored.get("latency_ms") is not None:
-        baseline = baseline.with_latency(float(stored["latency_ms"]))
-
-    latency_fn = None
-    lut = None
-    budget_baseline = baseline
-    if budget.needs_latency:
-        from autocompress.cost.lut import LatencyLUT
-
-        lut = LatencyLUT(_seed_lut(out / LUT_FILE), target)
-        latency_fn = lut_latency_fn(lut, inventory, task)
-        if baseline.latency_ms and lut.forget_model_if_stale(
-                inventory, task.example_input, float(baseline.latency_ms)):
-            say("the cached whole-model latency disagrees with this study's baseline "
-                "measurement by more than 30%; re-measuring it")
-        with _status(progress, f"measuring the latency table on {target.name} ..."):
-            latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
-        lut.save()
-        # Predictions are speed ratios to the table's own time of the uncompressed model:
-        # both times come from the table, so its error on the whole model cancels.
-        # Measurements are judged against the uncompressed model timed alongside them.
-        budget_baseline = baseline.with_latency(table_model_ms(lut, inventory, task))
-        study.set_user_attr(BUDGET_BASELINE_ATTR, budget_baseline.latency_ms)
-
-    objective = Objective(
-        task, inventory, resolved, budget, settings, baseline, latency_fn=latency_fn,
-        mode=cfg.mode, strategy=cfg.strategy, val_loader=val_loader,
-        budget_section=budget.to_dict(budget_baseline, target.name),
-        measure_seconds=(lambda: lut.measure_seconds) if lut is not None else None,
-        budget_baseline=budget_baseline,
-        # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
-        # wants candidates away from the budget's edge too.
-        fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
-        measure=PolicyTimer(task, inventory, target) if cfg.measure else None,
-    )
-    if not created:  # a resumed run takes up the correction its timings taught
-        objective.judge.correction.observe_trials(study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    with _status(progress, "checking the budget against the corners of the space ..."):
-        reachable = _check_reach(objective, budget, say)
-    first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
-    if first is not None:
-        study.enqueue_trial(first, user_attrs={"warm_start": "uniform"})
-    return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
-                       objective, lut, where, reachable)
 
 
-def table_model_ms(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> float:
-    """The latency table's time of the uncompressed model (ms; measured once and cached)."""
-    return float(lut.remainder(inventory, task.model, task.example_input)["model_ms"])
 
 
-def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
-    """``policy -> predicted ms`` from ``lut`` (new layer shapes are measured and saved)."""
-    model, x = task.model, task.example_input
-
-    def latency_fn(policy: Any) -> float:
-        # No floor at the layers' sum: small layers timed alone carry the profiler's
-        # per-kernel cost, so a compressed model can run faster than its layers' entries add
-        # up to (the table's calibrated line knows by how much).
-        return float(lut.predict(policy, inventory, model, x))
-
-    return latency_fn
 
 
 def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) -> SearchResult:
@@ -367,139 +148,21 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
                       progress=progress)
 
 
-def finish_run(
-    prep: PreparedRun, t_start: float, *, lut_path: Path | None, progress: bool = False
-) -> SearchResult:
-    """The :class:`SearchResult` of a run whose trials are done (exported when ``cfg.export``).
-
-    The best trial is the export's pick (:func:`autocompress.pareto.pick_best`:
-    best metric among feasible COMPLETE trials, ties to the cheaper one), so the
-    result and the results folder agree. On the target every trained candidate was timed
-    before its fine-tune and judged on that, so a pick meets the budget as measured.
-    ``lut_path``: the latency table the export reads (None: none); ``t_start``:
-    ``time.perf_counter()`` at the start.
-    """
-    from autocompress.pareto import pick_best
-
-    cfg, study, out = prep.config, prep.study, prep.out
-    best = pick_best(study)
-    summary = None
-    if cfg.export:
-        from autocompress.export import export_results
-
-        with _status(progress, "exporting the best model and the report ..."):
-            summary = export_results(study, prep.task, out, target=prep.target,
-                                     budget=prep.budget, lut_path=lut_path)
-    best_policy = None
-    if best is not None:
-        best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],
-                                                  source=f"trial {best.number}")
-    return SearchResult(
-        best_policy=best_policy,
-        best_metric=float(best.user_attrs["metric"]) if best is not None else None,
-        best_trial=best.number if best is not None else None,
-        trials=study.trials_dataframe(),
-        out=out,
-        exit_status=EXIT_OK if best is not None else EXIT_NO_FEASIBLE,
-        study=study,
-        config=cfg,
-        summary=summary,
-        seconds=time.perf_counter() - t_start,
-    )
 
 
 # ---------------------------------------------------------------- pieces of a run
-def _directions(task: Task, mode: str) -> list[str]:
-    first = "maximize" if task.higher_is_better else "minimize"
-    return [first] if mode == "constrained" else [first, "minimize"]
 
 
-def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target) -> None:
-    """``config.resolved.yaml`` and ``env.json`` (versions, CPU, threads, target)."""
-    from autocompress.cost import env_fingerprint
-
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_cfg, sort_keys=False))
-    env = env_fingerprint(target)
-    env.update({"optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
-                "autocompress": resolved_cfg["version"]})
-    (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
 
 
-def _baseline(
-    study: optuna.Study,
-    task: Task,
-    inventory: LayerInventory,
-    target: Target,
-    val_loader: Any,
-    say: Log,
-) -> Costs:
-    """The uncompressed model's costs with its latency, measured once per study and stored."""
-    stored = study.user_attrs.get("baseline")
-    costs = analytic_costs(None, inventory, include_layers=False)
-    if stored is None:
-        from autocompress.cost.timing import whole_model_ms
-
-        latency = whole_model_ms(task.model, task.example_input, target)
-        stored = {
-            "metric": evaluate(task.model, task, val_loader),
-            "metric_name": task.metric_name,
-            "higher_is_better": task.higher_is_better,
-            "latency_ms": float(latency),
-            "macs": int(costs.macs), "params": int(costs.params),
-            "size_bytes": int(costs.size_bytes), "bops": int(costs.bops),
-            "target": target.name,
-        }
-        study.set_user_attr("baseline", stored)
-        study.set_user_attr("inventory_sha256", inventory.sha256)
-    elif study.user_attrs.get("inventory_sha256") not in (None, inventory.sha256):
-        from autocompress.errors import ConfigError
-
-        raise ConfigError(
-            "the study was made for a different model (inventory fingerprint differs); "
-            "use a new --out for this model"
-        )
-    return costs.with_latency(float(stored["latency_ms"]))
 
 
-def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
-    """Whether a corner of the space passes screening (warns when none does).
-
-    On the target, screening lets a prediction within the judge's tolerance through, so
-    a table a few percent pessimistic about the space's corner still has it timed.
-    """
-    ok, _, costs, violations = objective.cheapest_corner()
-    if ok:
-        return True
-    worst = max(violations, key=violations.__getitem__)
-    have = costs.value(worst)
-    limit = budget.limits(objective.budget_baseline)[worst]
-    say(f"warning: budget {budget.text!r} looks out of reach: the cheapest corner of the space "
-        f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
-        "exits 3 if no trial meets it (loosen the budget or widen the space)")
-    return False
 
 
-WARM_STARTED = ("tpe", "nsga2")
 
 
-def warm_start_params(cfg: SearchConfig, objective: Objective,
-                      resolved: ResolvedSpace) -> dict[str, Any] | None:
-    """The first trial of a sampled search (``tpe``, ``nsga2``): the uniform baseline's first.
-
-    A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
-    first population), many of them far from the budget's edge. The least
-    compressing uniform policy predicted to meet the budget costs one bisection
-    on predicted costs and no fine-tune, and is the point a person would try
-    first; starting there, the search's best is never below it. None for other
-    strategies, ``warm_start: none``, or a budget no uniform policy meets.
-    """
-    if cfg.warm_start != "uniform" or cfg.strategy not in WARM_STARTED:
-        return None
-    return next(uniform_candidates(resolved, objective.feasible_params), None)
 
 
-def _fmt(v: float | None) -> str:
-    return "?" if v is None else f"{v:.4g}"
 
 
 def _planner(
@@ -532,56 +195,10 @@ def _planner(
                                      task.higher_is_better)
 
 
-def _seed_lut(path: Path) -> Path:
-    """Start the run's latency table from the shared cache (same machine, same targets)."""
-    from autocompress.cost.lut import default_lut_path
-
-    shared = default_lut_path()
-    if not path.exists() and shared.is_file():
-        with contextlib.suppress(OSError):
-            shutil.copyfile(shared, path)
-    return path
 
 
-def _share_lut(path: Path) -> None:
-    """Merge the run's latency table into the shared cache so later runs reuse it."""
-    from autocompress.cost.lut import default_lut_path
-
-    shared = default_lut_path()
-    try:
-        run = json.loads(path.read_text())
-        data = json.loads(shared.read_text()) if shared.is_file() else {
-            k: v for k, v in run.items() if k != "targets"} | {"targets": {}}
-        for key, entry in run.get("targets", {}).items():
-            dst = data.setdefault("targets", {}).setdefault(key, {})
-            dst["env"] = entry.get("env", dst.get("env"))
-            for section in ("layers", "models"):
-                dst.setdefault(section, {}).update(entry.get(section, {}))
-        shared.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=shared.name, suffix=".tmp", dir=shared.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, shared)
-    except (OSError, ValueError) as exc:  # a cache is an optimisation; never fail a run for it
-        LOG.info("could not update the shared latency table %s: %s", shared, exc)
 
 
-class _status:
-    """A rich spinner on stderr while a slow step runs (nothing when progress is off)."""
-
-    def __init__(self, enabled: bool, text: str) -> None:
-        self.enabled, self.text, self._cm = enabled, text, None
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            from rich.console import Console
-
-            self._cm = Console(stderr=True).status(self.text)  # type: ignore[assignment]
-            self._cm.__enter__()  # type: ignore[attr-defined]
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
 
 
 class _Progress:

@@ -30,7 +30,6 @@ import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,14 +39,13 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress.errors import ConfigError, MethodError
 from autocompress.search.baselines import params_key
 from autocompress.search.config import RESUME_KEYS
-from autocompress.search.journal import journal_storage, set_user_attrs
+from autocompress.search.journal import set_user_attrs
 from autocompress.search.objective import Objective, Screening, TrialOutcome
 from autocompress.search.taken import TakenPolicies
 from autocompress.search.trial import Proposals, Repeat, run_trial
 from autocompress.space import ResolvedSpace
 
 LOG = logging.getLogger(__name__)
-STUDY_FILE = "study.log"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 3
 SKIPPED_PER_TRIAL = 20  # candidates judged over the budget allowed per counted trial
@@ -62,20 +60,6 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def storage_for(out_dir: Path, url: str | None = None) -> str | BaseStorage:
-    """``url`` opened, or a journal file ``<out_dir>/study.log``.
-
-    ``url`` (a database URL or a journal file path) is opened by
-    :func:`autocompress.search.workers.open_storage` (a driver SQLAlchemy can import,
-    heartbeat settings shared with ``autocompress worker``, one-line errors for an
-    unreachable database or an unknown URL scheme).
-    """
-    if url:
-        from autocompress.search.workers import open_storage
-
-        return open_storage(url)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return journal_storage(out_dir / STUDY_FILE)
 
 
 def make_sampler(strategy: str, mode: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:

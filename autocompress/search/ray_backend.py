@@ -44,9 +44,9 @@ from autocompress.search.baselines import params_key
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
-    from autocompress.search.api import PreparedRun, SearchResult
     from autocompress.search.config import SearchConfig
     from autocompress.search.objective import Objective
+    from autocompress.search.session import PreparedRun, SearchResult
     from autocompress.tasks import Task
 
 LOG = logging.getLogger("autocompress.search")
@@ -93,7 +93,7 @@ class TrialKit:
         if self.lut_path is None or self.target is None:
             return self.objective, None
         from autocompress.cost.lut import LatencyLUT
-        from autocompress.search.api import lut_latency_fn
+        from autocompress.search.session import lut_latency_fn
 
         if Path(self.lut_path).is_file():
             lut = LatencyLUT(self.lut_path, self.target)
@@ -530,8 +530,8 @@ def run_ray(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from autocompress.search.api import LUT_FILE, finish_run, prepare_run, warm_start_params
     from autocompress.search.optuna_backend import make_sampler, n_finished
+    from autocompress.search.session import LUT_FILE, finish_run, prepare_run, warm_start_params
 
     t_start = time.perf_counter()
     say = log or LOG.warning

@@ -1,23 +1,18 @@
 """Shared studies: many worker processes, on any machines, filling one Optuna study.
 
-A study on an RDB (``postgresql://...``, ``mysql://...``, ``sqlite:///...``: any
-SQLAlchemy URL Optuna's :class:`~optuna.storages.RDBStorage` accepts) is shared
-by every process that opens it. Each running trial sends a heartbeat; a trial
-whose heartbeat stops for ``grace_period`` seconds (its worker was killed, its
-node preempted) is marked FAIL by the next worker that looks, and Optuna's
-:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` (Optuna 5's name for
-``RetryFailedTrialCallback``) enqueues a copy of it with the same parameters,
-which the next free worker runs. :func:`run_worker` is the loop each worker
-runs: trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED)
-trials, waiting (not starting extra trials) while the last ones are running
-elsewhere, so a study ends with the requested number of trials.
+Every process that opens a study on a database (:mod:`autocompress.search.storage`) shares
+it. Each running trial sends a heartbeat; a trial whose heartbeat stops for
+``grace_period`` seconds (its worker was killed, its node preempted) is marked FAIL by
+the next worker that looks, and Optuna's
+:class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` enqueues a copy of it with the
+same parameters, which the next free worker runs. :func:`run_worker` is the loop each
+worker runs: trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED)
+trials, waiting (not starting extra trials) while the last ones are running elsewhere,
+so a study ends with the requested number of trials. Each trial is
+:func:`autocompress.search.trial.run_trial` (:func:`optuna_objective`).
 
-A journal file (``results/RUN/study.log``) is shared too, by processes that see
-the same file system (Optuna locks it), but it has no heartbeat: a trial of a
-killed worker stays RUNNING there.
-
->>> is_rdb_url("postgresql://u:p@127.0.0.1:5432/db"), is_rdb_url("results/run/study.log")
-(True, False)
+>>> Progress(finished=3, running=1, waiting=0, failed=1).remaining(5)
+1
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.storages import (
     BaseStorage,
-    RDBStorage,
     RetryHeartbeatStaleTrialCallback,
     fail_stale_trials,
 )
@@ -41,8 +35,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import ConfigError
-from autocompress.search import api
-from autocompress.search.api import PreparedRun
+from autocompress.search import session
 from autocompress.search.journal import journal_storage
 from autocompress.search.optuna_backend import (
     DONE,
@@ -50,7 +43,10 @@ from autocompress.search.optuna_backend import (
     evaluated,
     record_outcome,
     record_repeat,
+    worker_id,
 )
+from autocompress.search.session import PreparedRun
+from autocompress.search.storage import STUDY_FILE, load_shared_study, open_storage
 from autocompress.search.taken import TakenPolicies
 from autocompress.search.trial import Proposals, Repeat, run_trial
 
@@ -61,125 +57,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A heartbeat every 10 s costs one UPDATE per running trial; 3 missed beats (30 s) before a
-# trial counts as dead leaves room for a slow database without leaving a dead trial long.
-DEFAULT_HEARTBEAT_S = 10
-DEFAULT_GRACE_S = 30
-DEFAULT_MAX_RETRY = 3
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# SQLAlchemy dialects Optuna's RDBStorage is known to work with.
-RDB_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "mariadb", "oracle", "mssql")
 
 
-def is_rdb_url(storage: str | Path) -> bool:
-    """True for a database URL (``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``...).
-
-    >>> is_rdb_url("mysql+pymysql://u@host/db"), is_rdb_url("study.log")
-    (True, False)
-    """
-    text = str(storage)
-    if "://" not in text:
-        return False
-    scheme = text.split("://", 1)[0].split("+", 1)[0].lower()
-    return scheme in RDB_SCHEMES
 
 
-def normalize_url(url: str) -> str:
-    """``url`` with a PostgreSQL driver SQLAlchemy can import.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; autocompress depends
-    on psycopg2, so a bare URL gets ``+psycopg2`` when psycopg 3 is not installed
-    (``postgres://``, as Heroku-style URLs spell it, is accepted too).
-
-    >>> normalize_url("sqlite:///x.db")
-    'sqlite:///x.db'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("postgresql", "postgres"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
 
 
-def open_storage(
-    storage: str | Path,
-    *,
-    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_S,
-    grace_period: int | None = None,
-    max_retry: int | None = DEFAULT_MAX_RETRY,
-) -> BaseStorage:
-    """Open an Optuna storage: an RDB URL (with heartbeat + retry of dead trials) or a journal file.
-
-    ``heartbeat_interval`` (s, None = no heartbeat), ``grace_period`` (s without a beat
-    before a running trial counts as dead; default 3 heartbeats), ``max_retry``
-    (re-runs of one dead trial; None = unlimited). A path (or ``journal:PATH``) opens
-    :class:`~optuna.storages.JournalStorage` on that file, creating its folder.
-
-    Raises :class:`ConfigError` when the database cannot be reached or the URL is bad.
-
-    >>> s = open_storage("sqlite:///:memory:", heartbeat_interval=2, grace_period=6)
-    >>> s.get_heartbeat_interval()
-    2
-    """
-    text = str(storage)
-    if not is_rdb_url(text):
-        if "://" in text and not text.startswith("journal:"):
-            raise ConfigError(
-                f"storage {redact_url(text)!r} is not a database URL this version knows "
-                f"({', '.join(s + '://' for s in RDB_SCHEMES)}) nor a journal file path; "
-                f"give e.g. postgresql://user:pass@host:5432/db or results/run/study.log"
-            )
-        path = Path(text.removeprefix("journal:").removeprefix("//"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return journal_storage(path)
-    if heartbeat_interval is not None and heartbeat_interval < 1:
-        raise ConfigError(
-            f"heartbeat_interval must be a whole number of seconds >= 1, got {heartbeat_interval}"
-        )
-    grace = grace_period if grace_period is not None else (
-        3 * heartbeat_interval if heartbeat_interval else None)
-    try:
-        with warnings.catch_warnings():  # heartbeat "experimental since 2.8": stable for years
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                        if heartbeat_interval else None)
-            return RDBStorage(
-                normalize_url(text),
-                # pool_pre_ping: a worker that idles while others finish must not die on a
-                # connection the server (or a proxy) closed meanwhile.
-                engine_kwargs={"pool_pre_ping": True} if not text.startswith("sqlite") else None,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=callback,
-            )
-    except Exception as exc:  # SQLAlchemy / driver errors: say what failed, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"cannot open storage {redact_url(text)!r}: {first}; check that the database server "
-            f"is running and the URL (user, password, host, port, database) is right"
-        ) from None
 
 
-def load_shared_study(storage: str | Path | BaseStorage, study_name: str, **storage_kw: Any) -> optuna.Study:
-    """Load study ``study_name`` from ``storage`` (URL, path or an opened storage).
 
-    Raises :class:`ConfigError` naming the studies the storage does hold.
-    """
-    st = storage if isinstance(storage, BaseStorage) else open_storage(storage, **storage_kw)
-    try:
-        return optuna.load_study(study_name=study_name, storage=st)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-        where = redact_url(str(storage)) if not isinstance(storage, BaseStorage) else "the storage"
-        raise ConfigError(
-            f"study {study_name!r} is not in {where}; it holds "
-            f"{', '.join(repr(n) for n in names) if names else 'no studies'}; start it with "
-            f"`autocompress search --storage URL --study-name NAME` or pass --config to create it"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -311,19 +197,6 @@ def retried_trials(study: optuna.Study) -> dict[int, int]:
     return out
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for error messages and logs).
-
-    >>> redact_url("postgresql://me:secret@db:5432/x")
-    'postgresql://me:***@db:5432/x'
-    """
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    if ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}://{creds}@{host}"
 
 
 # ---------------------------------------------------------------- one run's fixed parts
@@ -334,23 +207,15 @@ def prepare_run(
     log_fn: Callable[[str], None] | None = None,
     sampler_seed: int | None = None,
 ) -> PreparedRun:
-    """:func:`autocompress.search.api.prepare_run` for a worker (its log defaults to this module's).
+    """:func:`autocompress.search.session.prepare_run` for a worker (its log defaults to this module's).
 
     Build a run's study, objective and latency table exactly as ``autocompress
     search`` does. ``storage``: an opened storage (e.g. :func:`open_storage`
     with a heartbeat), a URL, or None for ``cfg.storage`` / the journal file.
     ``sampler_seed`` replaces ``cfg.seed`` for the sampler only (see :func:`worker_seed`).
     """
-    return api.prepare_run(cfg, task, storage, log=log_fn or log.warning,
+    return session.prepare_run(cfg, task, storage, log=log_fn or log.warning,
                            sampler_seed=sampler_seed)
-
-
-def worker_id() -> str:
-    """``host:pid`` of this process (recorded on each trial it runs)."""
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def worker_seed(seed: int, worker: str | None = None) -> int:
@@ -458,7 +323,7 @@ def export_shared_study(
     the :class:`~autocompress.export.ExportSummary`.
     """
     from autocompress.export import export_results
-    from autocompress.search.optuna_backend import STUDY_FILE, quiet_optuna
+    from autocompress.search.optuna_backend import quiet_optuna
     from autocompress.tasks import load_task
 
     quiet_optuna()
