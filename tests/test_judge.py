@@ -51,9 +51,10 @@ def test_every_trained_candidate_was_timed_on_the_target_and_judged_on_it(digits
         if not a["feasible"]:  # a measured miss is never fine-tuned and is worth nothing
             assert a["metric"] is None and a["finetune_s"] == 0 and t.values == [0.0]
     assert all(t.user_attrs["latency_basis"] == "measured" for t in trained)
-    if result.best_trial is not None:
-        pick = next(t for t in trials if t.number == result.best_trial)
-        assert pick.user_attrs["measured_ratio"] <= 0.8 * (1 - MEASURED_GUARD) + 1e-9
+    # 0.8x is easy on digits: some trained candidate meets it, and the pick is one that met
+    assert result.best_trial is not None
+    pick = next(t for t in trials if t.number == result.best_trial)
+    assert pick.user_attrs["measured_ratio"] <= 0.8 * (1 - MEASURED_GUARD) + 1e-9
 
 
 def test_a_measured_miss_is_not_fine_tuned_and_corrects_later_predictions(digits_task, tmp_path):
