@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress import inputs
+from autocompress.inputs import ModelInput
+
 LOG = logging.getLogger(__name__)
 
 KINDS = ("Conv2d", "DepthwiseConv2d", "Linear")
@@ -172,7 +175,7 @@ def compressible_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if layer_kind(m) is not None}
 
 
-def _shapes(model: nn.Module, example_input: torch.Tensor, modules: dict[str, nn.Module]):
+def _shapes(model: nn.Module, example_input: ModelInput, modules: dict[str, nn.Module]):
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
     for name, m in modules.items():
@@ -180,45 +183,52 @@ def _shapes(model: nn.Module, example_input: torch.Tensor, modules: dict[str, nn
             shapes.setdefault(name, (tuple(inp[0].shape), tuple(out.shape)))
         hooks.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            model(example_input)
+        inputs.forward_error(model, example_input)
     finally:
         for h in hooks:
             h.remove()
     return shapes
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, int], dict[str, int]]:
-    """fvcore MACs per module FQN ('' is the total) and the ops fvcore could not count."""
+def count_macs(model: nn.Module, example_input: ModelInput) -> tuple[dict[str, int], dict[str, int]]:
+    """fvcore MACs per module FQN ('' is the total) and the ops fvcore could not count.
+
+    >>> macs, _ = count_macs(nn.Linear(4, 2), {"input": torch.zeros(3, 4)})
+    >>> macs[""]
+    24
+    """
     from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()
-    analysis = FlopCountAnalysis(model, example_input)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    by_module = {k: int(v) for k, v in analysis.by_module().items()}
-    unsupported = dict(analysis.unsupported_ops())
-    model.train(was_training)
+    try:
+        with inputs.positional_forward(model, example_input) as args:
+            analysis = FlopCountAnalysis(model, args)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            by_module = {k: int(v) for k, v in analysis.by_module().items()}
+            unsupported = dict(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
     return by_module, unsupported
 
 
-def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+def output_layers(model: nn.Module, example_input: ModelInput) -> list[nn.Module]:
     """Layers whose output is a model output: their channels are classes, never pruned."""
     modules = compressible_modules(model)
-    outs: dict[int, nn.Module] = {}
+    outs: dict[int, tuple[nn.Module, Any]] = {}
     hooks = []
     for m in modules.values():
         def hook(mod, inp, out):
-            outs[id(out)] = mod
+            # The output is kept alive: a freed tensor's id is reused by later tensors.
+            outs[id(out)] = (mod, out)
         hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            result = model(example_input)
+            result = inputs.call(model, example_input)
     finally:
         for h in hooks:
             h.remove()
-    results = result if isinstance(result, (tuple, list)) else [result]
-    found = [outs[id(r)] for r in results if id(r) in outs]
+    found = [outs[id(r)][0] for r in inputs.output_tensors(result) if id(r) in outs]
     if not found:
         # The output passed through an op after the last layer; fall back to the last Linear.
         linears: list[nn.Module] = [m for m in modules.values() if isinstance(m, nn.Linear)]
@@ -226,8 +236,14 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     return found
 
 
-def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInventory:
-    """List every Conv2d/Linear of ``model`` with shapes, fvcore MACs, params and pruning group."""
+def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInventory:
+    """List every Conv2d/Linear of ``model`` with shapes, fvcore MACs, params and pruning group.
+
+    ``example_input``: a tensor, a tuple of tensors (positional arguments) or a dict of named
+    tensors (keyword arguments), of any dtype. A forward that fails on it raises a one-line
+    :class:`~autocompress.errors.TaskError`.
+    """
+    example_input = inputs.normalize(example_input)
     model = model.eval()
     modules = compressible_modules(model)
     shapes = _shapes(model, example_input, modules)
@@ -280,11 +296,14 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
     )
 
 
-def dependency_graph(model: nn.Module, example_input: torch.Tensor):
-    """Torch-Pruning's dependency graph of ``model``."""
+def dependency_graph(model: nn.Module, example_input: ModelInput):
+    """Torch-Pruning's dependency graph of ``model`` (traced on ``example_input`` of any form)."""
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_input,
+        forward_fn=lambda m, x: inputs.call(m, x),
+    )
 
 
 def _grouped_conv(module: nn.Module) -> bool:
@@ -297,7 +316,7 @@ def _grouped_conv(module: nn.Module) -> bool:
 
 
 def pruning_groups(
-    model: nn.Module, example_input: torch.Tensor
+    model: nn.Module, example_input: ModelInput
 ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Torch-Pruning coupled groups.
 

@@ -359,13 +359,14 @@ def fresh_latencies(
         summarize,
         time_call,
     )
+    from autocompress.inputs import ort_feed
     from autocompress.runtime.onnx import ort_session
 
     def int8_stats() -> LatencyStats:
         assert int8_path is not None
         sess = ort_session(int8_path, target.threads)
-        x = batched(task.example_input, target.require_batch()).numpy().astype(np.float32)
-        feed = {sess.get_inputs()[0].name: x}
+        # Every input in its own dtype: token ids stay int64.
+        feed = ort_feed(sess, batched(task.example_input, target.require_batch()))
         times, k = time_call(lambda: sess.run(None, feed))
         return summarize(times, k, target=f"ort-int8-cpu-{target.threads}t-b{target.batch}")
 

@@ -1,4 +1,4 @@
-"""ONNX export (dynamic batch) and ONNX Runtime sessions with fixed threads."""
+"""ONNX export (named inputs, each with a dynamic batch axis) and ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -10,13 +10,30 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.inputs import (
+    ModelInput,
+    call,
+    detached,
+    onnx_input_names,
+    ort_feed,
+    output_names,
+    output_tensors,
+    positional_forward,
+)
+
 OPSET = 17
 
 
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None
+    model: nn.Module, example_input: ModelInput, path: str | Path | None = None
 ) -> bytes:
-    """Export ``model`` to ONNX with a dynamic batch axis; write it to ``path`` if given.
+    """Export ``model`` to ONNX with a dynamic batch axis on every input and output.
+
+    ``example_input`` is a tensor (ONNX input ``input``), a tuple (``input0``, ``input1``,
+    ...) or a dict of named tensors (their names); each keeps its dtype, so token ids stay
+    int64. A single output is named ``output``; a dict output (a Hugging Face
+    ``ModelOutput``) keeps its keys; other outputs are ``output0``, ``output1``, ...
+    The file is written to ``path`` if given.
 
     Uses the TorchScript exporter: it needs no extra packages and exports
     fake-quant ops as QuantizeLinear/DequantizeLinear.
@@ -24,18 +41,31 @@ def export_onnx(
     >>> data = export_onnx(nn.Linear(4, 2), torch.zeros(1, 4))
     >>> run_onnx(data, np.zeros((3, 4), np.float32)).shape
     (3, 2)
+    >>> emb = nn.Embedding(10, 3)
+    >>> run_onnx(export_onnx(emb, torch.zeros(1, 5, dtype=torch.long)),
+    ...          np.ones((2, 5), np.int64)).shape
+    (2, 5, 3)
     """
     model = model.eval()
+    x = detached(example_input)
+    input_names = onnx_input_names(x)
+    with torch.no_grad():
+        out = call(model, x)
+    names = output_names(out)
+    if names is None:
+        n = len(output_tensors(out))
+        names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
+    axes = {name: {0: "batch"} for name in input_names + names}
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (example_input,),
+            args,
             buf,  # type: ignore[arg-type]  # file-like objects are accepted
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            input_names=input_names,
+            output_names=names,
+            dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
         )
@@ -69,7 +99,13 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(model: bytes | str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Run an ONNX model once on ``x`` and return its first output."""
+def run_onnx(
+    model: bytes | str | Path, x: ModelInput | np.ndarray, threads: int = 1
+) -> np.ndarray:
+    """Run an ONNX model once on ``x`` and return its first output.
+
+    ``x``: an array or any :data:`~autocompress.inputs.ModelInput`; each input keeps its
+    dtype (float64 data fed to a float32 input is cast).
+    """
     sess = ort_session(model, threads)
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    return sess.run(None, ort_feed(sess, x))[0]
