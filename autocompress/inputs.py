@@ -118,6 +118,11 @@ def take(x: ModelInput, rows: int) -> ModelInput:
     return _map(x, lambda t: t[:rows])
 
 
+def skip(x: ModelInput, rows: int) -> ModelInput:
+    """Every tensor of ``x`` without its first ``rows`` samples."""
+    return _map(x, lambda t: t[rows:])
+
+
 def concat(parts: Sequence[ModelInput]) -> ModelInput:
     """Inputs of the same structure joined along dim 0 (loader batches into one)."""
     first = parts[0]

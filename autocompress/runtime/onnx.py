@@ -12,6 +12,7 @@ from torch import nn
 
 from autocompress.inputs import (
     ModelInput,
+    OutputSelector,
     call,
     detached,
     onnx_input_names,
@@ -19,6 +20,7 @@ from autocompress.inputs import (
     output_names,
     output_tensors,
     positional_forward,
+    select_output,
 )
 
 OPSET = 17
@@ -97,6 +99,31 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
     opts = session_options(threads)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_agreement(
+    model: nn.Module, onnx_model: bytes | str | Path, x: ModelInput, output: OutputSelector = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ONNX Runtime's, PyTorch's)`` scored output of ``model`` on ``x`` (any input form).
+
+    ``output`` picks the scored tensor of a structured output (as a task's ``output``
+    does); ONNX Runtime's matching output is the one at the same place in the flattened
+    outputs, which is how :func:`export_onnx` orders them.
+
+    >>> m = nn.Linear(4, 2)
+    >>> got, ref = onnx_agreement(m, export_onnx(m, torch.zeros(1, 4)), torch.ones(3, 4))
+    >>> got.shape == ref.shape and bool(np.abs(got - ref).max() < 1e-5)
+    True
+    """
+    with torch.no_grad():
+        out = call(model.eval(), x)
+    flat = output_tensors(out)
+    scored = select_output(out, output)
+    index = next((i for i, t in enumerate(flat) if t is scored), 0)
+    sess = ort_session(onnx_model, threads)
+    got = sess.run(None, ort_feed(sess, x))
+    return np.asarray(got[index]), scored.detach().cpu().numpy()
 
 
 def run_onnx(
