@@ -253,6 +253,13 @@ def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInvento
     pruning_error = None
     try:
         groups, in_groups = pruning_groups(model, example_input)
+        broken = unprunable_linear_groups(model, example_input, groups)
+        if broken:
+            LOG.info("pruning breaks %s's forward at %s; they are not prunable",
+                     type(model).__name__, ", ".join(sorted(broken)))
+            groups = {fqn: g for fqn, g in groups.items() if g not in broken}
+            in_groups = {fqn: {g: n for g, n in gs.items() if g not in broken}
+                         for fqn, gs in in_groups.items()}
     except Exception as exc:  # Torch-Pruning cannot trace some graphs (e.g. channel shuffles)
         # The other knobs still work, so the model stays usable with pruning switched off.
         pruning_error = f"{type(exc).__name__}: {exc}".strip()
@@ -358,3 +365,49 @@ def pruning_groups(
                 continue
             in_groups.setdefault(name, {})[key] = n
     return group_of, in_groups
+
+
+def unprunable_linear_groups(
+    model: nn.Module, example_input: ModelInput, group_of: dict[str, str]
+) -> set[str]:
+    """Linear-led pruning groups whose pruning breaks the model's forward.
+
+    Torch-Pruning couples channels through adds and matmuls but not through reshapes into
+    attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``), so
+    such a group looks prunable and every pruned model fails. On a copy, each Linear-led
+    group in turn loses its first channel and the model runs once; a group after which the
+    forward fails is left out, and the copy rebuilt. Conv-led groups are not checked:
+    Torch-Pruning follows convolutional graphs fully, and their check would cost a trace each.
+
+    >>> from autocompress.models import DigitsCNN
+    >>> x = torch.zeros(1, 1, 8, 8)
+    >>> unprunable_linear_groups(DigitsCNN(), x, pruning_groups(DigitsCNN(), x)[0])
+    set()
+    """
+    import copy
+
+    import torch_pruning as tp
+
+    order = {n: i for i, n in enumerate(compressible_modules(model))}
+    pending = sorted({g for g in group_of.values()
+                      if isinstance(model.get_submodule(g), nn.Linear)}, key=order.__getitem__)
+    broken: set[str] = set()
+    while pending:
+        trial = copy.deepcopy(model).eval()
+        graph = dependency_graph(trial, example_input)
+        for i, name in enumerate(pending):
+            leader = trial.get_submodule(name)
+            group = graph.get_pruning_group(leader, tp.prune_linear_out_channels, [0])
+            if not graph.check_pruning_group(group):  # a one-channel member: nothing to prune
+                continue
+            group.prune()
+            try:
+                with torch.no_grad():
+                    inputs.call(trial, example_input)
+            except Exception:  # any failure of the pruned forward: this group is not prunable
+                broken.add(name)
+                pending = pending[i + 1:]
+                break
+        else:
+            pending = []
+    return broken
