@@ -11,6 +11,7 @@ activation fake-quantisers removed (:func:`strip_fake_quant`), so that
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -127,6 +128,11 @@ def export_int8(
             source = fp32
         reference = ort_session(source)
         feeds = [inputs.ort_feed(reference, b) for b in batches]
+        root = logging.getLogger()
+        level = root.level
+        # The quantiser logs to the root logger that a 1-D weight (a LayerNorm's) has no
+        # channel axis and is quantised per tensor: expected, and nothing a user can act on.
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
                 str(source), str(out), BatchReader(feeds),
@@ -138,4 +144,6 @@ def export_int8(
                 f"ONNX Runtime could not quantise the best model to int8 ({exc}); the float "
                 "model_best.onnx is still exported"
             ) from exc
+        finally:
+            root.setLevel(level)
     return out
