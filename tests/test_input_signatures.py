@@ -236,3 +236,17 @@ def test_a_forward_that_fails_is_one_error_line(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "forward fails" in err and "1x4" in err
     assert "Traceback" not in err
+
+
+# ---- the whole search, on ONNX Runtime, for a dict-input task --------------------------
+
+
+def test_search_and_export_run_on_a_dict_input_task(dict_task: Task, tmp_path: Path) -> None:
+    from autocompress.search import search
+
+    result = search(dict_task, space="embedded:linear_layers", budget="size<=60%",
+                    target="ort-cpu-1t-b4", trials=3, out=tmp_path / "out", finetune_steps=4)
+    assert result.exit_status == 0 and result.summary is not None
+    summary = result.summary
+    assert summary.onnx_max_abs_diff < 1e-4 and summary.measured_latency_ms > 0
+    assert summary.meets_budget and set(summary.files) >= {"model_onnx", "best_policy"}
