@@ -18,7 +18,7 @@ from autocompress import inputs
 from autocompress.cli.app import main
 from autocompress.cost.latency import measure_latency
 from autocompress.cost.target import parse_target
-from autocompress.errors import TaskError
+from autocompress.errors import MethodError, TaskError
 from autocompress.evaluate import FinetuneSettings, compress_and_score
 from autocompress.export import export_checked_onnx, onnx_metric
 from autocompress.export.int8 import calibration_batches, export_int8
@@ -250,3 +250,18 @@ def test_search_and_export_run_on_a_dict_input_task(dict_task: Task, tmp_path: P
     summary = result.summary
     assert summary.onnx_max_abs_diff < 1e-4 and summary.measured_latency_ms > 0
     assert summary.meets_budget and set(summary.files) >= {"model_onnx", "best_policy"}
+
+
+def test_a_model_onnx_cannot_export_is_one_error_line() -> None:
+    class Eigen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return torch.linalg.eigh(h @ h.T)[0]
+
+    with pytest.raises(MethodError, match=r"Eigen cannot be exported to ONNX \(.*eigh") as info:
+        measure_latency(Eigen(), torch.zeros(2, 4), parse_target("ort-cpu-1t-b2"), runs=2)
+    assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.errors import MethodError
 from autocompress.inputs import (
     ModelInput,
     OutputSelector,
@@ -35,7 +36,8 @@ def export_onnx(
     ...) or a dict of named tensors (their names); each keeps its dtype, so token ids stay
     int64. A single output is named ``output``; a dict output (a Hugging Face
     ``ModelOutput``) keeps its keys; other outputs are ``output0``, ``output1``, ...
-    The file is written to ``path`` if given.
+    The file is written to ``path`` if given; a model the exporter cannot export raises a
+    one-line :class:`~autocompress.errors.MethodError`.
 
     Uses the TorchScript exporter: it needs no extra packages and exports
     fake-quant ops as QuantizeLinear/DequantizeLinear.
@@ -61,16 +63,24 @@ def export_onnx(
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args:
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            args,
-            buf,  # type: ignore[arg-type]  # file-like objects are accepted
-            input_names=input_names,
-            output_names=names,
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                args,
+                buf,  # type: ignore[arg-type]  # file-like objects are accepted
+                input_names=input_names,
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except Exception as exc:  # the exporter's errors name an op; the user gets one line
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise MethodError(
+                f"{type(model).__name__} cannot be exported to ONNX ({type(exc).__name__}: "
+                f"{first[:300]}); measure it on a torch target (e.g. --target torch) or make "
+                "its forward exportable"
+            ) from exc
     data = buf.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
