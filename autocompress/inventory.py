@@ -374,40 +374,59 @@ def unprunable_linear_groups(
 
     Torch-Pruning couples channels through adds and matmuls but not through reshapes into
     attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``), so
-    such a group looks prunable and every pruned model fails. On a copy, each Linear-led
-    group in turn loses its first channel and the model runs once; a group after which the
-    forward fails is left out, and the copy rebuilt. Conv-led groups are not checked:
-    Torch-Pruning follows convolutional graphs fully, and their check would cost a trace each.
+    such a group looks prunable and every pruned model fails. On a copy, every Linear-led
+    group loses its first channel and the model runs once; only when that fails are the
+    groups tried one at a time (in module order, on a fresh copy after each failure), and
+    those after which the forward fails are returned. Conv-led groups are not checked:
+    Torch-Pruning follows convolutional graphs fully, and their check would cost a trace.
 
     >>> from autocompress.models import DigitsCNN
     >>> x = torch.zeros(1, 1, 8, 8)
     >>> unprunable_linear_groups(DigitsCNN(), x, pruning_groups(DigitsCNN(), x)[0])
     set()
     """
+    order = {n: i for i, n in enumerate(compressible_modules(model))}
+    pending = sorted({g for g in group_of.values()
+                      if isinstance(model.get_submodule(g), nn.Linear)}, key=order.__getitem__)
+    if not pending or _prunes_cleanly(model, example_input, pending) is None:
+        return set()
+    broken: set[str] = set()
+    while pending:
+        failed = _prunes_cleanly(model, example_input, pending, stop_early=True)
+        if failed is None:
+            break
+        broken.add(pending[failed])
+        pending = pending[failed + 1:]
+    return broken
+
+
+def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[str],
+                    stop_early: bool = False) -> int | None:
+    """Prune one channel of each group in ``leaders`` on a copy; None if the forward still
+    runs, else the index of the group after which it failed (``stop_early``: run after each
+    group) or 0 (one run after all of them)."""
     import copy
 
     import torch_pruning as tp
 
-    order = {n: i for i, n in enumerate(compressible_modules(model))}
-    pending = sorted({g for g in group_of.values()
-                      if isinstance(model.get_submodule(g), nn.Linear)}, key=order.__getitem__)
-    broken: set[str] = set()
-    while pending:
-        trial = copy.deepcopy(model).eval()
-        graph = dependency_graph(trial, example_input)
-        for i, name in enumerate(pending):
-            leader = trial.get_submodule(name)
-            group = graph.get_pruning_group(leader, tp.prune_linear_out_channels, [0])
-            if not graph.check_pruning_group(group):  # a one-channel member: nothing to prune
-                continue
+    trial = copy.deepcopy(model).eval()
+    graph = dependency_graph(trial, example_input)
+    for i, name in enumerate(leaders):
+        group = graph.get_pruning_group(trial.get_submodule(name), tp.prune_linear_out_channels,
+                                        [0])
+        if graph.check_pruning_group(group):  # a one-channel member has nothing to lose
             group.prune()
-            try:
-                with torch.no_grad():
-                    inputs.call(trial, example_input)
-            except Exception:  # any failure of the pruned forward: this group is not prunable
-                broken.add(name)
-                pending = pending[i + 1:]
-                break
-        else:
-            pending = []
-    return broken
+        if stop_early and not _runs(trial, example_input):
+            return i
+    if stop_early:
+        return None
+    return None if _runs(trial, example_input) else 0
+
+
+def _runs(model: nn.Module, example_input: ModelInput) -> bool:
+    try:
+        with torch.no_grad():
+            inputs.call(model, example_input)
+    except Exception:  # any failure of the pruned forward counts: the group is not prunable
+        return False
+    return True
