@@ -34,7 +34,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from autocompress import inputs
 from autocompress.errors import TaskError
+from autocompress.inputs import ModelInput, OutputSelector
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.tasks.base import Task
@@ -101,15 +103,13 @@ class EvalResult:
 
 
 # ---------------------------------------------------------------- data helpers
-def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, labels)`` from a batch; labels only when they are integer class ids."""
-    if isinstance(batch, (tuple, list)):
-        inputs = batch[0]
-        labels = batch[1] if len(batch) > 1 else None
-        if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.dim() == 1:
-            return inputs, labels
-        return inputs, None
-    return batch, None
+def _split_batch(batch: Any) -> tuple[ModelInput, torch.Tensor | None]:
+    """``(inputs, labels)`` from a batch of any form (see :func:`autocompress.inputs.split_batch`);
+    labels only when they are integer class ids."""
+    x, labels = inputs.split_batch(batch)
+    if isinstance(labels, torch.Tensor) and not labels.is_floating_point() and labels.dim() == 1:
+        return x, labels
+    return x, None
 
 
 def seeded_loader(loader: DataLoader, seed: int) -> DataLoader:
@@ -233,13 +233,16 @@ def finetune(
     report_every: int = 50,
     eval_fn: Callable[[nn.Module], float] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    output: OutputSelector = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place for ``steps`` Adam steps with KD from ``teacher``.
 
     Every ``report_every`` steps (before the last), ``eval_fn(student)`` is
     passed to ``report(step, metric)``; a True answer stops the fine-tune
     (an Optuna pruner's verdict). ``masks`` (``{module name: bool mask}``)
-    are re-imposed on the weights after every step.
+    are re-imposed on the weights after every step. Batches may hold any
+    :data:`~autocompress.inputs.ModelInput`; ``output`` picks the output tensor the loss
+    compares when the model returns several (see :func:`autocompress.inputs.select_output`).
 
     >>> from torch.utils.data import TensorDataset
     >>> _ = torch.manual_seed(0); teacher = nn.Linear(4, 3); student = nn.Linear(4, 3)
@@ -265,10 +268,11 @@ def finetune(
     done = 0
     stopped = False
     for step in range(1, steps + 1):
-        inputs, labels = _split_batch(next(batches))
+        x, labels = _split_batch(next(batches))
         with torch.no_grad():
-            t_out = teacher(inputs)
-        loss = kd_loss(student(inputs), t_out, labels, temperature, alpha)
+            t_out = inputs.select_output(inputs.call(teacher, x), output)
+        s_out = inputs.select_output(inputs.call(student, x), output)
+        loss = kd_loss(s_out, t_out, labels, temperature, alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -311,8 +315,8 @@ def quantize(
     model: nn.Module,
     policy: CompressionPolicy,
     inventory: LayerInventory,
-    example_input: torch.Tensor,
-    calibration: list[torch.Tensor] | None = None,
+    example_input: ModelInput,
+    calibration: list[ModelInput] | None = None,
 ) -> nn.Module:
     """Run the registered ``quantize`` method (the last step of ``apply_policy``) in place."""
     from autocompress.methods import METHODS
@@ -320,14 +324,14 @@ def quantize(
     return METHODS["quantize"].apply(model, policy, inventory, example_input, calibration).eval()
 
 
-def calibration_batches(task: Task, n: int) -> list[torch.Tensor] | None:
+def calibration_batches(task: Task, n: int) -> list[ModelInput] | None:
     """The first ``n`` training batches in dataset order (activation ranges for act_bits 8)."""
     if task.train_loader is None or n <= 0:
         return None
     loader = task.train_loader
     ordered = DataLoader(loader.dataset, batch_size=loader.batch_size or 1,
                          collate_fn=loader.collate_fn)
-    out: list[torch.Tensor] = []
+    out: list[ModelInput] = []
     for batch in ordered:
         out.append(_split_batch(batch)[0])
         if len(out) >= n:
@@ -393,7 +397,7 @@ def _compress_and_score(
             student, teacher, task.train_loader, settings.steps, lr=settings.lr,
             temperature=settings.temperature, alpha=settings.alpha, seed=settings.seed,
             report=report, report_every=settings.report_every,
-            eval_fn=scored if report is not None else None, masks=masks,
+            eval_fn=scored if report is not None else None, masks=masks, output=task.output,
         )
     t1 = time.perf_counter()
     if has_quant:

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress import inputs
+from autocompress.inputs import ModelInput
+
 LOG = logging.getLogger(__name__)
 
 KINDS = ("Conv2d", "DepthwiseConv2d", "Linear")
@@ -172,7 +175,7 @@ def compressible_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if layer_kind(m) is not None}
 
 
-def _shapes(model: nn.Module, example_input: torch.Tensor, modules: dict[str, nn.Module]):
+def _shapes(model: nn.Module, example_input: ModelInput, modules: dict[str, nn.Module]):
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
     for name, m in modules.items():
@@ -180,45 +183,52 @@ def _shapes(model: nn.Module, example_input: torch.Tensor, modules: dict[str, nn
             shapes.setdefault(name, (tuple(inp[0].shape), tuple(out.shape)))
         hooks.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            model(example_input)
+        inputs.forward_error(model, example_input)
     finally:
         for h in hooks:
             h.remove()
     return shapes
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, int], dict[str, int]]:
-    """fvcore MACs per module FQN ('' is the total) and the ops fvcore could not count."""
+def count_macs(model: nn.Module, example_input: ModelInput) -> tuple[dict[str, int], dict[str, int]]:
+    """fvcore MACs per module FQN ('' is the total) and the ops fvcore could not count.
+
+    >>> macs, _ = count_macs(nn.Linear(4, 2), {"input": torch.zeros(3, 4)})
+    >>> macs[""]
+    24
+    """
     from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()
-    analysis = FlopCountAnalysis(model, example_input)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    by_module = {k: int(v) for k, v in analysis.by_module().items()}
-    unsupported = dict(analysis.unsupported_ops())
-    model.train(was_training)
+    try:
+        with inputs.positional_forward(model, example_input) as args:
+            analysis = FlopCountAnalysis(model, args)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            by_module = {k: int(v) for k, v in analysis.by_module().items()}
+            unsupported = dict(analysis.unsupported_ops())
+    finally:
+        model.train(was_training)
     return by_module, unsupported
 
 
-def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+def output_layers(model: nn.Module, example_input: ModelInput) -> list[nn.Module]:
     """Layers whose output is a model output: their channels are classes, never pruned."""
     modules = compressible_modules(model)
-    outs: dict[int, nn.Module] = {}
+    outs: dict[int, tuple[nn.Module, Any]] = {}
     hooks = []
     for m in modules.values():
         def hook(mod, inp, out):
-            outs[id(out)] = mod
+            # The output is kept alive: a freed tensor's id is reused by later tensors.
+            outs[id(out)] = (mod, out)
         hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            result = model(example_input)
+            result = inputs.call(model, example_input)
     finally:
         for h in hooks:
             h.remove()
-    results = result if isinstance(result, (tuple, list)) else [result]
-    found = [outs[id(r)] for r in results if id(r) in outs]
+    found = [outs[id(r)][0] for r in inputs.output_tensors(result) if id(r) in outs]
     if not found:
         # The output passed through an op after the last layer; fall back to the last Linear.
         linears: list[nn.Module] = [m for m in modules.values() if isinstance(m, nn.Linear)]
@@ -226,8 +236,14 @@ def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Modu
     return found
 
 
-def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInventory:
-    """List every Conv2d/Linear of ``model`` with shapes, fvcore MACs, params and pruning group."""
+def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInventory:
+    """List every Conv2d/Linear of ``model`` with shapes, fvcore MACs, params and pruning group.
+
+    ``example_input``: a tensor, a tuple of tensors (positional arguments) or a dict of named
+    tensors (keyword arguments), of any dtype. A forward that fails on it raises a one-line
+    :class:`~autocompress.errors.TaskError`.
+    """
+    example_input = inputs.normalize(example_input)
     model = model.eval()
     modules = compressible_modules(model)
     shapes = _shapes(model, example_input, modules)
@@ -237,6 +253,13 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
     pruning_error = None
     try:
         groups, in_groups = pruning_groups(model, example_input)
+        broken = unprunable_linear_groups(model, example_input, groups)
+        if broken:
+            LOG.info("pruning breaks %s's forward at %s; they are not prunable",
+                     type(model).__name__, ", ".join(sorted(broken)))
+            groups = {fqn: g for fqn, g in groups.items() if g not in broken}
+            in_groups = {fqn: {g: n for g, n in gs.items() if g not in broken}
+                         for fqn, gs in in_groups.items()}
     except Exception as exc:  # Torch-Pruning cannot trace some graphs (e.g. channel shuffles)
         # The other knobs still work, so the model stays usable with pruning switched off.
         pruning_error = f"{type(exc).__name__}: {exc}".strip()
@@ -280,11 +303,14 @@ def build_inventory(model: nn.Module, example_input: torch.Tensor) -> LayerInven
     )
 
 
-def dependency_graph(model: nn.Module, example_input: torch.Tensor):
-    """Torch-Pruning's dependency graph of ``model``."""
+def dependency_graph(model: nn.Module, example_input: ModelInput):
+    """Torch-Pruning's dependency graph of ``model`` (traced on ``example_input`` of any form)."""
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_input,
+        forward_fn=lambda m, x: inputs.call(m, x),
+    )
 
 
 def _grouped_conv(module: nn.Module) -> bool:
@@ -297,7 +323,7 @@ def _grouped_conv(module: nn.Module) -> bool:
 
 
 def pruning_groups(
-    model: nn.Module, example_input: torch.Tensor
+    model: nn.Module, example_input: ModelInput
 ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Torch-Pruning coupled groups.
 
@@ -339,3 +365,68 @@ def pruning_groups(
                 continue
             in_groups.setdefault(name, {})[key] = n
     return group_of, in_groups
+
+
+def unprunable_linear_groups(
+    model: nn.Module, example_input: ModelInput, group_of: dict[str, str]
+) -> set[str]:
+    """Linear-led pruning groups whose pruning breaks the model's forward.
+
+    Torch-Pruning couples channels through adds and matmuls but not through reshapes into
+    attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``), so
+    such a group looks prunable and every pruned model fails. On a copy, every Linear-led
+    group loses its first channel and the model runs once; only when that fails are the
+    groups tried one at a time (in module order, on a fresh copy after each failure), and
+    those after which the forward fails are returned. Conv-led groups are not checked:
+    Torch-Pruning follows convolutional graphs fully, and their check would cost a trace.
+
+    >>> from autocompress.models import DigitsCNN
+    >>> x = torch.zeros(1, 1, 8, 8)
+    >>> unprunable_linear_groups(DigitsCNN(), x, pruning_groups(DigitsCNN(), x)[0])
+    set()
+    """
+    order = {n: i for i, n in enumerate(compressible_modules(model))}
+    pending = sorted({g for g in group_of.values()
+                      if isinstance(model.get_submodule(g), nn.Linear)}, key=order.__getitem__)
+    if not pending or _prunes_cleanly(model, example_input, pending) is None:
+        return set()
+    broken: set[str] = set()
+    while pending:
+        failed = _prunes_cleanly(model, example_input, pending, stop_early=True)
+        if failed is None:
+            break
+        broken.add(pending[failed])
+        pending = pending[failed + 1:]
+    return broken
+
+
+def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[str],
+                    stop_early: bool = False) -> int | None:
+    """Prune one channel of each group in ``leaders`` on a copy; None if the forward still
+    runs, else the index of the group after which it failed (``stop_early``: run after each
+    group) or 0 (one run after all of them)."""
+    import copy
+
+    import torch_pruning as tp
+
+    trial = copy.deepcopy(model).eval()
+    graph = dependency_graph(trial, example_input)
+    for i, name in enumerate(leaders):
+        group = graph.get_pruning_group(trial.get_submodule(name), tp.prune_linear_out_channels,
+                                        [0])
+        if graph.check_pruning_group(group):  # a one-channel member has nothing to lose
+            group.prune()
+        if stop_early and not _runs(trial, example_input):
+            return i
+    if stop_early:
+        return None
+    return None if _runs(trial, example_input) else 0
+
+
+def _runs(model: nn.Module, example_input: ModelInput) -> bool:
+    try:
+        with torch.no_grad():
+            inputs.call(model, example_input)
+    except Exception:  # any failure of the pruned forward counts: the group is not prunable
+        return False
+    return True

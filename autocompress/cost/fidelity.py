@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from autocompress.cost.analytic import analytic_costs
@@ -40,6 +39,7 @@ from autocompress.cost.latency import (
 from autocompress.cost.lut import LatencyLUT, activation_fraction, macs_model_ms
 from autocompress.cost.sampling import build_sampled, random_policies
 from autocompress.cost.timing import MODEL_BLOCKS, timing_lock
+from autocompress.inputs import ModelInput, batch_size
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
 
@@ -91,7 +91,7 @@ class FidelityReport:
 
 def validate(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: ModelInput,
     inventory: LayerInventory,
     lut: LatencyLUT,
     n: int,
@@ -114,7 +114,7 @@ def validate(
     fit = lut.remainder(inventory, model, example_input)
     baseline_ms = fit["model_ms"]
     target = lut.target
-    x = batched(example_input, target.batch or int(example_input.shape[0]))
+    x = batched(example_input, target.batch or batch_size(example_input))
     with torch_threads(target.threads):
         reference = make_runner(model, x, target)  # one runner (one ORT session) for all
     rows = []

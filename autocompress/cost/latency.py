@@ -9,7 +9,9 @@ Python overhead out of sub-millisecond measurements.
 
 Runtimes live in a registry (:data:`RUNNERS`, keyed by ``Target.runtime``):
 each turns ``(model, input, threads)`` into a zero-argument callable that
-runs one inference the way the target runs it.
+runs one inference the way the target runs it. The input is any
+:data:`~autocompress.inputs.ModelInput` (a tensor, a tuple or a dict of named
+tensors); each tensor keeps its dtype on every runtime.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,10 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress import inputs
 from autocompress.cost.target import Target
+from autocompress.inputs import ModelInput
 
 Call = Callable[[], Any]
-RunnerFactory = Callable[[nn.Module, torch.Tensor, int], Call]
+RunnerFactory = Callable[[nn.Module, ModelInput, int], Call]
 
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 5
@@ -196,22 +200,21 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call:
+def _torch_runner(model: nn.Module, x: ModelInput, threads: int) -> Call:
     model = model.eval()
 
     def call() -> Any:
         with torch.inference_mode():
-            return model(x)
+            return inputs.call(model, x)
 
     return call
 
 
-def _ort_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call:
+def _ort_runner(model: nn.Module, x: ModelInput, threads: int) -> Call:
     from autocompress.runtime.onnx import export_onnx, ort_session
 
-    sess = ort_session(export_onnx(model, x[:1]), threads)
-    name = sess.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+    sess = ort_session(export_onnx(model, inputs.take(x, 1)), threads)
+    feed = inputs.ort_feed(sess, x)  # every input by name, in its own dtype
 
     def call() -> Any:
         return sess.run(None, feed)
@@ -228,7 +231,7 @@ ORT_LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 
 
 def ort_kernel_times(
-    model: nn.Module, x: torch.Tensor, threads: int, runs: int, warmup: int = 3, blocks: int = 1
+    model: nn.Module, x: ModelInput, threads: int, runs: int, warmup: int = 3, blocks: int = 1
 ) -> list[float]:
     """Per-run milliseconds of ``model``'s ONNX Runtime kernels, layout reorders excluded.
 
@@ -245,7 +248,7 @@ def ort_kernel_times(
 
 
 def ort_kernel_times_interleaved(
-    models: list[tuple[nn.Module, torch.Tensor]], threads: int, runs: int, warmup: int = 3,
+    models: Sequence[tuple[nn.Module, ModelInput]], threads: int, runs: int, warmup: int = 3,
     blocks: int = 1, excluded_ops: list[frozenset[str]] | None = None,
 ) -> list[list[float]]:
     """:func:`ort_kernel_times` of several models, in rounds: block ``i`` of each, then ``i + 1``.
@@ -274,11 +277,10 @@ def ort_kernel_times_interleaved(
             opts = session_options(threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(tmp, f"ort{i}")
-            sess = ort.InferenceSession(export_onnx(model, x[:1]), sess_options=opts,
+            sess = ort.InferenceSession(export_onnx(model, inputs.take(x, 1)), sess_options=opts,
                                         providers=["CPUExecutionProvider"])
             sessions.append(sess)
-            feeds.append({sess.get_inputs()[0].name:
-                          np.ascontiguousarray(x.detach().numpy(), np.float32)})
+            feeds.append(inputs.ort_feed(sess, x))
         n = [0] * len(models)  # runs so far; the profiler logs one model_run event per run
         timed: list[list[int]] = [[] for _ in models]
         for j, (sess, feed) in enumerate(zip(sessions, feeds, strict=True)):
@@ -321,7 +323,7 @@ def _kernel_totals(events: list[dict[str, Any]], timed: list[int],
     return totals
 
 
-def make_runner(model: nn.Module, x: torch.Tensor, target: Target) -> Call:
+def make_runner(model: nn.Module, x: ModelInput, target: Target) -> Call:
     """A callable running one inference of ``model`` on the batch ``x`` as ``target`` runs it.
 
     Torch threads are not set here; call it inside :func:`torch_threads`.
@@ -329,15 +331,15 @@ def make_runner(model: nn.Module, x: torch.Tensor, target: Target) -> Call:
     return RUNNERS[target.runtime](model, x, target.threads)
 
 
-def batched(example_input: torch.Tensor, batch: int) -> torch.Tensor:
-    """``example_input``'s first sample repeated to ``batch`` rows (contiguous)."""
-    x = example_input[:1]
-    return x.expand(batch, *x.shape[1:]).contiguous()
+def batched(example_input: ModelInput, batch: int) -> ModelInput:
+    """``example_input``'s first sample repeated to ``batch`` rows (contiguous), every tensor
+    in its own dtype (see :func:`autocompress.inputs.batched`)."""
+    return inputs.batched(example_input, batch)
 
 
 def measure_latency(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: ModelInput,
     target: Target,
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
@@ -356,10 +358,13 @@ def measure_latency(
     >>> s = measure_latency(nn.Linear(8, 8), torch.zeros(1, 8), parse_target("torch-1t-b4"))
     >>> s.median_ms > 0 and s.p90_ms >= s.median_ms and s.runs == 30
     True
+    >>> ids = {"input": torch.zeros(1, 6, dtype=torch.long)}  # token ids stay int64
+    >>> measure_latency(nn.Embedding(10, 4), ids, parse_target("ort-cpu-1t-b2"), runs=3).target
+    'ort-cpu-1t-b2'
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    batch = target.batch or int(example_input.shape[0])
+    batch = target.batch or inputs.batch_size(example_input)
     x = batched(example_input, batch)
     blocks = max(1, min(blocks, runs))
     was_training = model.training
@@ -443,7 +448,7 @@ def paired_ratio(
 
 
 def measure_models_interleaved(
-    models: list[nn.Module], example_input: torch.Tensor, target: Target, runs: int,
+    models: list[nn.Module], example_input: ModelInput, target: Target, runs: int,
     blocks: int = 10,
 ) -> list[LatencyStats]:
     """Each model's latency on ``target``, the models timed in alternating blocks.
@@ -458,7 +463,7 @@ def measure_models_interleaved(
     >>> [s.runs for s in stats], a.training
     ([6, 6], True)
     """
-    x = batched(example_input, target.batch or int(example_input.shape[0]))
+    x = batched(example_input, target.batch or inputs.batch_size(example_input))
     training = [m.training for m in models]
     try:
         with torch_threads(target.threads):

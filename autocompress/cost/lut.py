@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress import inputs
 from autocompress.cost.analytic import Costs, LayerShape, analytic_costs, compressed_shapes
 from autocompress.cost.latency import (
     env_fingerprint,
@@ -83,6 +84,7 @@ from autocompress.cost.latency import (
 from autocompress.cost.target import Target
 from autocompress.cost.timing import MODEL_BLOCKS, timing_lock
 from autocompress.errors import InputFileError, TargetError
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
@@ -242,7 +244,7 @@ INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger"
                           "MatMulInteger"})
 
 
-def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_input: torch.Tensor,
+def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_input: ModelInput,
                         threads: int = 1) -> list[str]:
     """Layers ONNX Runtime runs as one integer kernel when they and their consumers take 8-bit inputs.
 
@@ -272,7 +274,7 @@ def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_inp
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(threads)
         opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        ort.InferenceSession(export_onnx(built, example_input[:1]), sess_options=opts,
+        ort.InferenceSession(export_onnx(built, inputs.take(example_input, 1)), sess_options=opts,
                              providers=["CPUExecutionProvider"])
         nodes = onnx.load(opts.optimized_model_filepath).graph.node
     fused = {path for node in nodes if node.op_type in INT8_KERNELS
@@ -542,7 +544,7 @@ class LatencyLUT:
         return self.measured - before
 
     def layers_ms(self, policy: CompressionPolicy | None, inventory: LayerInventory,
-                  model: nn.Module | None = None, example_input: torch.Tensor | None = None,
+                  model: nn.Module | None = None, example_input: ModelInput | None = None,
                   ) -> dict[str, float]:
         """Per-layer latency of the model ``policy`` makes (from the table, measuring misses).
 
@@ -554,7 +556,7 @@ class LatencyLUT:
 
     def runtime_shapes(self, policy: CompressionPolicy | None, inventory: LayerInventory,
                        model: nn.Module | None = None,
-                       example_input: torch.Tensor | None = None) -> list[LayerShape]:
+                       example_input: ModelInput | None = None) -> list[LayerShape]:
         """``compressed_shapes`` of ``policy``, marked where the runtime fuses integer kernels."""
         shapes = compressed_shapes(policy or CompressionPolicy(layers={}), inventory)
         if self.target.runtime != "ort" or sum(s.act_bits == 8 for s in shapes) < 2:
@@ -563,7 +565,7 @@ class LatencyLUT:
                                 self.int8_fusable(inventory, model, example_input))
 
     def int8_fusable(self, inventory: LayerInventory, model: nn.Module | None,
-                     example_input: torch.Tensor | None) -> list[str]:
+                     example_input: ModelInput | None) -> list[str]:
         """:func:`int8_fusable_layers` of the model, found once and kept in the table file.
 
         Without the model (and nothing cached) no fusion is assumed: each layer then
@@ -602,12 +604,11 @@ class LatencyLUT:
 
     # ---- whole model ---------------------------------------------------------------
     @staticmethod
-    def model_key(inventory: LayerInventory, example_input: torch.Tensor) -> str:
-        shape = "x".join(map(str, example_input.shape[1:]))
-        return f"v{FIT_VERSION}|{inventory.sha256[:16]}|x={shape}"
+    def model_key(inventory: LayerInventory, example_input: ModelInput) -> str:
+        return f"v{FIT_VERSION}|{inventory.sha256[:16]}|x={inputs.signature_key(example_input)}"
 
     def remainder(
-        self, inventory: LayerInventory, model: nn.Module | None, example_input: torch.Tensor | None
+        self, inventory: LayerInventory, model: nn.Module | None, example_input: ModelInput | None
     ) -> dict[str, float]:
         """The model's whole-model fit (see the module docstring), measured once per target.
 
@@ -664,7 +665,7 @@ class LatencyLUT:
         return fit
 
     def _cached(self, section: dict[str, Any], inventory: LayerInventory,
-                example_input: torch.Tensor | None) -> tuple[str | None, Any]:
+                example_input: ModelInput | None) -> tuple[str | None, Any]:
         """``(key, cached value or None)`` of this model in a per-model section of the table.
 
         Without ``example_input`` the key is unknown (None) and an entry of the same model
@@ -678,7 +679,7 @@ class LatencyLUT:
 
     @staticmethod
     def _build(policy: CompressionPolicy | None, inventory: LayerInventory, model: nn.Module,
-               example_input: torch.Tensor) -> nn.Module:
+               example_input: ModelInput) -> nn.Module:
         """The model ``policy`` makes (``model`` itself for no policy)."""
         if policy is None:
             return model
@@ -686,7 +687,7 @@ class LatencyLUT:
 
         return build_sampled(model, policy, example_input, inventory)  # random calibration
 
-    def _measure_models(self, models: list[nn.Module], example_input: torch.Tensor) -> list[float]:
+    def _measure_models(self, models: list[nn.Module], example_input: ModelInput) -> list[float]:
         """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""
         with timing_lock():
             stats = measure_models_interleaved(models, example_input, self.target,
@@ -695,7 +696,7 @@ class LatencyLUT:
         return [st.stable_ms for st in stats]
 
     def forget_model_if_stale(
-        self, inventory: LayerInventory, example_input: torch.Tensor, model_ms: float,
+        self, inventory: LayerInventory, example_input: ModelInput, model_ms: float,
         tolerance: float = STALE_TOLERANCE,
     ) -> bool:
         """Drop the cached whole-model fit when a fresh measurement of the model disagrees.
@@ -725,7 +726,7 @@ class LatencyLUT:
         policy: CompressionPolicy | None,
         inventory: LayerInventory,
         model: nn.Module | None = None,
-        example_input: torch.Tensor | None = None,
+        example_input: ModelInput | None = None,
     ) -> Prediction:
         """Predicted latency of ``policy`` with its per-layer parts and the remainder."""
         fit = self.remainder(inventory, model, example_input)
@@ -746,7 +747,7 @@ class LatencyLUT:
         policy: CompressionPolicy | None,
         inventory: LayerInventory,
         model: nn.Module | None = None,
-        example_input: torch.Tensor | None = None,
+        example_input: ModelInput | None = None,
     ) -> float:
         """Predicted latency (ms) of the model ``policy`` makes, on this LUT's target.
 
@@ -762,7 +763,7 @@ class LatencyLUT:
         policy: CompressionPolicy | None,
         inventory: LayerInventory,
         model: nn.Module | None = None,
-        example_input: torch.Tensor | None = None,
+        example_input: ModelInput | None = None,
     ) -> Costs:
         """Analytic costs of ``policy`` with ``latency_ms`` predicted by this table."""
         return analytic_costs(policy, inventory).with_latency(
@@ -773,7 +774,7 @@ class LatencyLUT:
         self,
         inventory: LayerInventory,
         model: nn.Module | None = None,
-        example_input: torch.Tensor | None = None,
+        example_input: ModelInput | None = None,
     ) -> Costs:
         """The uncompressed model's costs with its *measured* latency (what ``0.5x`` refers to).
 

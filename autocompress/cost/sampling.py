@@ -12,11 +12,11 @@ import random
 import warnings
 from typing import TYPE_CHECKING
 
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from autocompress.space import ResolvedSpace
@@ -62,7 +62,7 @@ def random_policy(
     )
 
 
-def build_sampled(model: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor,
+def build_sampled(model: nn.Module, policy: CompressionPolicy, example_input: ModelInput,
                   inventory: LayerInventory) -> nn.Module:
     """The model a sampled policy makes (``apply_policy``), without ``LowRankSkipped`` warnings.
 

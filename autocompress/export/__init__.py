@@ -293,15 +293,13 @@ def rebuild_best_model(
 def export_checked_onnx(model: nn.Module, task: Task, path: Path) -> float:
     """Export ``model`` to ONNX at ``path``; check ONNX Runtime runs it and agrees with PyTorch.
 
-    Returns the largest absolute output difference on a validation batch.
+    Returns the largest absolute difference of the task's scored output (``task.output``)
+    on a validation batch; inputs of any form, each in its own dtype.
     """
-    from autocompress.runtime.onnx import export_onnx, run_onnx
+    from autocompress.runtime.onnx import export_onnx, onnx_agreement
 
     data = export_onnx(model, task.example_input, path)
-    x = task.validation_batch()
-    with torch.no_grad():
-        ref = model(x).detach().cpu().numpy()
-    got = run_onnx(data, x.numpy())
+    got, ref = onnx_agreement(model, data, task.validation_batch(), task.output)
     if got.shape != ref.shape or not np.all(np.isfinite(got)):
         raise MethodError(
             f"{path.name}: ONNX Runtime gives output {got.shape} (finite: "
@@ -311,18 +309,32 @@ def export_checked_onnx(model: nn.Module, task: Task, path: Path) -> float:
 
 
 class _OrtModule(nn.Module):
-    """An ONNX file behind an ``nn.Module`` face, so the task metric can score it."""
+    """An ONNX file behind an ``nn.Module`` face, so the task metric can score it.
+
+    It is called as the model is (one tensor, positional tensors or keyword tensors) and
+    answers in the model's output form, as :func:`~autocompress.runtime.onnx.export_onnx`
+    named the outputs: ``output`` one tensor, ``output0``, ``output1``, ... a tuple, other
+    names a dict (a Hugging Face ``ModelOutput``'s fields).
+    """
 
     def __init__(self, path: Path, threads: int) -> None:
         super().__init__()
         from autocompress.runtime.onnx import ort_session
 
         self.sess = ort_session(path, threads)
-        self.input_name = self.sess.get_inputs()[0].name
+        self.output_names = [o.name for o in self.sess.get_outputs()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.sess.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})
-        return torch.from_numpy(out[0])
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        from autocompress.inputs import ort_feed
+
+        x: Any = kwargs if kwargs else args[0] if len(args) == 1 else tuple(args)
+        got = [torch.from_numpy(o) for o in self.sess.run(None, ort_feed(self.sess, x))]
+        names = self.output_names
+        if names == ["output"]:
+            return got[0]
+        if names == [f"output{i}" for i in range(len(names))]:
+            return tuple(got)
+        return dict(zip(names, got, strict=True))
 
 
 def onnx_metric(task: Task, path: Path, threads: int) -> float:
@@ -360,13 +372,14 @@ def fresh_latencies(
         summarize,
         time_call,
     )
+    from autocompress.inputs import ort_feed
     from autocompress.runtime.onnx import ort_session
 
     def int8_stats() -> LatencyStats:
         assert int8_path is not None
         sess = ort_session(int8_path, target.threads)
-        x = batched(task.example_input, target.require_batch()).numpy().astype(np.float32)
-        feed = {sess.get_inputs()[0].name: x}
+        # Every input in its own dtype: token ids stay int64.
+        feed = ort_feed(sess, batched(task.example_input, target.require_batch()))
         times, k = time_call(lambda: sess.run(None, feed))
         return summarize(times, k, target=f"ort-int8-cpu-{target.threads}t-b{target.batch}")
 

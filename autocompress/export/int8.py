@@ -11,12 +11,12 @@ activation fake-quantisers removed (:func:`strip_fake_quant`), so that
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -26,10 +26,12 @@ from onnxruntime.quantization import (
 )
 from torch import nn
 
+from autocompress import inputs
 from autocompress.errors import MethodError
+from autocompress.inputs import ModelInput
 from autocompress.methods.quantize import QUANT_BITS, ActFakeQuant
 from autocompress.policy import CompressionPolicy
-from autocompress.runtime.onnx import export_onnx
+from autocompress.runtime.onnx import export_onnx, ort_session
 
 CALIBRATION_BATCHES = 4
 
@@ -47,45 +49,46 @@ def needs_int8(policy: CompressionPolicy) -> bool:
 
 
 class BatchReader(CalibrationDataReader):
-    """Feeds ``batches`` (float32 arrays) to ONNX Runtime's calibrator under ``input_name``."""
+    """Feeds ``feeds`` (ONNX Runtime feed dicts: input name -> array) to its calibrator."""
 
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]) -> None:
-        self.input_name = input_name
-        self._batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
-        self._it: Iterator[np.ndarray] = iter(self._batches)
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+        self._batches = list(feeds)
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self._batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {self.input_name: batch}
+        return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = iter(self._batches)
 
 
 def calibration_batches(
-    loader: Iterable | None, example_input: torch.Tensor, batch_size: int,
+    loader: Iterable | None, example_input: ModelInput, batch_size: int,
     n_batches: int = CALIBRATION_BATCHES,
-) -> list[np.ndarray]:
+) -> list[ModelInput]:
     """Up to ``n_batches`` input batches of ``batch_size`` rows from ``loader``'s inputs.
 
     Rows are regrouped so every batch has exactly the target batch size (the
-    last short one is dropped); with no data, the example input repeated.
+    last short one is dropped); with no data, the example input repeated. Inputs keep
+    their form (tensor, tuple or dict) and every tensor its dtype.
+
+    >>> import torch
+    >>> batches = calibration_batches(None, {"ids": torch.ones(1, 4, dtype=torch.long)}, 2)
+    >>> len(batches), batches[0]["ids"].shape, batches[0]["ids"].dtype
+    (1, torch.Size([2, 4]), torch.int64)
     """
-    rows: list[torch.Tensor] = []
+    rows: list[ModelInput] = []
     need = batch_size * n_batches
     if loader is not None:
         for batch in loader:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            rows.append(torch.as_tensor(x).detach().cpu())
-            if sum(r.shape[0] for r in rows) >= need:
+            rows.append(inputs.detached(inputs.split_batch(batch)[0]))
+            if sum(inputs.batch_size(r) for r in rows) >= need:
                 break
     if not rows:
-        x = example_input[:1].expand(batch_size, *example_input.shape[1:])
-        return [x.contiguous().numpy().astype(np.float32)]
-    data = torch.cat(rows)[:need]
-    full = max(1, data.shape[0] // batch_size)
-    return [data[i * batch_size:(i + 1) * batch_size].numpy().astype(np.float32)
-            for i in range(full)]
+        return [inputs.batched(example_input, batch_size)]
+    data = inputs.take(inputs.concat(rows), need)
+    full = max(1, inputs.batch_size(data) // batch_size)
+    return [inputs.take(inputs.skip(data, i * batch_size), batch_size) for i in range(full)]
 
 
 def strip_fake_quant(model: nn.Module) -> nn.Module:
@@ -101,13 +104,14 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
 
 def export_int8(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: ModelInput,
     out_path: str | Path,
-    batches: list[np.ndarray],
+    batches: list[ModelInput],
 ) -> Path:
     """Quantise ``model`` statically to int8 (QDQ; per-channel int8 weights, uint8 activations).
 
-    Calibration runs ``batches`` through ONNX Runtime (MinMax). Raises
+    Calibration runs ``batches`` (model inputs of any form, fed to ONNX Runtime by
+    name in their own dtypes) through ONNX Runtime (MinMax). Raises
     :class:`MethodError` when ONNX Runtime cannot quantise the graph.
     """
     out = Path(out_path)
@@ -122,12 +126,16 @@ def export_int8(
             source = prep
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = fp32
-        import onnx
-
-        input_name = onnx.load(str(source)).graph.input[0].name
+        reference = ort_session(source)
+        feeds = [inputs.ort_feed(reference, b) for b in batches]
+        root = logging.getLogger()
+        level = root.level
+        # The quantiser logs to the root logger that a 1-D weight (a LayerNorm's) has no
+        # channel axis and is quantised per tensor: expected, and nothing a user can act on.
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
-                str(source), str(out), BatchReader(input_name, batches),
+                str(source), str(out), BatchReader(feeds),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )
@@ -136,4 +144,6 @@ def export_int8(
                 f"ONNX Runtime could not quantise the best model to int8 ({exc}); the float "
                 "model_best.onnx is still exported"
             ) from exc
+        finally:
+            root.setLevel(level)
     return out

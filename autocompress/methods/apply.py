@@ -11,9 +11,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory, build_inventory, count_macs
 from autocompress.methods.quantize import QUANT_BITS
 from autocompress.methods.registry import METHODS
@@ -25,9 +25,9 @@ INDEX_BYTES = 4  # sparse storage: one int32 index per kept weight
 def apply_policy(
     model: nn.Module,
     policy: CompressionPolicy,
-    example_input: torch.Tensor,
+    example_input: ModelInput,
     inventory: LayerInventory | None = None,
-    calibration: Iterable[torch.Tensor] | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> nn.Module:
     """Return a compressed deep copy of ``model`` in eval mode (``model`` is untouched).
 
@@ -36,6 +36,7 @@ def apply_policy(
     if it does not fit). ``calibration`` batches (tensors, or ``(inputs, labels)``
     pairs) set the activation ranges for ``act_bits: 8``; default: ``example_input``.
 
+    >>> import torch
     >>> from autocompress.models import DigitsCNN
     >>> from autocompress.policy import LayerPolicy
     >>> x = torch.zeros(1, 1, 8, 8)
@@ -103,7 +104,7 @@ def model_size_bytes(model: nn.Module, policy: CompressionPolicy | None = None) 
 
 
 def model_stats(
-    model: nn.Module, example_input: torch.Tensor, policy: CompressionPolicy | None = None
+    model: nn.Module, example_input: ModelInput, policy: CompressionPolicy | None = None
 ) -> dict[str, Any]:
     """``{"macs", "params", "size_bytes"}`` of ``model`` (fvcore MACs at the input's batch)."""
     macs, _unsupported = count_macs(model, example_input)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.methods.registry import register_method, replace_module
 from autocompress.methods.shapes import lowrank_rank
@@ -96,8 +98,8 @@ class LowRank:
         model: nn.Module,
         policy: CompressionPolicy,
         inventory: LayerInventory,
-        example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None,
+        example_input: ModelInput,
+        calibration: Iterable[Any] | None,
     ) -> nn.Module:
         for fqn, lp in policy.layers.items():
             if lp.rank is None:

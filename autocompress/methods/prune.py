@@ -12,12 +12,14 @@ measured latency all fall. The model's output layer is never in a group.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from autocompress.errors import MethodError
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory, dependency_graph
 from autocompress.methods.registry import register_method
 from autocompress.methods.shapes import group_prune_ratios, kept_channels
@@ -44,8 +46,8 @@ class Prune:
         model: nn.Module,
         policy: CompressionPolicy,
         inventory: LayerInventory,
-        example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None,
+        example_input: ModelInput,
+        calibration: Iterable[Any] | None,
     ) -> nn.Module:
         ratios = {g: r for g, r in group_prune_ratios(policy, inventory).items() if r > 0}
         if not ratios:

@@ -29,12 +29,15 @@ products in 16 bits (VPMADDUBSW); 7 bits or fewer avoid that.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver
 
+from autocompress import inputs
 from autocompress.errors import MethodError
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.methods.registry import register_method, replace_module, weight_modules
 from autocompress.policy import CompressionPolicy
@@ -138,18 +141,18 @@ class ActFakeQuant(nn.Module):
         return f"scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}, uint8"
 
 
-def _batches(calibration: Iterable | None, example_input: torch.Tensor) -> Iterable[torch.Tensor]:
+def _batches(calibration: Iterable | None, example_input: ModelInput) -> Iterable[ModelInput]:
     """Calibration inputs; DataLoader batches ``(inputs, labels)`` give their inputs."""
     if calibration is None:
         yield example_input
         return
     for batch in calibration:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield inputs.split_batch(batch)[0]
 
 
 @torch.no_grad()
 def calibrate_inputs(
-    model: nn.Module, fqns: list[str], batches: Iterable[torch.Tensor]
+    model: nn.Module, fqns: list[str], batches: Iterable[ModelInput]
 ) -> dict[str, MinMaxObserver]:
     """Run ``batches`` through ``model`` and observe the input range of each layer in ``fqns``."""
     observers = {
@@ -164,7 +167,7 @@ def calibrate_inputs(
     model.eval()
     try:
         for x in batches:
-            model(x)
+            inputs.call(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -190,8 +193,8 @@ class Quantize:
         model: nn.Module,
         policy: CompressionPolicy,
         inventory: LayerInventory,
-        example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None,
+        example_input: ModelInput,
+        calibration: Iterable[Any] | None,
     ) -> nn.Module:
         scales: dict[str, torch.Tensor] = {}  # fqn -> scales of the module reading its input
         with torch.no_grad():
@@ -212,6 +215,6 @@ class Quantize:
                 layer = model.get_submodule(fqn)
                 if fqn in scales:
                     attach_weight_qdq(weight_modules(model, fqn)[0][1], scales[fqn])
-                quant = ActFakeQuant(float(scale), int(zero_point)).to(example_input.device)
+                quant = ActFakeQuant(float(scale), int(zero_point)).to(inputs.device_of(example_input))
                 replace_module(model, fqn, nn.Sequential(quant, layer))
         return model

@@ -14,12 +14,12 @@ several modules (``<fqn>.0`` and ``<fqn>.1`` after a low-rank factorisation,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from autocompress.inputs import ModelInput
     from autocompress.inventory import LayerInventory
     from autocompress.policy import CompressionPolicy
 
@@ -39,8 +39,8 @@ class Method(Protocol):
         model: nn.Module,
         policy: CompressionPolicy,
         inventory: LayerInventory,
-        example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None,
+        example_input: ModelInput,
+        calibration: Iterable[Any] | None,
     ) -> nn.Module: ...
 
 

@@ -10,11 +10,12 @@ sparse storage shrinks (see :func:`autocompress.methods.apply.model_size_bytes`)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.methods.registry import register_method, weight_modules
 from autocompress.policy import CompressionPolicy
@@ -32,8 +33,8 @@ class Sparsity:
         model: nn.Module,
         policy: CompressionPolicy,
         inventory: LayerInventory,
-        example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None,
+        example_input: ModelInput,
+        calibration: Iterable[Any] | None,
     ) -> nn.Module:
         for fqn, lp in policy.layers.items():
             if not lp.sparsity:

@@ -1,4 +1,4 @@
-"""ONNX export (dynamic batch) and ONNX Runtime sessions with fixed threads."""
+"""ONNX export (named inputs, each with a dynamic batch axis) and ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -10,13 +10,34 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress.errors import MethodError
+from autocompress.inputs import (
+    ModelInput,
+    OutputSelector,
+    call,
+    detached,
+    onnx_input_names,
+    ort_feed,
+    output_names,
+    output_tensors,
+    positional_forward,
+    select_output,
+)
+
 OPSET = 17
 
 
 def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: str | Path | None = None
+    model: nn.Module, example_input: ModelInput, path: str | Path | None = None
 ) -> bytes:
-    """Export ``model`` to ONNX with a dynamic batch axis; write it to ``path`` if given.
+    """Export ``model`` to ONNX with a dynamic batch axis on every input and output.
+
+    ``example_input`` is a tensor (ONNX input ``input``), a tuple (``input0``, ``input1``,
+    ...) or a dict of named tensors (their names); each keeps its dtype, so token ids stay
+    int64. A single output is named ``output``; a dict output (a Hugging Face
+    ``ModelOutput``) keeps its keys; other outputs are ``output0``, ``output1``, ...
+    The file is written to ``path`` if given; a model the exporter cannot export raises a
+    one-line :class:`~autocompress.errors.MethodError`.
 
     Uses the TorchScript exporter: it needs no extra packages and exports
     fake-quant ops as QuantizeLinear/DequantizeLinear.
@@ -24,21 +45,42 @@ def export_onnx(
     >>> data = export_onnx(nn.Linear(4, 2), torch.zeros(1, 4))
     >>> run_onnx(data, np.zeros((3, 4), np.float32)).shape
     (3, 2)
+    >>> emb = nn.Embedding(10, 3)
+    >>> run_onnx(export_onnx(emb, torch.zeros(1, 5, dtype=torch.long)),
+    ...          np.ones((2, 5), np.int64)).shape
+    (2, 5, 3)
     """
     model = model.eval()
+    x = detached(example_input)
+    input_names = onnx_input_names(x)
+    with torch.no_grad():
+        out = call(model, x)
+    names = output_names(out)
+    if names is None:
+        n = len(output_tensors(out))
+        names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
+    axes = {name: {0: "batch"} for name in input_names + names}
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args:
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example_input,),
-            buf,  # type: ignore[arg-type]  # file-like objects are accepted
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                args,
+                buf,  # type: ignore[arg-type]  # file-like objects are accepted
+                input_names=input_names,
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except Exception as exc:  # the exporter's errors name an op; the user gets one line
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise MethodError(
+                f"{type(model).__name__} cannot be exported to ONNX ({type(exc).__name__}: "
+                f"{first[:300]}); measure it on a torch target (e.g. --target torch) or make "
+                "its forward exportable"
+            ) from exc
     data = buf.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +111,38 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
     return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(model: bytes | str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Run an ONNX model once on ``x`` and return its first output."""
+def onnx_agreement(
+    model: nn.Module, onnx_model: bytes | str | Path, x: ModelInput, output: OutputSelector = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ONNX Runtime's, PyTorch's)`` scored output of ``model`` on ``x`` (any input form).
+
+    ``output`` picks the scored tensor of a structured output (as a task's ``output``
+    does); ONNX Runtime's matching output is the one at the same place in the flattened
+    outputs, which is how :func:`export_onnx` orders them.
+
+    >>> m = nn.Linear(4, 2)
+    >>> got, ref = onnx_agreement(m, export_onnx(m, torch.zeros(1, 4)), torch.ones(3, 4))
+    >>> got.shape == ref.shape and bool(np.abs(got - ref).max() < 1e-5)
+    True
+    """
+    with torch.no_grad():
+        out = call(model.eval(), x)
+    flat = output_tensors(out)
+    scored = select_output(out, output)
+    index = next((i for i, t in enumerate(flat) if t is scored), 0)
+    sess = ort_session(onnx_model, threads)
+    got = sess.run(None, ort_feed(sess, x))
+    return np.asarray(got[index]), scored.detach().cpu().numpy()
+
+
+def run_onnx(
+    model: bytes | str | Path, x: ModelInput | np.ndarray, threads: int = 1
+) -> np.ndarray:
+    """Run an ONNX model once on ``x`` and return its first output.
+
+    ``x``: an array or any :data:`~autocompress.inputs.ModelInput`; each input keeps its
+    dtype (float64 data fed to a float32 input is cast).
+    """
     sess = ort_session(model, threads)
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    return sess.run(None, ort_feed(sess, x))[0]

@@ -10,12 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autocompress import inputs
+from autocompress.inputs import ModelInput, OutputSelector
+
 Metric = Callable[[nn.Module, DataLoader], float]
 
 
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy of ``model`` over ``loader`` (batches of ``(inputs, labels)``).
+
+    Inputs may be any :data:`~autocompress.inputs.ModelInput` (a dict batch carries its
+    labels under ``labels``); a structured output (a Hugging Face ``ModelOutput``) is
+    scored on its first tensor, e.g. ``logits``.
 
     >>> from torch.utils.data import TensorDataset
     >>> m = nn.Linear(2, 2); _ = m.weight.data.copy_(torch.eye(2)); _ = m.bias.data.zero_()
@@ -26,8 +33,9 @@ def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
-    for inputs, labels in loader:
-        pred = model(inputs).argmax(dim=1)
+    for batch in loader:
+        x, labels = inputs.split_batch(batch)
+        pred = inputs.select_output(inputs.call(model, x)).argmax(dim=1)
         correct += int((pred == labels).sum())
         total += int(labels.numel())
     model.train(was_training)
@@ -42,6 +50,12 @@ class Task:
     default: tiny models must be measured where compute, not per-call
     overhead, dominates.
 
+    ``example_input`` is a tensor, a tuple of tensors (positional arguments) or a dict
+    of named tensors (keyword arguments), of any dtype, with a batch axis 0; loader
+    batches take the same forms, with labels. ``output`` names the output tensor that
+    fine-tuning and export checks compare when the model returns several (a key of a
+    dict or ``ModelOutput``, an index, or a callable); None takes the first.
+
     >>> from torch.utils.data import TensorDataset
     >>> dl = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
     >>> t = Task(name="toy", model=nn.Linear(2, 2), example_input=torch.zeros(1, 2),
@@ -52,7 +66,7 @@ class Task:
 
     name: str
     model: nn.Module
-    example_input: torch.Tensor
+    example_input: ModelInput
     train_loader: DataLoader | None
     val_loader: DataLoader | None
     metric: Metric
@@ -61,6 +75,11 @@ class Task:
     target_batch_size: int = 1
     baseline_metric: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    output: OutputSelector = None
+
+    def __post_init__(self) -> None:
+        self.example_input = inputs.normalize(self.example_input,
+                                              f"task {self.name!r}'s example input")
 
     def evaluate(self, model: nn.Module | None = None) -> float:
         """The task metric of ``model`` (default: the task's own model) on the validation data."""
@@ -68,20 +87,20 @@ class Task:
             raise ValueError(f"task {self.name!r} has no validation data")
         return float(self.metric(self.model if model is None else model, self.val_loader))
 
-    def batch_input(self, batch_size: int | None = None) -> torch.Tensor:
+    def batch_input(self, batch_size: int | None = None) -> ModelInput:
         """The example input repeated to ``batch_size`` rows (default: ``target_batch_size``)."""
-        n = batch_size or self.target_batch_size
-        x = self.example_input[:1]
-        return x.expand(n, *x.shape[1:]).contiguous()
+        return inputs.batched(self.example_input, batch_size or self.target_batch_size)
 
-    def validation_batch(self, rows: int = 64) -> torch.Tensor:
+    def validation_batch(self, rows: int = 64) -> Any:
         """Up to ``rows`` real validation inputs (for PyTorch/ONNX agreement checks).
+
+        A :data:`~autocompress.inputs.ModelInput`, typed ``Any`` so that callers written
+        for one tensor still type-check.
 
         Falls back to the example input when the task has no validation data.
         """
         if self.val_loader is not None:
             batch = next(iter(self.val_loader), None)
             if batch is not None:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                return x[:rows]
+                return inputs.take(inputs.split_batch(batch)[0], rows)
         return self.example_input
