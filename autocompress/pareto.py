@@ -153,13 +153,14 @@ def pareto_front(
     cost being the one the budget limits (latency first).
     """
     all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
-    feasible = feasible_trials(all_trials)
+    missed = missed_on_target(study)
+    feasible = [t for t in feasible_trials(all_trials) if t.number not in missed]
     if not feasible:
         return []
     key = cost_key(feasible, budget_cost_key(study))
     if len(study.directions) > 1 and trials is None:
         # Optuna's own front over the study's objectives; constraints already honoured.
-        front = [t for t in study.best_trials if is_feasible(t)]
+        front = [t for t in study.best_trials if is_feasible(t) and t.number not in missed]
     else:
         points = [
             (float(trial_metric(t) or 0.0), as_number(t.user_attrs.get(key)) or 0.0)
@@ -186,6 +187,24 @@ def budget_baseline_ms(study: optuna.Study) -> float | None:
     return as_number((study.user_attrs.get("baseline") or {}).get("latency_ms"))
 
 
+# Study attribute written by ``autocompress verify`` (autocompress.export.verify): trials of a
+# search run away from the target, timed on the target afterwards ({str(number): {...,
+# "meets"}}); a trial that missed there is no longer feasible.
+VERIFIED_ATTR = "verified_on_target"
+
+
+def missed_on_target(study: optuna.Study) -> set[int]:
+    """Trials that ``autocompress verify`` timed on the target and found over the budget.
+
+    >>> s = optuna.create_study()
+    >>> s.set_user_attr(VERIFIED_ATTR, {"trials": {"0": {"meets": False}, "1": {"meets": True}}})
+    >>> missed_on_target(s)
+    {0}
+    """
+    verified = (study.user_attrs.get(VERIFIED_ATTR) or {}).get("trials") or {}
+    return {int(n) for n, v in verified.items() if isinstance(v, dict) and v.get("meets") is False}
+
+
 def pick_best(
     study: optuna.Study, trials: Sequence[FrozenTrial] | None = None
 ) -> FrozenTrial | None:
@@ -194,11 +213,12 @@ def pick_best(
     Best metric first (in the study's direction); ties go to the lower speed ratio
     (measured on the target, else predicted), then the lower MACs, then the earlier trial. The best
     metric is always on the front, so this is also the pick in ``pareto`` mode.
-    A trial timed on the target and found over the budget is infeasible, whatever the
-    table predicted.
+    A trial timed on the target and found over the budget (in the search, or later by
+    ``autocompress verify``) is infeasible, whatever the table predicted.
     """
     all_trials = list(study.get_trials(deepcopy=False)) if trials is None else list(trials)
-    feasible = feasible_trials(all_trials)
+    missed = missed_on_target(study)
+    feasible = [t for t in feasible_trials(all_trials) if t.number not in missed]
     if not feasible:
         return None
     sign = -1.0 if _is_max(metric_direction(study)) else 1.0

@@ -38,6 +38,17 @@ def check_out_folder(path: str | Path, name: str = "--out") -> None:
             )
 
 
+def check_out_file(path: str | Path, name: str = "--out") -> None:
+    """Raise :class:`InputFileError` when file ``path`` cannot be written: it is a folder, or a
+    parent is a file (checked before any slow work, as :func:`check_out_folder`)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputFileError(
+            f"{name} {str(p)!r} is a folder; expected a file path (e.g. "
+            f"{str(p / 'latency_lut.json')!r})")
+    check_out_folder(p.parent, name=f"{name}'s folder")
+
+
 def check_storage(url: str | None, name: str = "--storage") -> None:
     """Raise :class:`ConfigError` for a storage that is neither a known database URL nor a
     usable journal file path, before any slow work (the study is opened after the task loads).

@@ -12,11 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
-from autocompress.cli.common import task_and_inventory
+from autocompress.cli.common import check_out_file, task_and_inventory
 from autocompress.cost.latency import measure_latency
 from autocompress.cost.lut import LatencyLUT, default_lut_path
 from autocompress.cost.target import parse_target
 from autocompress.cost.timing import MODEL_BLOCKS
+from autocompress.errors import ConfigError
 
 TARGET_HELP = 'runtime[-cpu][-<N>t][-b<B>]: "ort", "torch", "ort-cpu-2t-b64"'
 
@@ -39,6 +40,12 @@ def profile(
     lut_path: str = typer.Option(
         None, "--lut", help=f"latency table file (default: $AUTOCOMPRESS_CACHE/{default_lut_path().name})"
     ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="write a table for searches on other machines to this file "
+        "(`search --lut FILE`): every layer shape of --space is measured here, on the target"),
+    space: str = typer.Option(
+        None, "--space", help="search space whose every layer shape is measured (with --out: "
+        "default the task's own space)"),
     batch: int = typer.Option(None, "--batch", min=1, help="batch size (default: the task's)"),
     threads: int = typer.Option(None, "--threads", min=1, help="intra-op threads"),
     seed: int = typer.Option(0, "--seed", help="seed of the random policies"),
@@ -48,11 +55,21 @@ def profile(
 ) -> None:
     """Per-layer MACs, params and measured latency on a target; with --validate N, how well
     the latency table and the MACs model predict N measured random policies."""
-    # Parse the target before loading anything, so a typo fails in milliseconds.
+    # Parse the target (and the space) before loading anything, so a typo fails in milliseconds.
     tgt = parse_target(target, threads=threads, batch=batch)
+    if out and lut_path:
+        raise ConfigError(f"--out {out!r} and --lut {lut_path!r} both name the table file; "
+                          "give one (--out for a table to search with on other machines)")
+    if out:
+        check_out_file(out)
+    from autocompress.space import SearchSpace, default_space
+
+    spec = SearchSpace.load(space) if space else None
     task_obj, inventory = task_and_inventory(task, data_dir, checkpoint)
     tgt = tgt.with_batch(task_obj.target_batch_size)
-    path = Path(lut_path) if lut_path else default_lut_path()
+    path = Path(out or lut_path) if (out or lut_path) else default_lut_path()
+    if out and spec is None:
+        spec = default_space(task_obj.name)
 
     with _progress() as bar:
         job = bar.add_task(f"latency table on {tgt.name}", total=None)
@@ -68,6 +85,18 @@ def profile(
         layers = lut.layer_table(inventory)
         fit = lut.remainder(inventory, task_obj.model, task_obj.example_input)
         bar.update(job, description="done", total=1, completed=1)
+        covered = None
+        if spec is not None:
+            from autocompress.cost.coverage import space_policies
+
+            policies = list(space_policies(spec.resolve(inventory)))
+            sjob = bar.add_task(f"every layer shape of {spec.source}", total=len(policies))
+            before = lut.measured
+            for i, policy in enumerate(policies):
+                lut.layers_ms(policy, inventory, task_obj.model, task_obj.example_input)
+                bar.update(sjob, completed=i + 1)
+            covered = {"space": spec.source, "policies": len(policies),
+                       "layers_measured": lut.measured - before, "entries": len(lut.entries)}
         report = None
         if validate:
             from autocompress.cost.fidelity import validate as run_validation
@@ -84,13 +113,14 @@ def profile(
         result["macs"] = report.macs
         result["lut_relative"] = report.lut_relative  # speed ratios to the uncompressed model
         result["macs_relative"] = report.macs_relative
+    if covered is not None:
+        result["space_coverage"] = covered
     result.update({
         "task": task_obj.name,
         "target": tgt.name,
         "fingerprint": lut.key,
         "lut_path": str(path),
-        "model": {k: fit.get(k, 0.0) for k in ("model_ms", "layers_ms", "remainder_ms",
-                                               "layer_scale", "compressed_fixed_ms")},
+        "model": {k: fit.get(k, 0.0) for k in ("model_ms", "layers_ms", "remainder_ms")},
         "layers": layers,
         "load_average": list(os.getloadavg()),
     })
@@ -123,10 +153,13 @@ def _print_tables(result: dict[str, Any], n_layers: int, validate: int) -> None:
     console.print(
         f"whole model {m['model_ms']:.4f} ms measured = layers {m['layers_ms']:.4f} ms + "
         f"remainder {m['remainder_ms']:.4f} ms; compressed graphs: layers x "
-        f"{m['model_ms'] / max(m['layers_ms'], 1e-12):.3f} (the calibration models' own line: "
-        f"{m['layer_scale']:.3f} x layers {m['compressed_fixed_ms']:+.4f} ms); "
-        f"table: {result['lut_path']}"
+        f"{m['model_ms'] / max(m['layers_ms'], 1e-12):.3f}; table: {result['lut_path']}"
     )
+    if "space_coverage" in result:
+        c = result["space_coverage"]
+        console.print(f"every layer shape of {c['space']}: {c['policies']} policies, "
+                      f"{c['layers_measured']} new layer entries, {c['entries']} in all; search "
+                      f"elsewhere with `autocompress search --lut {result['lut_path']}`")
     if not validate:
         return
     scores = Table(title=f"latency prediction on {validate} random policies", title_justify="left")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from autocompress.cli.app import TASK_HELP, app, console, err_console
+from autocompress.errors import InputFileError
 
 
 @app.command()
@@ -39,6 +42,10 @@ def search(
         None, "--measure/--no-measure", help="latency budgets: time each candidate on the "
         "target before its fine-tune and judge the budget on that; --no-measure: predictions "
         "decide, for a search away from the target (default: measure)"),
+    lut: str = typer.Option(
+        None, "--lut", help="search away from the target: a latency table profiled there "
+        "(`autocompress profile --out`); latency is judged on its predictions only, and "
+        "`autocompress verify RUN` measures the results on the target"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -69,7 +76,7 @@ def search(
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
         "out": out, "strategy": strategy, "mode": mode, "seed": seed, "warm_start": warm_start,
-        "fill_budget": fill_budget, "measure": measure,
+        "fill_budget": fill_budget, "measure": measure, "lut": lut,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,
@@ -77,6 +84,10 @@ def search(
     # Checked here because the run creates its folder only after loading (maybe training) the task.
     check_out_folder(cfg.out_dir, "--out" if out is not None else "out")
     check_storage(cfg.storage, "--storage" if storage is not None else "storage")
+    if cfg.lut is not None and not Path(cfg.lut).is_file():
+        raise InputFileError(
+            f"--lut {cfg.lut!r} does not exist; expected a latency table profiled on the target "
+            f"with `autocompress profile --task {cfg.task} --target {cfg.target} --out FILE`")
 
     def say(msg: str) -> None:
         err_console.print(msg, highlight=False, soft_wrap=True, markup=False)
@@ -100,6 +111,9 @@ def search(
                 line += f" ({pred:.4g} predicted)"
             if base:
                 line += f" vs {base:.4g} ms uncompressed"
+        elif pred is not None:
+            line += (f", latency {pred:.4g} ms predicted by {cfg.lut} (not measured here: run "
+                     f"`autocompress verify {result.out}` on the target)")
         if getattr(s, "meets_budget", None) is False:
             line += " - MISSES the budget when re-measured"
     console.print(line, highlight=False)

@@ -25,11 +25,8 @@ blocks alternating with its uncompressed layer and stored as the median block
 ratio times that layer's entry, so every entry of a layer shares one scale
 whatever minute it was measured in (:meth:`LatencyLUT._paired_entry`).
 
-A policy's latency comes from its layers' entries, calibrated against whole
-models measured once per model and target: the uncompressed model, a
-uniformly pruned one and :data:`CALIBRATION_POLICIES` seeded random policies,
-timed together in interleaved rounds (one block of each, ten times) so that a
-machine whose speed drifts over minutes gives them all the same speed.
+A policy's latency comes from its layers' entries and one whole-model measurement per
+model and target, the uncompressed model's:
 
 - A policy that leaves the graph as it is (weight bits and sparsity only, baked
   into float weights) is the uncompressed model's measured time: its layers'
@@ -40,14 +37,12 @@ machine whose speed drifts over minutes gives them all the same speed.
   sum(layers) / sum(uncompressed layers)``. The rest of the model (activations,
   pooling, per-call overhead) is taken to shrink with the layers around it.
   Since compressed entries are ratios to their uncompressed layers, this is the
-  uncompressed time times the layers' time-weighted ratio. Re-scored on the rows of
-  two fidelity runs (``benchmarks/latency_fidelity.py --rescore``; 30 random
-  policies each on ort-1t), its predicted speed ratio to the uncompressed model
-  was off by 2.4-8.9% (MAPE) on resnet18, mobilenet_v2, the digits CNN and MLP,
-  where a least-squares line through the calibration models
-  (``layer_scale * sum(layers) + compressed_fixed_ms``, still fitted and shown by
-  ``profile`` as a check) was off by 2.9-26.5%: fitted on a few noisy points, it
-  swung with them on the sub-millisecond models.
+  uncompressed time times the layers' time-weighted ratio. A least-squares line
+  through a few measured compressed models was tried before this rule and
+  swung with their noise on sub-millisecond models.
+
+What the search does with a prediction is in :mod:`autocompress.search.judge`: it screens
+and places candidates; the target's timing judges them.
 
 The table lives in one JSON file (``latency_lut.json``), keyed by the target
 fingerprint (:func:`~autocompress.cost.latency.env_fingerprint`) and then by a
@@ -91,18 +86,9 @@ from autocompress.policy import CompressionPolicy, LayerPolicy
 FORMAT = "autocompress.latency_lut"
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "latency_lut.json"
-# Uniform prune ratio of the second model the remainder is fitted on.
-REMAINDER_PRUNE = 0.5
-# Random policies whose measured models give the check line of compressed graphs (seeded; see
-# LatencyLUT.remainder; predictions use the proportional rule, not the line).
-CALIBRATION_POLICIES = 8
-# Bounds of the fitted layer_scale: outside them two noisy points made the line, not the machine.
-LAYER_SCALE_BOUNDS = (0.5, 2.0)
 # Version of the whole-model fit; a cached fit of another version is measured again
-# (3: the uncompressed and calibration models are timed in interleaved rounds; 4: 8 calibration
-# policies, and the line passes near the uncompressed model too).
-FIT_VERSION = 4
-CALIBRATION_SEED = 1_000_003
+# (5: the uncompressed model alone, no calibration models).
+FIT_VERSION = 5
 # How layer entries are timed; a table section timed another way is measured again
 # (2: a compressed layer in blocks alternating with its uncompressed layer, as a ratio).
 LAYER_METHOD = 2
@@ -375,6 +361,7 @@ class LatencyLUT:
         timing: LayerTiming | None = None,
         model_runs: int = 30,
         progress: Callable[[str], None] | None = None,
+        frozen: bool = False,
     ) -> None:
         if target.batch is None:
             raise TargetError(
@@ -386,19 +373,24 @@ class LatencyLUT:
         self.timing = timing or LayerTiming()
         self.model_runs = model_runs
         self.progress = progress
+        #: Read-only and never measured: a table profiled on the target, used elsewhere.
+        self.frozen = frozen
         self.fingerprint = env_fingerprint(target)
         self.key = self.fingerprint["hash"]
         self.measured = 0
         self.model_measurements = 0
         self.measure_seconds = 0.0
         self._data = self._load()
+        self._dirty = False
+        self._forgotten = False  # set by forget_model_if_stale: do not merge old entries back
+        self._references: dict[str, list[LayerShape]] = {}  # inventory sha256 -> its layers
+        if frozen:
+            self.key = self._frozen_key()
+            return
         entry = self._data["targets"].setdefault(self.key, {})
         entry["env"] = {k: v for k, v in self.fingerprint.items() if k != "flags"}
         entry.setdefault("layers", {})
         entry.setdefault("models", {})
-        self._dirty = False
-        self._forgotten = False  # set by forget_model_if_stale: do not merge old entries back
-        self._references: dict[str, list[LayerShape]] = {}  # inventory sha256 -> its layers
         if entry.get("layer_method") != LAYER_METHOD:
             # Entries timed another way (before 2: each alone, with the drift of its minute)
             # do not mix with these: the table is measured again.
@@ -406,20 +398,65 @@ class LatencyLUT:
             entry["layer_method"] = LAYER_METHOD
             self._forgotten = self._dirty = True
 
+    @property
+    def foreign(self) -> bool:
+        """Whether the table's entry was measured on another machine (another fingerprint)."""
+        return self.key != self.fingerprint["hash"]
+
+    @property
+    def measured_on(self) -> str:
+        """The CPU the table's entry for this target was measured on."""
+        return str(self._entry.get("env", {}).get("cpu", "an unknown CPU"))
+
+    def _frozen_key(self) -> str:
+        """The entry a frozen table reads: this machine's, else the only one for the target."""
+        where = str(self.path)
+        if self.path is None or not self.path.is_file():
+            raise InputFileError(
+                f"latency table {where!r} does not exist; expected a table profiled on the "
+                f"target: `autocompress profile --task TASK --target {self.target.name} --out "
+                f"{where}` on the deployment machine")
+        targets = self._data["targets"]
+        if self.key in targets:
+            key = self.key
+        else:
+            same = [k for k, e in targets.items()
+                    if e.get("env", {}).get("target") == self.target.name]
+            if len(same) != 1:
+                held = sorted({str(e.get("env", {}).get("target")) for e in targets.values()})
+                raise TargetError(
+                    f"latency table {where!r} holds {len(same)} entries for target "
+                    f"{self.target.name!r} (it has {', '.join(held) or 'none'}); expected one: "
+                    f"profile that target on the deployment machine with `autocompress profile "
+                    f"--target {self.target.name} --out {where}`, or pass the --target it holds")
+            key = same[0]
+        if targets[key].get("layer_method") != LAYER_METHOD:
+            raise TargetError(
+                f"latency table {where!r} was timed by an older version of autocompress; "
+                "profile the target again with `autocompress profile --out`")
+        return key
+
+    def _frozen_miss(self, what: str) -> str:
+        return (f"the latency table {str(self.path)!r} (profiled on {self.measured_on}) lacks "
+                f"{what}; profile this task and search space on the target with `autocompress "
+                f"profile --task TASK --space SPACE --target {self.target.name} --out "
+                f"{self.path}`")
+
     # ---- file ----------------------------------------------------------------------
-    def _load(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
+    def _load(self, path: Path | None = None) -> dict[str, Any]:
+        path = path if path is not None else self.path
+        if path is None or not path.exists():
             return _empty_file()
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputFileError(
-                f"latency table {str(self.path)!r} is not readable JSON ({exc}); delete it to "
+                f"latency table {str(path)!r} is not readable JSON ({exc}); delete it to "
                 "rebuild it, or point --lut elsewhere"
             ) from exc
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InputFileError(
-                f"{str(self.path)!r} is not an autocompress latency table (format {FORMAT!r}); "
+                f"{str(path)!r} is not an autocompress latency table (format {FORMAT!r}); "
                 "delete it to rebuild it, or point --lut elsewhere"
             )
         return data
@@ -433,11 +470,18 @@ class LatencyLUT:
         """Layer-config key -> measurement, for this target."""
         return self._entry["layers"]
 
-    def save(self) -> None:
-        """Merge in what other processes wrote to the file, then write it atomically."""
-        if self.path is None or not self._dirty:
+    def save(self, path: str | Path | None = None) -> None:
+        """Merge in what other processes wrote to the file, then write it atomically.
+
+        ``path``: another table file to merge this one into (the shared cache); by default
+        the table's own file, written only when something changed.
+        """
+        if self.frozen:
             return
-        disk = self._load()
+        dest = Path(path) if path is not None else self.path
+        if dest is None or (path is None and not self._dirty):
+            return
+        disk = self._load(dest)
         for key, theirs in disk["targets"].items():
             mine = self._data["targets"].setdefault(key, theirs)
             if mine is theirs or (key == self.key and self._forgotten):
@@ -446,13 +490,14 @@ class LatencyLUT:
                 ours = mine.setdefault(section, {})
                 for k, v in theirs.get(section, {}).items():
                     ours.setdefault(k, v)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp", dir=self.path.parent)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=dest.name, suffix=".tmp", dir=dest.parent)
         with os.fdopen(fd, "w") as fh:
             json.dump(self._data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
-        self._dirty = False
-        self._forgotten = False
+        os.replace(tmp, dest)
+        if path is None:
+            self._dirty = False
+            self._forgotten = False
 
     # ---- layers --------------------------------------------------------------------
     def layer_ms(self, shape: LayerShape, reference: LayerShape | None = None) -> float:
@@ -466,6 +511,8 @@ class LatencyLUT:
         batch = self.target.require_batch()
         key = layer_key(shape, batch)
         hit = self.entries.get(key)
+        if hit is None and self.frozen:
+            raise TargetError(self._frozen_miss(f"layer {shape.fqn} at {key}"))
         if hit is None:
             ref_key = layer_key(reference, batch) if reference is not None else key
             if reference is None or ref_key == key:
@@ -612,10 +659,7 @@ class LatencyLUT:
     ) -> dict[str, float]:
         """The model's whole-model fit (see the module docstring), measured once per target.
 
-        Keys: ``model_ms``/``layers_ms``/``remainder_ms`` of the uncompressed model,
-        ``layer_scale`` and ``compressed_fixed_ms`` of the line for compressed
-        graphs, and the measured points (``points``: ``[layers_ms, model_ms, changes
-        the graph]``).
+        Keys: ``model_ms``/``layers_ms``/``remainder_ms`` of the uncompressed model.
         """
         key, hit = self._cached(self._entry["models"], inventory, example_input)
         if hit is not None:
@@ -625,40 +669,14 @@ class LatencyLUT:
                 f"the latency table has no whole-model measurement of this model on "
                 f"{self.target.name}; pass the model and its example input to measure it once"
             )
-        from autocompress.cost.sampling import random_policies
-
-        policies: list[tuple[str, CompressionPolicy | None]] = [
-            ("whole model", None),
-            ("uniformly pruned model", uniform_prune_policy(inventory, REMAINDER_PRUNE)),
-        ]
-        policies += [(f"calibration model {i + 1}/{CALIBRATION_POLICIES}", p) for i, p in
-                     enumerate(random_policies(inventory, CALIBRATION_POLICIES,
-                                               seed=CALIBRATION_SEED))]
-        built = []  # (layers_ms, model, changes the graph)
-        for label, policy in policies:
-            if self.progress:
-                self.progress(label)
-            built.append((sum(self.layers_ms(policy, inventory, model, example_input).values()),
-                          self._build(policy, inventory, model, example_input),
-                          changes_structure(policy, inventory)))
+        if self.frozen:
+            raise TargetError(self._frozen_miss("the whole-model measurement of this model"))
         if self.progress:
-            self.progress(f"timing the {len(built)} models in alternating rounds")
-        # All in the same minutes: timed one after the other, the uncompressed model (the
-        # reference of relative budgets) and the calibration models fell in different
-        # spells of a drifting machine (resnet18: 48.4 ms at build, 41-52 ms minutes later).
-        measured = self._measure_models([m for _, m, _ in built], example_input)
-        points = [(lay, ms, changed) for (lay, _, changed), ms in zip(built, measured,
-                                                                        strict=True)]
-        l1, m1, _ = points[0]
-        # The uncompressed model is a point of the line too: most candidates are a few layers
-        # changed from it, and with it the line cannot swing far from the model it starts at.
-        scale, fixed = fit_line([(lay, ms) for lay, ms, changed in points
-                                 if changed or (lay, ms) == (l1, m1)])
-        fit: dict[str, Any] = {
-            "model_ms": m1, "layers_ms": l1, "remainder_ms": m1 - l1,
-            "layer_scale": scale, "compressed_fixed_ms": fixed,
-            "points": [[lay, ms, int(changed)] for lay, ms, changed in points],
-        }
+            self.progress("whole model")
+        layers_ms = sum(self.layers_ms(None, inventory, model, example_input).values())
+        model_ms = self._measure_models([model], example_input)[0]
+        fit: dict[str, Any] = {"model_ms": model_ms, "layers_ms": layers_ms,
+                               "remainder_ms": model_ms - layers_ms}
         self._entry["models"][key] = fit
         self._dirty = True
         self.save()
@@ -676,16 +694,6 @@ class LatencyLUT:
             return key, section.get(key)
         prefix = f"v{FIT_VERSION}|{inventory.sha256[:16]}"
         return None, next((v for k, v in section.items() if k.startswith(prefix)), None)
-
-    @staticmethod
-    def _build(policy: CompressionPolicy | None, inventory: LayerInventory, model: nn.Module,
-               example_input: ModelInput) -> nn.Module:
-        """The model ``policy`` makes (``model`` itself for no policy)."""
-        if policy is None:
-            return model
-        from autocompress.cost.sampling import build_sampled
-
-        return build_sampled(model, policy, example_input, inventory)  # random calibration
 
     def _measure_models(self, models: list[nn.Module], example_input: ModelInput) -> list[float]:
         """Each model's ``stable_ms`` on the target, timed in interleaved rounds."""
@@ -709,6 +717,8 @@ class LatencyLUT:
         this target's layer entries are forgotten and re-measured on next use (layers
         timed in the same noisy period would keep skewing predictions). Returns True then.
         """
+        if self.frozen:  # measured on the target; this machine's time says nothing of it
+            return False
         key = self.model_key(inventory, example_input)
         fit = self._entry["models"].get(key)
         if fit is None or model_ms <= 0:
@@ -809,34 +819,6 @@ def activation_fraction(policy: CompressionPolicy | None, inventory: LayerInvent
         base += info.out_channels * per_channel
         new += s.out_channels * per_channel
     return new / base if base else 1.0
-
-
-def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``model_ms = scale * layers_ms + fixed`` through ``(layers_ms, model_ms)``.
-
-    ``scale`` is kept within :data:`LAYER_SCALE_BOUNDS` (the intercept refitted for
-    it); with fewer than two distinct points the scale is 1 and the intercept the
-    mean residual.
-
-    >>> fit_line([(1.0, 1.2), (2.0, 2.3), (3.0, 3.4)])
-    (1.1, 0.1)
-    >>> fit_line([(1.0, 1.5)])
-    (1.0, 0.5)
-    """
-    xs = np.array([p[0] for p in points], dtype=float)
-    ys = np.array([p[1] for p in points], dtype=float)
-    if len(points) == 0:
-        return 1.0, 0.0
-    if len(points) < 2 or float(np.ptp(xs)) <= 1e-9:
-        return 1.0, round(float(np.mean(ys - xs)), 9)
-    scale = float(np.polyfit(xs, ys, 1)[0])
-    scale = min(max(scale, LAYER_SCALE_BOUNDS[0]), LAYER_SCALE_BOUNDS[1])
-    return round(scale, 9), round(float(np.mean(ys - scale * xs)), 9)
-
-
-def uniform_prune_policy(inventory: LayerInventory, ratio: float) -> CompressionPolicy:
-    """Every pruning group at ``ratio`` (set on its leader)."""
-    return CompressionPolicy(layers={g: LayerPolicy(prune=ratio) for g in inventory.groups})
 
 
 def macs_model_ms(

@@ -142,10 +142,10 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         study.set_user_attr(LOOP_LUT_FILL_ATTR, float(study.user_attrs.get(LOOP_LUT_FILL_ATTR, 0.0))
                             + lut.measure_seconds - filled0)
         lut.save()
-        _share_lut(out / LUT_FILE)
-
-    return finish_run(prep, t_start, lut_path=(out / LUT_FILE) if lut is not None else None,
-                      progress=progress)
+        if not lut.frozen:
+            _share_lut(lut)
+    lut_path = None if lut is None else (lut.path if lut.frozen else out / LUT_FILE)
+    return finish_run(prep, t_start, lut_path=lut_path, progress=progress)
 
 
 

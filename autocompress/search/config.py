@@ -69,6 +69,10 @@ class SearchConfig(BaseModel):
         True, description="latency budgets: time each candidate on the target before its "
         "fine-tune and judge the budget on that measurement (see autocompress.search.judge); "
         "false: the latency table's predictions decide, for a search away from the target")
+    lut: str | None = Field(
+        None, description="a latency table profiled on the target (`autocompress profile "
+        "--out`): the search runs away from the target, judges latency on the table's "
+        "predictions only and re-measures nothing; `autocompress verify` measures on the target")
     threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
     data_dir: str | None = None
     checkpoint: str | None = None

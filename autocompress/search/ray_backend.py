@@ -80,6 +80,7 @@ class TrialKit:
     target: Target | None = None
     lut: Any = None  # the driver's table, for nodes that do not see lut_path
     claims: Any = None  # a PolicyClaims actor: taken policies and the timings' correction
+    frozen: bool = False  # lut_path is a table profiled on the target (search --lut)
 
     def objective_here(self) -> tuple[Objective, Any]:
         """The objective with this process's view of the latency table (and that table).
@@ -96,7 +97,7 @@ class TrialKit:
         from autocompress.search.session import lut_latency_fn
 
         if Path(self.lut_path).is_file():
-            lut = LatencyLUT(self.lut_path, self.target)
+            lut = LatencyLUT(self.lut_path, self.target, frozen=self.frozen)
         else:
             lut = self.lut
             if lut is not None:
@@ -531,7 +532,7 @@ def run_ray(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from autocompress.search.optuna_backend import make_sampler, n_finished
-    from autocompress.search.session import LUT_FILE, finish_run, prepare_run, warm_start_params
+    from autocompress.search.session import finish_run, prepare_run, warm_start_params
 
     t_start = time.perf_counter()
     say = log or LOG.warning
@@ -561,9 +562,10 @@ def run_ray(
         if remaining > 0:
             owns_ray = init_ray(ray_address, num_cpus)
             kit = TrialKit(objective, study.study_name,
-                           str((out / LUT_FILE).resolve()) if prep.lut is not None else None,
+                           _table_path(prep),
                            prep.target, prep.lut,
-                           claims=start_claims(study))
+                           claims=start_claims(study),
+                           frozen=prep.lut is not None and prep.lut.frozen)
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
             # Resume the last experiment of this run when Ray can; its trials keep their ids,
@@ -622,8 +624,18 @@ def run_ray(
 
             ray.shutdown()
 
-    lut_file = out / LUT_FILE
-    return finish_run(prep, t_start, lut_path=lut_file if lut_file.is_file() else None)
+    table = _table_path(prep)
+    return finish_run(prep, t_start, lut_path=Path(table) if table else None)
+
+
+def _table_path(prep: PreparedRun) -> str | None:
+    """The latency table trials read: the run's own, or the one profiled on the target."""
+    from autocompress.search.session import LUT_FILE
+
+    if prep.lut is None:
+        return None
+    path = prep.lut.path if prep.lut.frozen else prep.out / LUT_FILE
+    return str(Path(str(path)).resolve())
 
 
 def _experiments(root: Path) -> list[Path]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +199,17 @@ def prepare_run(
         resolved_cfg, where,
     )
     val_loader = val_subset(task, settings.val_samples)
-    baseline = _baseline(study, task, inventory, target, val_loader, say)
+    frozen = None
+    if cfg.lut is not None:  # away from the target: its table, never a timing here
+        from autocompress.cost.lut import LatencyLUT
+
+        frozen = LatencyLUT(cfg.lut, target, frozen=True)
+        if frozen.foreign:
+            say(f"the latency table {cfg.lut} was measured on another machine "
+                f"({frozen.measured_on}): trials are judged on its predictions only, and "
+                "`autocompress verify` on the target measures the results")
+    baseline = _baseline(study, task, inventory, target, val_loader, say,
+                         table=frozen)
     # Processes that created a shared study at the same moment may each have measured a
     # baseline; the one stored last is the study's, so every process judges the budget
     # against it (one process alone reads back its own value).
@@ -215,7 +223,7 @@ def prepare_run(
     if budget.needs_latency:
         from autocompress.cost.lut import LatencyLUT
 
-        lut = LatencyLUT(_seed_lut(out / LUT_FILE), target)
+        lut = frozen or LatencyLUT(_seed_lut(out / LUT_FILE), target)
         latency_fn = lut_latency_fn(lut, inventory, task)
         if baseline.latency_ms and lut.forget_model_if_stale(
                 inventory, task.example_input, float(baseline.latency_ms)):
@@ -239,7 +247,7 @@ def prepare_run(
         # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
-        measure=PolicyTimer(task, inventory, target) if cfg.measure else None,
+        measure=PolicyTimer(task, inventory, target) if cfg.measure and frozen is None else None,
     )
     if not created:  # a resumed run takes up the correction its timings taught
         objective.judge.correction.observe_trials(study.get_trials(
@@ -292,8 +300,10 @@ def finish_run(
         from autocompress.export import export_results
 
         with _status(progress, "exporting the best model and the report ..."):
+            # Away from the target nothing is timed: the summary says its basis is predicted.
             summary = export_results(study, prep.task, out, target=prep.target,
-                                     budget=prep.budget, lut_path=lut_path)
+                                     budget=prep.budget, lut_path=lut_path,
+                                     measure=cfg.lut is None)
     best_policy = None
     if best is not None:
         best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],
@@ -335,14 +345,20 @@ def _baseline(
     target: Target,
     val_loader: Any,
     say: Log,
+    table: LatencyLUT | None = None,
 ) -> Costs:
-    """The uncompressed model's costs with its latency, measured once per study and stored."""
+    """The uncompressed model's costs with its latency, measured once per study and stored.
+
+    ``table``: a latency table profiled on the target, for a run away from it: its time of
+    the uncompressed model is taken, not a timing on this machine.
+    """
     stored = study.user_attrs.get("baseline")
     costs = analytic_costs(None, inventory, include_layers=False)
     if stored is None:
         from autocompress.cost.timing import whole_model_ms
 
-        latency = whole_model_ms(task.model, task.example_input, target)
+        latency = (table_model_ms(table, inventory, task) if table is not None
+                   else whole_model_ms(task.model, task.example_input, target))
         stored = {
             "metric": evaluate(task.model, task, val_loader),
             "metric_name": task.metric_name,
@@ -416,27 +432,14 @@ def _seed_lut(path: Path) -> Path:
     return path
 
 
-def _share_lut(path: Path) -> None:
+def _share_lut(lut: LatencyLUT) -> None:
     """Merge the run's latency table into the shared cache so later runs reuse it."""
     from autocompress.cost.lut import default_lut_path
 
-    shared = default_lut_path()
     try:
-        run = json.loads(path.read_text())
-        data = json.loads(shared.read_text()) if shared.is_file() else {
-            k: v for k, v in run.items() if k != "targets"} | {"targets": {}}
-        for key, entry in run.get("targets", {}).items():
-            dst = data.setdefault("targets", {}).setdefault(key, {})
-            dst["env"] = entry.get("env", dst.get("env"))
-            for section in ("layers", "models"):
-                dst.setdefault(section, {}).update(entry.get(section, {}))
-        shared.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=shared.name, suffix=".tmp", dir=shared.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, shared)
+        lut.save(default_lut_path())
     except (OSError, ValueError) as exc:  # a cache is an optimisation; never fail a run for it
-        LOG.info("could not update the shared latency table %s: %s", shared, exc)
+        LOG.info("could not update the shared latency table: %s", exc)
 
 
 class _status:
