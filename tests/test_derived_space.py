@@ -178,6 +178,10 @@ def test_search_on_a_user_task_derives_and_saves_its_space(tmp_path, monkeypatch
             "--no-export", "--out", str(out)]
     assert main(args) in (0, 3), capsys.readouterr().err  # 3: the one trial missed the budget
     path = out / DERIVED_FILE
+    # inspect prints the same space without a search
+    capsys.readouterr()
+    assert main(["inspect", "--task", "acderived_task:make_task", "--derived-space"]) == 0
+    assert capsys.readouterr().out == path.read_text()
     config = yaml.safe_load((out / "config.resolved.yaml").read_text())
     assert config["space"] == str(path) and config["space_derived"] is True
     assert config["space_sha256"] == SearchSpace.load(path).sha256
