@@ -183,11 +183,16 @@ def test_search_on_a_user_task_derives_and_saves_its_space(tmp_path, monkeypatch
     assert main(["inspect", "--task", "acderived_task:make_task", "--derived-space"]) == 0
     assert capsys.readouterr().out == path.read_text()
     config = yaml.safe_load((out / "config.resolved.yaml").read_text())
-    assert config["space"] == str(path) and config["space_derived"] is True
+    # recorded as derived, not by path: a worker that joins the study derives it again
+    assert config["space"] is None and config["space_derived"] is True
     assert config["space_sha256"] == SearchSpace.load(path).sha256
     storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
     trial = optuna.load_study(study_name="autocompress", storage=storage).trials[0]
     assert "0/prune" in trial.params and "6/rank" not in trial.params  # 6: the output Linear
+    # the same command again resumes: the space derived anew has the study's fingerprint
+    text = path.read_text()
+    assert main(args) in (0, 3), capsys.readouterr().err
+    assert path.read_text() == text
     # the file given back with --space is used as any user space
     edited = tmp_path / "edited.yaml"
     edited.write_text(path.read_text().replace("high: 0.5", "high: 0.3"))

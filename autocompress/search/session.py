@@ -173,7 +173,8 @@ def prepare_run(
         # A task without a shipped space gets one derived from its layers, saved for editing.
         space = default_space(task.name, inventory, out=cfg.out_dir)
     resolved = space.resolve(inventory)
-    cfg = cfg.model_copy(update={"space": space.source})
+    # A derived space stays unnamed: a worker joining the study derives it again, wherever it runs.
+    cfg = cfg.model_copy(update={"space": None if space.derived else space.source})
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
 
