@@ -105,7 +105,7 @@ def derive_space(inventory: LayerInventory, task_name: str = "this model") -> Se
     taken = set(outputs) | set(tiny)
     stems = [layer.fqn for layer in inventory if layer.kind == "Conv2d"
              and layer.in_channels <= STEM_CHANNELS and layer.fqn not in taken]
-    kinds = {layer.kind for layer in inventory if layer.fqn not in taken}
+    kinds = {layer.kind for layer in inventory if layer.fqn not in taken | set(stems)}
 
     def share(layer: LayerInfo) -> str:
         return f"{100 * layer.macs / macs:.2g}% of MACs, {100 * layer.params / params:.2g}% of weights"

@@ -127,6 +127,16 @@ def test_a_tiny_group_leader_keeps_prune_for_its_group():
     assert knobs["block"] == {"bits", "sparsity"}  # pruned through the stem's parameter
 
 
+def test_rules_that_no_layer_would_take_are_left_out():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 4))
+    inv = build_inventory(model, torch.zeros(1, 3, 8, 8))
+    space = derive_space(inv)
+    # the one conv reads the image and the one Linear is the output: no kind rule is needed
+    assert [r.match.describe() for r in space.spec.rules] == ["{output: true}", "{fqn: 0}"]
+    assert _by_layer(space.resolve(inv)) == {"0": {"prune", "bits"}, "3": {"bits"}}
+
+
 def test_written_yaml_round_trips_and_is_not_overwritten(resnet18_inv, tmp_path):
     derived = derive_space(resnet18_inv, "torchvision:resnet18")
     saved = save_derived_space(derived, tmp_path / "run")
