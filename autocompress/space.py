@@ -443,11 +443,16 @@ class ResolvedSpace:
 # ---------------------------------------------------------------- the space
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search-space file. ``load`` / ``from_yaml`` / ``embedded``, then ``resolve``."""
+    """A validated search-space file. ``load`` / ``from_yaml`` / ``embedded``, then ``resolve``.
+
+    ``derived`` is True for a space derived from the model's layers
+    (:mod:`autocompress.derived_space`) rather than given or shipped.
+    """
 
     spec: SpaceFile
     source: str = "space"
     text: str = ""
+    derived: bool = False
 
     @property
     def sha256(self) -> str:
@@ -578,15 +583,33 @@ def default_space_name(task_name: str) -> str | None:
     return None
 
 
-def default_space(task_name: str) -> SearchSpace:
-    """The embedded default space of a task, or a :class:`SpaceError` saying to pass one."""
+def default_space(
+    task_name: str,
+    inventory: LayerInventory | None = None,
+    out: str | Path | None = None,
+) -> SearchSpace:
+    """The space a task uses without ``--space``: its embedded one, else one derived from
+    ``inventory`` (:func:`autocompress.derived_space.derive_space`) and, with ``out``, saved
+    as ``<out>/search_space.yaml`` for the user to edit.
+
+    Without an inventory, a task with no embedded space is a :class:`SpaceError`.
+
+    >>> default_space("digits").source
+    'embedded:digits'
+    """
     name = default_space_name(task_name)
-    if name is None:
+    if name is not None:
+        return SearchSpace.embedded(name)
+    if inventory is None:
         raise SpaceError(
             f"task {task_name!r} has no default search space; pass --space FILE.yaml "
             "(examples in search_spaces/: digits, cifar_resnet, torchvision_cnn, linear_layers)"
         )
-    return SearchSpace.embedded(name)
+    # Imported here: the derivation builds on this module's SearchSpace.
+    from autocompress.derived_space import derive_space, save_derived_space
+
+    space = derive_space(inventory, task_name)
+    return space if out is None else save_derived_space(space, out)
 
 
 def _drop_skipped_ranks(policy: CompressionPolicy, inventory: LayerInventory) -> CompressionPolicy:

@@ -17,9 +17,18 @@ def inspect(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder (CIFAR tasks)"),
     checkpoint: str = typer.Option(None, "--checkpoint", help="state dict to load"),
+    derived_space: bool = typer.Option(
+        False, "--derived-space",
+        help="print the search space derived from these layers (YAML for --space) instead"),
 ) -> None:
     """List every Conv2d/Linear layer: kind, shapes, MACs, params and pruning group."""
     _task, inventory = task_and_inventory(task, data_dir, checkpoint)
+    if derived_space:
+        from autocompress.derived_space import derive_space
+
+        # Plain print: rich would read the YAML's [4, 8, 32] lists as markup.
+        print(derive_space(inventory, _task.name).text, end="")
+        return
     if format == OutputFormat.json:
         print(json.dumps(inventory.to_records(), indent=2))
         return

@@ -164,12 +164,15 @@ def prepare_run(
     space = SearchSpace.load(cfg.space) if cfg.space else None
     if task is None:
         task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
-    if space is None:
-        space = default_space(task.name)
     target = target0.with_batch(task.target_batch_size)
     inventory = build_inventory(task.model, task.example_input)
+    cfg = cfg.model_copy(update={"task": task.name})
+    if space is None:
+        # A task without a shipped space gets one derived from its layers, saved for editing.
+        space = default_space(task.name, inventory, out=cfg.out_dir)
     resolved = space.resolve(inventory)
-    cfg = cfg.model_copy(update={"task": task.name, "space": space.source})
+    # A derived space stays unnamed: a worker joining the study derives it again, wherever it runs.
+    cfg = cfg.model_copy(update={"space": None if space.derived else space.source})
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
 
@@ -182,7 +185,8 @@ def prepare_run(
 
     resolved_cfg = {
         **cfg.model_dump(), "version": __version__, "budget": budget.text,
-        "target": target.name, "space_sha256": space.sha256, "finetune": settings.to_dict(),
+        "target": target.name, "space_sha256": space.sha256, "space_derived": space.derived,
+        "finetune": settings.to_dict(),
     }
     _write_run_files(out, resolved_cfg, target)
 
