@@ -223,14 +223,12 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def rescore(saved: dict[str, Any]) -> str:
-    """Markdown: the saved rows scored again under each rule for graph-changing policies.
+    """Markdown: the saved rows scored again under the table's rule for graph-changing policies.
 
     Needs no new measurement: each row holds its measured latency and speed ratio, the
     table's layer sum for the policy, and the table's whole-model fit. ``proportional``
-    (the table's rule since fit 4) is ``model_ms * layers / layers_ms``; ``rescaled`` is
-    that times the calibration models' median measured/predicted ratio; ``line`` is the
-    least-squares line through the calibration models (the rule before it). Policies that
-    leave the graph as it is get the uncompressed model's time under both.
+    (the table's rule) is ``model_ms * layers / layers_ms``; policies that leave the graph
+    as it is get the uncompressed model's time.
     """
     from autocompress.cost.fidelity import scores
     from autocompress.cost.lut import changes_structure
@@ -247,15 +245,7 @@ def rescore(saved: dict[str, Any]) -> str:
             inventories[r["task"]] = build_inventory(task.model, task.example_input)
         inv, fit = inventories[r["task"]], r["remainder"]
         m1, l1 = fit["model_ms"], fit["layers_ms"]
-        # ``rescaled``: proportional times the median measured/predicted ratio of the
-        # calibration models (a bias correction they could give, were they used for it).
-        import numpy as np
-
-        bias = float(np.median([ms / (m1 * lay / l1) for lay, ms, changed in fit["points"][1:]
-                                if changed] or [1.0]))
-        rules = {"proportional": (m1 / l1, 0.0),  # ms = scale * layers + fixed
-                 "rescaled": (bias * m1 / l1, 0.0),
-                 "line": (fit["layer_scale"], fit["compressed_fixed_ms"])}
+        rules = {"proportional": (m1 / l1, 0.0)}  # ms = scale * layers + fixed
         for name, (scale, fixed) in rules.items():
             pred = []
             for x in r["rows"]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from autocompress.cost import LatencyLUT, compressed_shapes, parse_target
-from autocompress.cost.lut import CALIBRATION_POLICIES, fit_line, layer_key, layer_module
+from autocompress.cost.lut import layer_key, layer_module
 from autocompress.errors import InputFileError, TargetError
 from autocompress.inventory import build_inventory
 from autocompress.methods import apply_policy
@@ -58,18 +58,15 @@ def test_caching_counts_measurements_and_reuses_the_file(cnn, tmp_path):
     lut = LatencyLUT(path, parse_target(FAST))
     first = lut.predict(policy, inv, model, X)
     n_layers, n_models = lut.measured, lut.model_measurements
-    # the uncompressed model, the uniformly pruned one and the calibration policies
-    assert first > 0 and n_layers >= len(inv) and n_models == 2 + CALIBRATION_POLICIES
+    # one whole-model measurement: the uncompressed model
+    assert first > 0 and n_layers >= len(inv) and n_models == 1
     fit = lut.remainder(inv, None, X)
-    assert len(fit["points"]) == n_models
+    assert set(fit) == {"model_ms", "layers_ms", "remainder_ms"}
+    assert fit["remainder_ms"] == pytest.approx(fit["model_ms"] - fit["layers_ms"])
     # the uncompressed model is predicted as measured; bits alone leave the graph as it is
     assert lut.predict(None, inv) == pytest.approx(fit["model_ms"])
     assert lut.predict(CompressionPolicy(layers={"features.2": LayerPolicy(bits=4)}), inv) \
         == pytest.approx(fit["model_ms"])
-    # the check line through the compressed points and the uncompressed model is kept
-    changed = [(lay, ms) for i, (lay, ms, graph) in enumerate(fit["points"]) if graph or i == 0]
-    assert len(changed) == n_models
-    assert changed and fit_line(changed) == (fit["layer_scale"], fit["compressed_fixed_ms"])
     assert lut.predict(policy, inv, model, X) == first and lut.measured == n_layers  # cache hit
 
     again = LatencyLUT(path, parse_target(FAST))  # a new process would do the same
@@ -309,26 +306,3 @@ def test_the_table_finds_fusable_layers_once_and_predicts_with_them(tmp_path):
     assert not any(s.q_out or s.q_in for s in eager.runtime_shapes(policy, inv, model, X))
 
 
-def test_the_whole_model_fit_builds_its_random_models_quietly(tmp_path):
-    """A calibration policy's rank that its own pruning pushed past break-even is left dense, as
-    the layer times assume: no LowRankSkipped warning about a policy the user never wrote."""
-    from autocompress.cost.lut import CALIBRATION_SEED
-    from autocompress.cost.sampling import random_policies
-    from autocompress.models import DigitsMLP
-
-    torch.manual_seed(0)
-    model = DigitsMLP().eval()
-    inv = build_inventory(model, X)
-    calibration = random_policies(inv, CALIBRATION_POLICIES, seed=CALIBRATION_SEED)
-    skipped = [s.fqn for p in calibration for s in compressed_shapes(p, inv)
-               if s.rank is None and s.fqn in p.layers and p.layers[s.fqn].rank is not None]
-    assert skipped  # some calibration policy has a rank apply_policy skips: the test can fail
-    import warnings
-
-    from autocompress.methods import LowRankSkipped
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fit = LatencyLUT(tmp_path / "lut.json", parse_target(FAST)).remainder(inv, model, X)
-    assert fit["model_ms"] > 0
-    assert not [w for w in caught if issubclass(w.category, LowRankSkipped)]
