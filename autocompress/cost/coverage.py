@@ -12,9 +12,9 @@ as it is and once with its neighbours at 8-bit inputs where the space allows tha
 
 >>> import torch
 >>> from autocompress.inventory import build_inventory
->>> from autocompress.models import DigitsMLP
+>>> from autocompress.models import DigitsCNN
 >>> from autocompress.space import SearchSpace
->>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+>>> inv = build_inventory(DigitsCNN(), torch.zeros(1, 1, 8, 8))
 >>> space = SearchSpace.embedded("digits").resolve(inv)
 >>> policies = list(space_policies(space))
 >>> len(policies) > len(space.params)
