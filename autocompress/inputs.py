@@ -335,6 +335,29 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
+class NamedOutputs(dict):
+    """Named output tensors read as a Hugging Face ``ModelOutput`` is: by key, attribute or index.
+
+    What an ONNX model with named outputs answers, so a metric written for the PyTorch
+    model's ``ModelOutput`` (``out.logits``, ``out["logits"]``, ``out[0]``) scores it too.
+
+    >>> out = NamedOutputs(logits=torch.ones(1, 2), hidden=torch.zeros(1, 4))
+    >>> out.logits.shape, out[1].shape, out["hidden"].shape
+    (torch.Size([1, 2]), torch.Size([1, 4]), torch.Size([1, 4]))
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+
+
 def output_names(out: Any) -> list[str] | None:
     """Names for the ONNX outputs of a model output: a dict's keys, else None (numbered).
 

@@ -265,3 +265,26 @@ def test_a_model_onnx_cannot_export_is_one_error_line() -> None:
     with pytest.raises(MethodError, match=r"Eigen cannot be exported to ONNX \(.*eigh") as info:
         measure_latency(Eigen(), torch.zeros(2, 4), parse_target("ort-cpu-1t-b2"), runs=2)
     assert "\n" not in str(info.value)
+
+
+def test_a_hugging_face_classifier_is_scored_in_onnx_runtime_by_its_own_metric(
+        tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = transformers.BertForSequenceClassification(config).eval()
+    token_ids = torch.randint(0, 100, (32, 8), generator=torch.Generator().manual_seed(0))
+    val = DataLoader(torch.utils.data.TensorDataset(token_ids, token_ids[:, 0] % 3), batch_size=8)
+
+    @torch.no_grad()
+    def logits_accuracy(m: nn.Module, loader: DataLoader) -> float:
+        hits = [(m(x).logits.argmax(1) == y).float().mean() for x, y in loader]  # attribute access
+        return float(torch.stack(hits).mean())
+
+    task = Task(name="hf", model=model, example_input=token_ids[:1], train_loader=None,
+                val_loader=val, metric=logits_accuracy, output="logits")
+    assert export_checked_onnx(model, task, tmp_path / "hf.onnx") < 1e-4
+    outputs = [o.name for o in ort_session(tmp_path / "hf.onnx").get_outputs()]
+    assert outputs == ["logits"]
+    assert onnx_metric(task, tmp_path / "hf.onnx", 1) == pytest.approx(task.evaluate())
