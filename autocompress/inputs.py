@@ -173,9 +173,12 @@ def forward_error(model: nn.Module, x: ModelInput, what: str = "the example inpu
         message = " ".join(str(exc).split()) or "(no message)"
         if len(message) > 300:
             message = message[:297] + "..."
+        how = ("" if isinstance(x, torch.Tensor) else
+               " (a dict is passed as keyword arguments, a tuple as positional ones)")
         raise TaskError(
             f"{type(model).__name__}'s forward fails on {what} ({describe(x)}): "
-            f"{type(exc).__name__}: {message}; give an example input the model's forward accepts"
+            f"{type(exc).__name__}: {message}; give an example input the model's forward "
+            f"accepts{how}"
         ) from exc
 
 

@@ -228,6 +228,8 @@ def broken_task() -> Task:
 def test_a_forward_that_fails_is_one_error_line(monkeypatch, capsys) -> None:
     with pytest.raises(TaskError, match=r"Linear's forward fails on the example input"):
         build_inventory(nn.Linear(3, 2), torch.zeros(1, 4))
+    with pytest.raises(TaskError, match=r"forward\(\) got an unexpected keyword.*keyword arguments"):
+        build_inventory(TokenClassifier(), {"ids": ids()})  # its forward names it input_ids
     with pytest.raises(TaskError, match="expected a tensor"):
         Task(name="bad", model=nn.Linear(3, 2), example_input={"x": [1, 2]},  # type: ignore[arg-type]
              train_loader=None, val_loader=None, metric=top1_accuracy)
