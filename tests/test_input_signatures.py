@@ -290,3 +290,35 @@ def test_a_hugging_face_classifier_is_scored_in_onnx_runtime_by_its_own_metric(
     outputs = [o.name for o in ort_session(tmp_path / "hf.onnx").get_outputs()]
     assert outputs == ["logits"]
     assert onnx_metric(task, tmp_path / "hf.onnx", 1) == pytest.approx(task.evaluate())
+
+
+def test_the_issue_search_a_bert_model_on_token_ids_on_onnx_runtime(tmp_path: Path) -> None:
+    """Issue 18's report: a BertModel whose forward takes one LongTensor, searched with
+    ``embedded:linear_layers`` on ONNX Runtime, used to fail on a float32 cast."""
+    import copy
+
+    from autocompress.search import search
+
+    bert = tiny_bert()
+    reference = copy.deepcopy(bert)
+    token_ids = torch.randint(0, 100, (48, 8), generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def cosine(m: nn.Module, loader: DataLoader) -> float:
+        sims = [torch.cosine_similarity(m(x).last_hidden_state, reference(x).last_hidden_state,
+                                        dim=-1).mean() for (x,) in loader]
+        return float(torch.stack(sims).mean())
+
+    task = Task(name="bert", model=bert, example_input=token_ids[:1],
+                train_loader=DataLoader(torch.utils.data.TensorDataset(token_ids[:32]),
+                                        batch_size=16),
+                val_loader=DataLoader(torch.utils.data.TensorDataset(token_ids[32:]),
+                                      batch_size=16),
+                metric=cosine, metric_name="cosine", output="last_hidden_state",
+                target_batch_size=4)
+    result = search(task, space="embedded:linear_layers", budget="size<=85%",
+                    target="ort-cpu-1t-b4", trials=2, out=tmp_path / "out", finetune_steps=2)
+    assert result.exit_status == 0 and result.summary is not None
+    summary = result.summary
+    assert summary.onnx_max_abs_diff < 1e-4 and summary.best_metric > 0.9
+    assert summary.measured_latency_ms > 0 and summary.target == "ort-cpu-1t-b4"
