@@ -255,6 +255,23 @@ def positional_forward(model: nn.Module, x: ModelInput) -> Iterator[tuple[torch.
             del model.forward
 
 
+def onnx_dynamic_axes(x: ModelInput) -> dict[str, dict[int, str]]:
+    """ONNX dynamic axes of each input: the batch axis, and for integer tensors (token ids,
+    attention masks) every other axis too, as padded text batches vary in length.
+
+    Float inputs keep their other axes fixed, so ONNX Runtime plans their kernels (an
+    image's layout, a conv's algorithm) for the one shape it will see.
+
+    >>> onnx_dynamic_axes({"input_ids": torch.zeros(1, 8).long(), "pixels": torch.zeros(1, 3)})
+    {'input_ids': {0: 'batch', 1: 'input_ids_1'}, 'pixels': {0: 'batch'}}
+    """
+    axes: dict[str, dict[int, str]] = {}
+    for name, t in zip(onnx_input_names(x), tensors(x), strict=True):
+        free = range(1, t.dim()) if not (t.is_floating_point() or t.is_complex()) else range(0)
+        axes[name] = {0: "batch"} | {i: f"{name}_{i}" for i in free}
+    return axes
+
+
 def onnx_input_names(x: ModelInput) -> list[str]:
     """ONNX input names: ``input`` for a tensor, ``input0``, ``input1``, ... for a tuple's
     tensors, a dict's own names (in the dict's order, which is the graph's order).

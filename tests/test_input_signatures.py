@@ -214,6 +214,12 @@ def test_tiny_bert_inventory_latency_and_onnx_agreement() -> None:
     assert [i.type for i in ort_session(data).get_inputs()] == ["tensor(int64)"] * 2
     got, ref = onnx_agreement(bert, data, inputs.batched(named, 2), "last_hidden_state")
     assert got.shape == (2, 8, 32) and np.abs(got - ref).max() < 1e-4
+    # Token inputs have a dynamic length too: a padded batch of another length runs.
+    longer = {"input_ids": torch.randint(0, 100, (3, 13)), "attention_mask": torch.ones(3, 13).long()}
+    got, ref = onnx_agreement(bert, data, longer, "last_hidden_state")
+    assert got.shape == (3, 13, 32) and np.abs(got - ref).max() < 1e-4
+    batches = calibration_batches([named, inputs.batched(longer, 5)], named, 4)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 8), (4, 13)]
 
 
 # ---- a forward that fails on its example input -----------------------------------------
