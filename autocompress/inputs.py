@@ -173,9 +173,12 @@ def forward_error(model: nn.Module, x: ModelInput, what: str = "the example inpu
         message = " ".join(str(exc).split()) or "(no message)"
         if len(message) > 300:
             message = message[:297] + "..."
+        how = ("" if isinstance(x, torch.Tensor) else
+               " (a dict is passed as keyword arguments, a tuple as positional ones)")
         raise TaskError(
             f"{type(model).__name__}'s forward fails on {what} ({describe(x)}): "
-            f"{type(exc).__name__}: {message}; give an example input the model's forward accepts"
+            f"{type(exc).__name__}: {message}; give an example input the model's forward "
+            f"accepts{how}"
         ) from exc
 
 
@@ -250,6 +253,23 @@ def positional_forward(model: nn.Module, x: ModelInput) -> Iterator[tuple[torch.
             model.forward = own  # type: ignore[method-assign]
         else:
             del model.forward
+
+
+def onnx_dynamic_axes(x: ModelInput) -> dict[str, dict[int, str]]:
+    """ONNX dynamic axes of each input: the batch axis, and for integer tensors (token ids,
+    attention masks) every other axis too, as padded text batches vary in length.
+
+    Float inputs keep their other axes fixed, so ONNX Runtime plans their kernels (an
+    image's layout, a conv's algorithm) for the one shape it will see.
+
+    >>> onnx_dynamic_axes({"input_ids": torch.zeros(1, 8).long(), "pixels": torch.zeros(1, 3)})
+    {'input_ids': {0: 'batch', 1: 'input_ids_1'}, 'pixels': {0: 'batch'}}
+    """
+    axes: dict[str, dict[int, str]] = {}
+    for name, t in zip(onnx_input_names(x), tensors(x), strict=True):
+        free = range(1, t.dim()) if not (t.is_floating_point() or t.is_complex()) else range(0)
+        axes[name] = {0: "batch"} | {i: f"{name}_{i}" for i in free}
+    return axes
 
 
 def onnx_input_names(x: ModelInput) -> list[str]:
@@ -333,6 +353,29 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, (tuple, list)):
         return [t for v in out for t in output_tensors(v)]
     return []
+
+
+class NamedOutputs(dict):
+    """Named output tensors read as a Hugging Face ``ModelOutput`` is: by key, attribute or index.
+
+    What an ONNX model with named outputs answers, so a metric written for the PyTorch
+    model's ``ModelOutput`` (``out.logits``, ``out["logits"]``, ``out[0]``) scores it too.
+
+    >>> out = NamedOutputs(logits=torch.ones(1, 2), hidden=torch.zeros(1, 4))
+    >>> out.logits.shape, out[1].shape, out["hidden"].shape
+    (torch.Size([1, 2]), torch.Size([1, 4]), torch.Size([1, 4]))
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
 
 
 def output_names(out: Any) -> list[str] | None:

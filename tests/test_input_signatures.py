@@ -214,6 +214,12 @@ def test_tiny_bert_inventory_latency_and_onnx_agreement() -> None:
     assert [i.type for i in ort_session(data).get_inputs()] == ["tensor(int64)"] * 2
     got, ref = onnx_agreement(bert, data, inputs.batched(named, 2), "last_hidden_state")
     assert got.shape == (2, 8, 32) and np.abs(got - ref).max() < 1e-4
+    # Token inputs have a dynamic length too: a padded batch of another length runs.
+    longer = {"input_ids": torch.randint(0, 100, (3, 13)), "attention_mask": torch.ones(3, 13).long()}
+    got, ref = onnx_agreement(bert, data, longer, "last_hidden_state")
+    assert got.shape == (3, 13, 32) and np.abs(got - ref).max() < 1e-4
+    batches = calibration_batches([named, inputs.batched(longer, 5)], named, 4)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 8), (4, 13)]
 
 
 # ---- a forward that fails on its example input -----------------------------------------
@@ -228,6 +234,8 @@ def broken_task() -> Task:
 def test_a_forward_that_fails_is_one_error_line(monkeypatch, capsys) -> None:
     with pytest.raises(TaskError, match=r"Linear's forward fails on the example input"):
         build_inventory(nn.Linear(3, 2), torch.zeros(1, 4))
+    with pytest.raises(TaskError, match=r"forward\(\) got an unexpected keyword.*keyword arguments"):
+        build_inventory(TokenClassifier(), {"ids": ids()})  # its forward names it input_ids
     with pytest.raises(TaskError, match="expected a tensor"):
         Task(name="bad", model=nn.Linear(3, 2), example_input={"x": [1, 2]},  # type: ignore[arg-type]
              train_loader=None, val_loader=None, metric=top1_accuracy)
@@ -265,3 +273,58 @@ def test_a_model_onnx_cannot_export_is_one_error_line() -> None:
     with pytest.raises(MethodError, match=r"Eigen cannot be exported to ONNX \(.*eigh") as info:
         measure_latency(Eigen(), torch.zeros(2, 4), parse_target("ort-cpu-1t-b2"), runs=2)
     assert "\n" not in str(info.value)
+
+
+def test_a_hugging_face_classifier_is_scored_in_onnx_runtime_by_its_own_metric(
+        tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = transformers.BertForSequenceClassification(config).eval()
+    token_ids = torch.randint(0, 100, (32, 8), generator=torch.Generator().manual_seed(0))
+    val = DataLoader(torch.utils.data.TensorDataset(token_ids, token_ids[:, 0] % 3), batch_size=8)
+
+    @torch.no_grad()
+    def logits_accuracy(m: nn.Module, loader: DataLoader) -> float:
+        hits = [(m(x).logits.argmax(1) == y).float().mean() for x, y in loader]  # attribute access
+        return float(torch.stack(hits).mean())
+
+    task = Task(name="hf", model=model, example_input=token_ids[:1], train_loader=None,
+                val_loader=val, metric=logits_accuracy, output="logits")
+    assert export_checked_onnx(model, task, tmp_path / "hf.onnx") < 1e-4
+    outputs = [o.name for o in ort_session(tmp_path / "hf.onnx").get_outputs()]
+    assert outputs == ["logits"]
+    assert onnx_metric(task, tmp_path / "hf.onnx", 1) == pytest.approx(task.evaluate())
+
+
+def test_the_issue_search_a_bert_model_on_token_ids_on_onnx_runtime(tmp_path: Path) -> None:
+    """Issue 18's report: a BertModel whose forward takes one LongTensor, searched with
+    ``embedded:linear_layers`` on ONNX Runtime, used to fail on a float32 cast."""
+    import copy
+
+    from autocompress.search import search
+
+    bert = tiny_bert()
+    reference = copy.deepcopy(bert)
+    token_ids = torch.randint(0, 100, (48, 8), generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def cosine(m: nn.Module, loader: DataLoader) -> float:
+        sims = [torch.cosine_similarity(m(x).last_hidden_state, reference(x).last_hidden_state,
+                                        dim=-1).mean() for (x,) in loader]
+        return float(torch.stack(sims).mean())
+
+    task = Task(name="bert", model=bert, example_input=token_ids[:1],
+                train_loader=DataLoader(torch.utils.data.TensorDataset(token_ids[:32]),
+                                        batch_size=16),
+                val_loader=DataLoader(torch.utils.data.TensorDataset(token_ids[32:]),
+                                      batch_size=16),
+                metric=cosine, metric_name="cosine", output="last_hidden_state",
+                target_batch_size=4)
+    result = search(task, space="embedded:linear_layers", budget="size<=85%",
+                    target="ort-cpu-1t-b4", trials=2, out=tmp_path / "out", finetune_steps=2)
+    assert result.exit_status == 0 and result.summary is not None
+    summary = result.summary
+    assert summary.onnx_max_abs_diff < 1e-4 and summary.best_metric > 0.9
+    assert summary.measured_latency_ms > 0 and summary.target == "ort-cpu-1t-b4"

@@ -314,7 +314,7 @@ class _OrtModule(nn.Module):
     It is called as the model is (one tensor, positional tensors or keyword tensors) and
     answers in the model's output form, as :func:`~autocompress.runtime.onnx.export_onnx`
     named the outputs: ``output`` one tensor, ``output0``, ``output1``, ... a tuple, other
-    names a dict (a Hugging Face ``ModelOutput``'s fields).
+    names a :class:`~autocompress.inputs.NamedOutputs` (read like the ``ModelOutput`` it was).
     """
 
     def __init__(self, path: Path, threads: int) -> None:
@@ -325,7 +325,7 @@ class _OrtModule(nn.Module):
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
-        from autocompress.inputs import ort_feed
+        from autocompress.inputs import NamedOutputs, ort_feed
 
         x: Any = kwargs if kwargs else args[0] if len(args) == 1 else tuple(args)
         got = [torch.from_numpy(o) for o in self.sess.run(None, ort_feed(self.sess, x))]
@@ -334,7 +334,7 @@ class _OrtModule(nn.Module):
             return got[0]
         if names == [f"output{i}" for i in range(len(names))]:
             return tuple(got)
-        return dict(zip(names, got, strict=True))
+        return NamedOutputs(zip(names, got, strict=True))
 
 
 def onnx_metric(task: Task, path: Path, threads: int) -> float:

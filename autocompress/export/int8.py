@@ -70,7 +70,8 @@ def calibration_batches(
 
     Rows are regrouped so every batch has exactly the target batch size (the
     last short one is dropped); with no data, the example input repeated. Inputs keep
-    their form (tensor, tuple or dict) and every tensor its dtype.
+    their form (tensor, tuple or dict) and every tensor its dtype; batches whose shapes
+    differ beyond the batch axis (padded text) are used one by one, as they come.
 
     >>> import torch
     >>> batches = calibration_batches(None, {"ids": torch.ones(1, 4, dtype=torch.long)}, 2)
@@ -86,6 +87,9 @@ def calibration_batches(
                 break
     if not rows:
         return [inputs.batched(example_input, batch_size)]
+    if len({inputs.signature_key(r) for r in rows}) > 1:
+        # Padded text batches differ in length and cannot be joined: each one calibrates.
+        return [inputs.take(r, batch_size) for r in rows[:n_batches]]
     data = inputs.take(inputs.concat(rows), need)
     full = max(1, inputs.batch_size(data) // batch_size)
     return [inputs.take(inputs.skip(data, i * batch_size), batch_size) for i in range(full)]

@@ -16,6 +16,7 @@ from autocompress.inputs import (
     OutputSelector,
     call,
     detached,
+    onnx_dynamic_axes,
     onnx_input_names,
     ort_feed,
     output_names,
@@ -34,7 +35,7 @@ def export_onnx(
 
     ``example_input`` is a tensor (ONNX input ``input``), a tuple (``input0``, ``input1``,
     ...) or a dict of named tensors (their names); each keeps its dtype, so token ids stay
-    int64. A single output is named ``output``; a dict output (a Hugging Face
+    int64, and an integer input's other axes are dynamic too (a sequence's length). A single output is named ``output``; a dict output (a Hugging Face
     ``ModelOutput``) keeps its keys; other outputs are ``output0``, ``output1``, ...
     The file is written to ``path`` if given; a model the exporter cannot export raises a
     one-line :class:`~autocompress.errors.MethodError`.
@@ -59,7 +60,7 @@ def export_onnx(
     if names is None:
         n = len(output_tensors(out))
         names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
-    axes = {name: {0: "batch"} for name in input_names + names}
+    axes = onnx_dynamic_axes(x) | {name: {0: "batch"} for name in names}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args:
         warnings.simplefilter("ignore")

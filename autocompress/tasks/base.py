@@ -55,6 +55,12 @@ class Task:
     batches take the same forms, with labels. ``output`` names the output tensor that
     fine-tuning and export checks compare when the model returns several (a key of a
     dict or ``ModelOutput``, an index, or a callable); None takes the first.
+    A Hugging Face classifier, for example (its dataset yields dicts with ``labels``)::
+
+        Task(name="bert", model=BertForSequenceClassification(config).eval(),
+             example_input={"input_ids": ids[:1], "attention_mask": mask[:1]},
+             train_loader=DataLoader(train, batch_size=16), val_loader=DataLoader(val),
+             metric=top1_accuracy, output="logits", target_batch_size=8)
 
     >>> from torch.utils.data import TensorDataset
     >>> dl = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
