@@ -6,6 +6,7 @@ int8 export with their agreement checks, fine-tune and evaluation. Token ids sta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,35 @@ def test_tiny_bert_inventory_latency_and_onnx_agreement() -> None:
 
 
 # ---- a forward that fails on its example input -----------------------------------------
+
+
+def make_dict_task() -> Task:
+    """The dict-input task as a user's factory (``--task test_input_signatures:make_dict_task``)."""
+    torch.manual_seed(0)
+    data = DictData(64, seed=0)
+    return Task(
+        name="dict-ids", model=MaskedClassifier().eval(),
+        example_input={"input_ids": data.ids[:1], "attention_mask": data.mask[:1]},
+        train_loader=DataLoader(data, batch_size=16), val_loader=DataLoader(DictData(32, 1),
+                                                                           batch_size=16),
+        metric=top1_accuracy, output="logits", target_batch_size=4,
+    )
+
+
+def test_apply_on_a_dict_input_task_checks_its_onnx_on_the_scored_output(
+        monkeypatch, capsys, tmp_path: Path) -> None:
+    """``autocompress apply`` exports and checks a dict-input model with a structured output."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    task = make_dict_task()
+    inv = build_inventory(task.model, task.example_input)
+    layer = next(info.fqn for info in inv if info.kind == "Linear")
+    policy = tmp_path / "p.json"
+    CompressionPolicy(layers={layer: LayerPolicy(prune=0.25, bits=8)}).save(policy)
+    out = tmp_path / "applied"
+    assert main(["apply", "--task", "test_input_signatures:make_dict_task", "--policy",
+                 str(policy), "--out", str(out), "--format", "json"]) == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert (out / "model.onnx").is_file() and report["onnx_agrees"] is True
 
 
 def broken_task() -> Task:

@@ -25,7 +25,7 @@ from autocompress.cli.common import check_out_folder, task_and_inventory
 from autocompress.errors import MethodError
 from autocompress.methods import apply_policy, model_stats
 from autocompress.policy import CompressionPolicy
-from autocompress.runtime.onnx import export_onnx, run_onnx
+from autocompress.runtime.onnx import export_onnx
 from autocompress.tasks import Task
 
 # Relative to the largest |output|. With 8-bit activations ONNX Runtime runs the layers as
@@ -35,23 +35,26 @@ FLOAT_TOLERANCE = 1e-4
 INT8_TOLERANCE = 2e-2
 
 
-def _calibration(task: Task, batches: int) -> list[torch.Tensor] | None:
-    """The first ``batches`` training batches' inputs (None: the example input)."""
+def _calibration(task: Task, batches: int) -> list[Any] | None:
+    """The first ``batches`` training batches' inputs, in any input form (None: the example)."""
+    from autocompress import inputs
+
     if batches <= 0 or task.train_loader is None:
         return None
     out = []
     for i, batch in enumerate(task.train_loader):
         if i >= batches:
             break
-        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        out.append(inputs.split_batch(batch)[0])
     return out or None
 
 
-def onnx_max_abs_diff(model: nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> tuple[float, float]:
-    """``(max |ORT - PyTorch|, max |PyTorch|)`` on input ``x``."""
-    with torch.no_grad():
-        ref = model(x).detach().cpu().numpy()
-    got = run_onnx(onnx_bytes, x.detach().cpu().numpy())
+def onnx_max_abs_diff(model: nn.Module, onnx_bytes: bytes, x: Any,
+                      output: Any = None) -> tuple[float, float]:
+    """``(max |ORT - PyTorch|, max |PyTorch|)`` of the scored output on input ``x``."""
+    from autocompress.runtime.onnx import onnx_agreement
+
+    got, ref = onnx_agreement(model, onnx_bytes, x, output)
     return float(np.abs(got - ref).max()), float(np.abs(ref).max())
 
 
@@ -120,7 +123,8 @@ def apply(
         torch.save(small, out / "model.pt")
         the_policy.save(out / "policy.json")
         onnx_bytes = export_onnx(small, the_task.example_input, out / "model.onnx")
-        diff, scale = onnx_max_abs_diff(small, onnx_bytes, the_task.validation_batch())
+        diff, scale = onnx_max_abs_diff(small, onnx_bytes, the_task.validation_batch(),
+                                        the_task.output)
         if not math.isfinite(diff):
             raise MethodError("the exported ONNX model gives non-finite outputs in ONNX Runtime")
         x = the_task.example_input
