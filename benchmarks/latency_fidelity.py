@@ -52,7 +52,7 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
     load_start = os.getloadavg()
     lut = LatencyLUT(lut_dir / f"{task_name.replace(':', '_')}-{target.name}.json", target)
     t0 = time.perf_counter()
-    lut.remainder(inventory, task.model, task.example_input)  # full-size layers + 2 models
+    lut.whole_model_fit(inventory, task.model, task.example_input)  # full-size layers + 2 models
     base_build_s = time.perf_counter() - t0
     base_entries = lut.measured
 
@@ -65,7 +65,7 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
     report = validate(task.model, task.example_input, inventory, lut, n, seed=seed,
                       progress=progress, policies=policies, retest=retest, runs=runs)
     print(file=sys.stderr)
-    fit = lut.remainder(inventory, None, task.example_input)
+    fit = lut.whole_model_fit(inventory, None, task.example_input)
     return {
         "task": task_name,
         "target": target.name,

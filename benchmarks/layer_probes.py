@@ -81,7 +81,7 @@ def probe_task(task_name: str, knobs: list[str], lut_path: Path | None) -> list[
     inv = build_inventory(task.model, task.example_input)
     target = parse_target(TARGET).with_batch(task.target_batch_size)
     lut = LatencyLUT(lut_path or default_lut_path(), target)
-    fit = lut.remainder(inv, task.model, task.example_input)
+    fit = lut.whole_model_fit(inv, task.model, task.example_input)
     base_layers = lut.layers_ms(None, inv, task.model, task.example_input)
     base_sum = sum(base_layers.values())
     rows = []

@@ -126,7 +126,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     the first) to its completion, so it holds Optuna's ask/sampling/tell, storage
     writes, cost prediction and the baselines' candidate planning: that is the
     controller overhead. The latency table's one-off measurements of layer shapes
-    it had not seen (each trial's ``lut_measure_s`` and ``fill_lut_s``, or the study's ``lut_fill_s``
+    it had not seen (each trial's ``lut_measure_s`` and ``lut_measure_fill_s``, or the study's ``lut_measure_loop_s``
     when larger: it adds the fills of a baseline's planning between trials; timing
     them and writing them down, reused by every later trial and run) are reported
     apart, as ``lut_fill_share``; so are the timings of each candidate on the target
@@ -139,7 +139,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     """
     from optuna.trial import TrialState
 
-    from autocompress.search.session import LOOP_LUT_FILL_ATTR
+    from autocompress.search.session import LOOP_LUT_MEASURE_ATTR
 
     # A failed trial ends a cycle but its own is left out: a killed run's trial is marked
     # FAIL when the run resumes, so its cycle spans the time nothing ran.
@@ -159,13 +159,13 @@ def controller_overhead(study: Any) -> dict[str, float]:
         a = t.user_attrs
         work += sum(float(a.get(k) or 0.0) for k in ("apply_s", "finetune_s", "eval_s"))
         # in the objective's screening, and while the proposal was filled to the budget
-        fill += float(a.get("lut_measure_s") or 0.0) + float(a.get("fill_lut_s") or 0.0)
+        fill += float(a.get("lut_measure_s") or 0.0) + float(a.get("lut_measure_fill_s") or 0.0)
         measure += float(a.get("measure_s") or 0.0)
         cost += float(a.get("cost_s") or 0.0) - float(a.get("lut_measure_s") or 0.0)
         objective += float(a.get("total_s") or 0.0)
     # Fills outside trials (a baseline's planning predicts candidates between trials) are in
     # the cycles too; the search records the loop's total fill time on the study.
-    fill = max(fill, float(study.user_attrs.get(LOOP_LUT_FILL_ATTR) or 0.0))
+    fill = max(fill, float(study.user_attrs.get(LOOP_LUT_MEASURE_ATTR) or 0.0))
     n = len(trials)
     if cycle <= 0:
         return {"trials_s": 0.0, "controller_overhead_share": float("nan"),

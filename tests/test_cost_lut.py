@@ -60,7 +60,7 @@ def test_caching_counts_measurements_and_reuses_the_file(cnn, tmp_path):
     n_layers, n_models = lut.measured, lut.model_measurements
     # one whole-model measurement: the uncompressed model
     assert first > 0 and n_layers >= len(inv) and n_models == 1
-    fit = lut.remainder(inv, None, X)
+    fit = lut.whole_model_fit(inv, None, X)
     assert set(fit) == {"model_ms", "layers_ms", "remainder_ms"}
     assert fit["remainder_ms"] == pytest.approx(fit["model_ms"] - fit["layers_ms"])
     # the uncompressed model is predicted as measured; bits alone leave the graph as it is
@@ -104,7 +104,7 @@ def test_weight_bits_and_sparsity_share_the_float_entry_but_act8_is_measured(cnn
     assert pred.layers_ms["features.2"] == lut.entries[key]["ms"]
     # 8-bit inputs change the graph: the prediction is the uncompressed model's time scaled
     # by the layers' sum, with the QDQ layer's own entry
-    fit = lut.remainder(inv, None, X)
+    fit = lut.whole_model_fit(inv, None, X)
     layers = sum(pred.layers_ms.values())
     assert pred.latency_ms == pytest.approx(max(
         fit["model_ms"] * layers / fit["layers_ms"], 0.5 * layers))
@@ -161,7 +161,7 @@ def test_costs_and_baseline_feed_a_budget(cnn):
 def test_a_stale_whole_model_fit_is_forgotten_and_remeasured(cnn, tmp_path):
     model, inv = cnn
     lut = LatencyLUT(tmp_path / "lut.json", parse_target(FAST))
-    fit = lut.remainder(inv, model, X)
+    fit = lut.whole_model_fit(inv, model, X)
     true_ms = fit["model_ms"]
     assert not lut.forget_model_if_stale(inv, X, true_ms * 1.1)  # within tolerance: kept
     fit["model_ms"] = true_ms * 5  # as if measured while another job loaded the machine
@@ -170,7 +170,7 @@ def test_a_stale_whole_model_fit_is_forgotten_and_remeasured(cnn, tmp_path):
     lut.save()
     assert LatencyLUT(tmp_path / "lut.json", parse_target(FAST)).entries == {}  # not merged back
     before = lut.model_measurements
-    again = lut.remainder(inv, model, X)
+    again = lut.whole_model_fit(inv, model, X)
     assert lut.model_measurements > before  # re-measured, not read back
     assert again["model_ms"] < true_ms * 5
 

@@ -222,7 +222,7 @@ def test_run_worker_retries_a_stale_trial_and_stops_at_the_total(tmp_path):
     time.sleep(2.5)
     res = run_worker(study, lambda t: t.suggest_float("x", 0, 1), 3, poll_s=0.2)
     trials = study.get_trials(deepcopy=False)
-    assert res.progress.finished == 3 and res.trials_run == 3
+    assert res.counts.finished == 3 and res.trials_run == 3
     assert trials[dead.number].state == TrialState.FAIL
     retries = retried_trials(study)
     assert list(retries.values()) == [dead.number]
@@ -253,7 +253,7 @@ def test_run_worker_waits_for_trials_running_elsewhere(tmp_path):
     th.start()
     res = run_worker(study, lambda t: t.suggest_float("x", 0, 1), 2, poll_s=0.1)
     th.join()
-    assert res.trials_run == 0 and res.progress.finished == 2
+    assert res.trials_run == 0 and res.counts.finished == 2
     assert len(study.trials) == 2
 
 
@@ -309,7 +309,7 @@ def test_run_worker_does_not_count_candidates_over_the_budget(tmp_path):
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     feasible = [t for t in done if t.user_attrs["feasible"]]
     assert len(feasible) == 3 and res.trials_run == 3
-    assert res.progress.finished == 3 and res.progress.skipped == len(done) - 3 > 0
+    assert res.counts.finished == 3 and res.counts.skipped == len(done) - 3 > 0
     # counted the old way, the same study would already be past its total
     again = run_worker(study, objective, 3, count_skipped=True)
     assert again.trials_run == 0 and len(study.trials) == len(done)

@@ -142,7 +142,7 @@ def test_same_exporter_and_report(ray_run, digits_task):
 def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_path):
     """Each Ray trial runs in its own process: the same proposal three times is filled to
     one edge point, and the later trials walk to policies no trial has trained (the run's
-    PolicyClaims actor), as the Optuna backend's do."""
+    TakenPoliciesActor actor), as the Optuna backend's do."""
     from autocompress.search.ray_backend import run_ray
     from autocompress.search.taken import policy_key
 

@@ -260,13 +260,13 @@ def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
     assert (out / "latency_lut.json").is_file()
     # the table's one-off timings while a proposal was filled to the budget are recorded on its
     # trial, apart from the screening's: the loop's total holds both
-    in_fills = sum(t.user_attrs.get("fill_lut_s", 0.0) for t in study.trials)
+    in_fills = sum(t.user_attrs.get("lut_measure_fill_s", 0.0) for t in study.trials)
     in_screens = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
-    assert in_fills > 0 and "fill_lut_s" in study.trials[-1].user_attrs
-    assert in_fills + in_screens <= study.user_attrs["lut_fill_s"] + 1e-6
+    assert in_fills > 0 and "lut_measure_fill_s" in study.trials[-1].user_attrs
+    assert in_fills + in_screens <= study.user_attrs["lut_measure_loop_s"] + 1e-6
     # predictions are speed ratios to the table's own time of the uncompressed model
     lut = LatencyLUT(out / "latency_lut.json", parse_target("torch-1t-b8"))
-    reference = lut.remainder(build_inventory(digits_task.model, digits_task.example_input),
+    reference = lut.whole_model_fit(build_inventory(digits_task.model, digits_task.example_input),
                               None, digits_task.example_input)["model_ms"]
     assert study.user_attrs["budget_baseline_latency_ms"] == pytest.approx(reference)
     for t in study.trials:
@@ -328,7 +328,7 @@ def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, t
          trials=2)
     study = load(out)
     in_trials = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
-    assert study.user_attrs["lut_fill_s"] > in_trials >= 0
+    assert study.user_attrs["lut_measure_loop_s"] > in_trials >= 0
     fast(digits_task, out, strategy="uniform", budget="latency<=0.9x", target="torch-1t-b6",
          trials=3)  # a resumed run adds its own
-    assert load(out).user_attrs["lut_fill_s"] >= study.user_attrs["lut_fill_s"]
+    assert load(out).user_attrs["lut_measure_loop_s"] >= study.user_attrs["lut_measure_loop_s"]

@@ -83,7 +83,7 @@ def profile(
             err_console.print("the cached latency table disagrees with a fresh measurement of "
                               "the model by more than 30%; re-measuring it", highlight=False)
         layers = lut.layer_table(inventory)
-        fit = lut.remainder(inventory, task_obj.model, task_obj.example_input)
+        fit = lut.whole_model_fit(inventory, task_obj.model, task_obj.example_input)
         bar.update(job, description="done", total=1, completed=1)
         covered = None
         if spec is not None:

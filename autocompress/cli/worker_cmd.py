@@ -113,7 +113,7 @@ def worker(
         prep.study, optuna_objective(prep.objective, {"worker": me}), cfg.trials,
         poll_s=poll, max_trials=max_trials, callbacks=[done], count_skipped=not prep.reachable,
     )
-    p = result.progress
+    p = result.counts
     skipped = f", {p.skipped} skipped over budget" if p.skipped else ""
     console.print(
         f"worker {me}: ran {result.trials_run} trials in {result.seconds:.0f} s; study "

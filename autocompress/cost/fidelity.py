@@ -111,7 +111,7 @@ def validate(
     """
     t0 = time.perf_counter()
     measured_before = lut.measure_seconds
-    fit = lut.remainder(inventory, model, example_input)
+    fit = lut.whole_model_fit(inventory, model, example_input)
     baseline_ms = fit["model_ms"]
     target = lut.target
     x = batched(example_input, target.batch or batch_size(example_input))

@@ -654,7 +654,7 @@ class LatencyLUT:
     def model_key(inventory: LayerInventory, example_input: ModelInput) -> str:
         return f"v{FIT_VERSION}|{inventory.sha256[:16]}|x={inputs.signature_key(example_input)}"
 
-    def remainder(
+    def whole_model_fit(
         self, inventory: LayerInventory, model: nn.Module | None, example_input: ModelInput | None
     ) -> dict[str, float]:
         """The model's whole-model fit (see the module docstring), measured once per target.
@@ -739,7 +739,7 @@ class LatencyLUT:
         example_input: ModelInput | None = None,
     ) -> Prediction:
         """Predicted latency of ``policy`` with its per-layer parts and the remainder."""
-        fit = self.remainder(inventory, model, example_input)
+        fit = self.whole_model_fit(inventory, model, example_input)
         # The shapes once: a prediction is on the search's hot path (filling makes ~26 each).
         shapes = self.runtime_shapes(policy, inventory, model, example_input)
         layers = self._shapes_ms(shapes, inventory)
@@ -790,7 +790,7 @@ class LatencyLUT:
 
         By construction the table predicts exactly this latency for the empty policy.
         """
-        fit = self.remainder(inventory, model, example_input)
+        fit = self.whole_model_fit(inventory, model, example_input)
         return analytic_costs(None, inventory).with_latency(fit["model_ms"])
 
 

@@ -24,7 +24,7 @@ from autocompress.search.config import SearchConfig
 from autocompress.search.objective import Objective, TrialOutcome
 from autocompress.search.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
 from autocompress.search.session import (
-    LOOP_LUT_FILL_ATTR,
+    LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
     Log,
     SearchResult,
@@ -130,7 +130,7 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     if done_before and not prep.created:
         say(f"resuming {where}: {done_before} of {cfg.trials} trials already finished")
 
-    bar = _Progress(progress, cfg.trials, done_before, objective, count_skipped=not prep.reachable)
+    bar = _SearchBar(progress, cfg.trials, done_before, objective, count_skipped=not prep.reachable)
     filled0 = lut.measure_seconds if lut is not None else 0.0
     with bar:
         run_trials(study, objective, cfg.trials, planner=planner, on_trial=bar.update,
@@ -139,7 +139,7 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
         # Seconds the table spent timing new layer shapes between the first and the last trial:
         # inside trials (each trial's lut_measure_s) and in a baseline's planning, which
         # predicts candidates outside any trial. Summed over resumed runs.
-        study.set_user_attr(LOOP_LUT_FILL_ATTR, float(study.user_attrs.get(LOOP_LUT_FILL_ATTR, 0.0))
+        study.set_user_attr(LOOP_LUT_MEASURE_ATTR, float(study.user_attrs.get(LOOP_LUT_MEASURE_ATTR, 0.0))
                             + lut.measure_seconds - filled0)
         lut.save()
         if not lut.frozen:
@@ -201,7 +201,7 @@ def _planner(
 
 
 
-class _Progress:
+class _SearchBar:
     """The search progress bar (stderr): trials done / total, best feasible metric and its cost."""
 
     def __init__(self, enabled: bool, total: int, done: int, objective: Objective,
@@ -216,7 +216,7 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> _SearchBar:
         if not self.enabled:
             return self
         from rich.console import Console

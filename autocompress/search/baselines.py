@@ -43,7 +43,7 @@ def params_key(params: Params) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, round(float(v), 6)) for k, v in params.items()))
 
 
-def _policy_key(space: ResolvedSpace, params: Params) -> str:
+def _params_policy_key(space: ResolvedSpace, params: Params) -> str:
     """The identity of the policy ``params`` make. Two parameter dicts can make one policy:
     a rank fraction at or above a pruned layer's break-even factorises nothing, so uniform
     prune 0.65 at rank 0.5 is prune 0.65 alone (on the digits CNN under ``size<=15%`` the
@@ -126,7 +126,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
             if not feasible(params):
                 continue
             start[combo] = 0
-        key = _policy_key(space, params)
+        key = _params_policy_key(space, params)
         if key not in seen:
             seen.add(key)
             yield params
@@ -134,7 +134,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
         for combo, first in start.items():
             if first + k < len(prune_levels):
                 params = params_for(first + k, combo)
-                key = _policy_key(space, params)
+                key = _params_policy_key(space, params)
                 if key not in seen:
                     seen.add(key)
                     yield params
@@ -214,7 +214,7 @@ def greedy_candidates(
     seen: set[str] = set()
     for tau in taus[first:]:
         params = allocate(tau)
-        key = _policy_key(space, params)
+        key = _params_policy_key(space, params)
         if key in seen:
             continue
         seen.add(key)

@@ -206,7 +206,7 @@ class Objective:
         """Whether a parameter dict's policy is predicted to meet the budget by the guard."""
         return self._screen_params(params)[0]
 
-    def cheapest_corner(self) -> tuple[bool, CompressionPolicy, Costs, dict[str, float]]:
+    def reachable_corner(self) -> tuple[bool, CompressionPolicy, Costs, dict[str, float]]:
         """``(meets, policy, costs, constraints)`` of the space's corner closest to the budget.
 
         The corners (:meth:`ResolvedSpace.corner_policies`), not only the smallest policy:
@@ -214,11 +214,11 @@ class Objective:
         predicted to pass screening is returned, else the one with the smallest worst
         constraint.
         """
-        return self._cheapest_corner()[1:]
+        return self._reachable_corner()[1:]
 
-    def _cheapest_corner(self) -> tuple[dict[str, Any], bool, CompressionPolicy, Costs,
+    def _reachable_corner(self) -> tuple[dict[str, Any], bool, CompressionPolicy, Costs,
                                         dict[str, float]]:
-        """:meth:`cheapest_corner` with the corner's parameter dict first."""
+        """:meth:`reachable_corner` with the corner's parameter dict first."""
         best: tuple[float, dict[str, Any], CompressionPolicy, Costs, dict[str, float]] | None = None
         for params in self.space.corner_params():
             policy = self.space.policy_from_params(params)
@@ -233,7 +233,7 @@ class Objective:
         return best[1], False, best[2], best[3], best[4]
 
     def fill_corner(self) -> dict[str, Any]:
-        """The far end of budget filling's line: :meth:`cheapest_corner`'s parameters.
+        """The far end of budget filling's line: :meth:`reachable_corner`'s parameters.
 
         That is the space's most compressed point whenever it passes screening (the first
         corner), else the first corner that does, else the closest one. On a latency
@@ -243,7 +243,7 @@ class Objective:
         """
         key = self._predictions_at()
         if self._fill_corner is None or self._fill_corner[0] != key:
-            self._fill_corner = (key, self._cheapest_corner()[0])
+            self._fill_corner = (key, self._reachable_corner()[0])
         return self._fill_corner[1]
 
     def candidate(self, params: dict[str, Any], planned: bool = False,

@@ -41,12 +41,12 @@ from autocompress.search.baselines import params_key
 from autocompress.search.config import RESUME_KEYS
 from autocompress.search.journal import set_user_attrs
 from autocompress.search.objective import Objective, Screening, TrialOutcome
+from autocompress.search.record import DONE
 from autocompress.search.taken import TakenPolicies
 from autocompress.search.trial import Proposals, Repeat, run_trial
 from autocompress.space import ResolvedSpace
 
 LOG = logging.getLogger(__name__)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 3
 SKIPPED_PER_TRIAL = 20  # candidates judged over the budget allowed per counted trial
 

@@ -79,7 +79,7 @@ class TrialKit:
     lut_path: str | None = None
     target: Target | None = None
     lut: Any = None  # the driver's table, for nodes that do not see lut_path
-    claims: Any = None  # a PolicyClaims actor: taken policies and the timings' correction
+    claims: Any = None  # a TakenPoliciesActor actor: taken policies and the timings' correction
     frozen: bool = False  # lut_path is a table profiled on the target (search --lut)
 
     def objective_here(self) -> tuple[Objective, Any]:
@@ -110,7 +110,7 @@ class TrialKit:
         return self.objective, lut
 
 
-class PolicyClaims:
+class TakenPoliciesActor:
     """The policies this run's trials have taken, and the timings' correction ratios, kept by
     one Ray actor all trials ask.
 
@@ -123,7 +123,7 @@ class PolicyClaims:
     trials timed on the target are pooled here too, so every trial screens and fills with
     the run's correction (:class:`~autocompress.search.judge.Correction`).
 
-    >>> claims = PolicyClaims(["a"])
+    >>> claims = TakenPoliciesActor(["a"])
     >>> claims.claim("a"), claims.claim("b"), claims.claim("b")
     (False, True, False)
     >>> claims.share_ratios({"1": 1.2}) == {"1": 1.2}
@@ -147,8 +147,8 @@ class PolicyClaims:
         return dict(self.ratios)
 
 
-class ClaimsTaken:
-    """:class:`~autocompress.search.trial.Taken` over a :class:`PolicyClaims` actor.
+class RayTakenPolicies:
+    """:class:`~autocompress.search.trial.Taken` over a :class:`TakenPoliciesActor` actor.
 
     Ray trials are not told an earlier outcome as a repeat (``earlier`` is always None):
     when nothing is left to walk to, the policy is trained again.
@@ -187,19 +187,19 @@ class ClaimsTaken:
         self.claims.share_ratios.remote(dict(self.correction.ratios))
 
 
-def start_claims(study: optuna.Study) -> Any:
-    """A :class:`PolicyClaims` actor holding the policies the study has judged already."""
+def start_taken_actor(study: optuna.Study) -> Any:
+    """A :class:`TakenPoliciesActor` actor holding the policies the study has judged already."""
     import ray
 
     from autocompress.search.judge import Correction
-    from autocompress.search.optuna_backend import DONE
+    from autocompress.search.record import DONE
     from autocompress.search.taken import policy_key, trained
 
     done = study.get_trials(deepcopy=False, states=DONE)
     taken = [policy_key(t.user_attrs["policy"]) for t in done if trained(t)]
     correction = Correction()
     correction.observe_trials(done)
-    return ray.remote(num_cpus=0)(PolicyClaims).remote(taken, correction.ratios)
+    return ray.remote(num_cpus=0)(TakenPoliciesActor).remote(taken, correction.ratios)
 
 
 def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
@@ -230,7 +230,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
         trial_id = str(tune.get_context().get_trial_id())
     except Exception:  # noqa: BLE001
         trial_id = "direct"
-    taken = ClaimsTaken(kit.claims, objective.judge.correction)
+    taken = RayTakenPolicies(kit.claims, objective.judge.correction)
     proposals = Proposals(objective, taken)
     pareto = objective.mode != "constrained"
     common: dict[str, Any] = {}
@@ -250,7 +250,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     result = run_trial(proposals, trial_id, params,
                        planned=params_key(params) in objective.planned, report=report,
                        provenance=prov, judged=judged)
-    assert not isinstance(result, Repeat)  # ClaimsTaken knows no earlier outcomes
+    assert not isinstance(result, Repeat)  # RayTakenPolicies knows no earlier outcomes
     taken.share()
     if lut is not None:
         lut.save()  # layer shapes this trial measured serve the next trials
@@ -398,7 +398,7 @@ def _snap(distribution: Any, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- progress
-class SearchProgress(Callback):
+class RaySearchBar(Callback):
     """A Tune callback drawing the search progress bar: trials done, best feasible metric.
 
     The same line ``autocompress search`` shows with the Optuna backend
@@ -564,7 +564,7 @@ def run_ray(
             kit = TrialKit(objective, study.study_name,
                            _table_path(prep),
                            prep.target, prep.lut,
-                           claims=start_claims(study),
+                           claims=start_taken_actor(study),
                            frozen=prep.lut is not None and prep.lut.frozen)
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
@@ -611,7 +611,7 @@ def run_ray(
                     run_config=tune.RunConfig(
                         name=name, storage_path=str(exp_root), verbose=0,
                         failure_config=tune.FailureConfig(max_failures=0),
-                        callbacks=[SearchProgress(
+                        callbacks=[RaySearchBar(
                             cfg.trials, n_finished(study), prep.task.metric_name,
                             objective.higher_is_better, progress)],
                     ),

@@ -18,7 +18,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from optuna.trial import TrialState
+
 COST_KEYS = ("macs", "bops", "params", "size_bytes")
+# The states of a finished trial that counts: fine-tuned to the end, or stopped early.
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TIMING_KEYS = ("cost_s", "lut_measure_s", "measure_s", "apply_s", "finetune_s", "eval_s",
                "total_s")
 
@@ -38,7 +42,7 @@ class TrialRecord:
       alongside) and ``measured_ratio``, when timed on the target;
     - ``metric`` (None when not fine-tuned), ``pruned`` (stopped early);
     - seconds per stage; ``fill`` (how budget filling moved the proposal) and
-      ``fill_lut_s`` (the table's timings while it was filled); ``repeat_of`` (a proposal
+      ``lut_measure_fill_s`` (the table's timings while it was filled); ``repeat_of`` (a proposal
       filled onto a policy an earlier trial evaluated: that trial's number).
     """
 
@@ -67,7 +71,7 @@ class TrialRecord:
     eval_s: float = 0.0
     total_s: float = 0.0
     fill: dict[str, Any] | None = None
-    fill_lut_s: float = 0.0
+    lut_measure_fill_s: float = 0.0
     repeat_of: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,7 +79,7 @@ class TrialRecord:
         """The user attributes, in one dict (one storage write on a journal file)."""
         attrs = asdict(self)
         extra = attrs.pop("extra")
-        for key in TIMING_KEYS + ("fill_lut_s",):
+        for key in TIMING_KEYS + ("lut_measure_fill_s",):
             attrs[key] = round(float(attrs[key]), 6)
         if attrs["repeat_of"] is None:
             del attrs["repeat_of"]

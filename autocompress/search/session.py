@@ -57,7 +57,7 @@ EXIT_NO_FEASIBLE = 3
 LUT_FILE = "latency_lut.json"
 
 
-LOOP_LUT_FILL_ATTR = "lut_fill_s"  # study attribute: latency-table fills during the trial loop
+LOOP_LUT_MEASURE_ATTR = "lut_measure_loop_s"  # study attribute: latency-table fills during the trial loop
 
 
 Log = Callable[[str], None]
@@ -267,7 +267,7 @@ def prepare_run(
 
 def table_model_ms(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> float:
     """The latency table's time of the uncompressed model (ms; measured once and cached)."""
-    return float(lut.remainder(inventory, task.model, task.example_input)["model_ms"])
+    return float(lut.whole_model_fit(inventory, task.model, task.example_input)["model_ms"])
 
 
 def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Callable[[Any], float]:
@@ -390,7 +390,7 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
     On the target, screening lets a prediction within the judge's tolerance through, so
     a table a few percent pessimistic about the space's corner still has it timed.
     """
-    ok, _, costs, violations = objective.cheapest_corner()
+    ok, _, costs, violations = objective.reachable_corner()
     if ok:
         return True
     worst = max(violations, key=violations.__getitem__)

@@ -9,7 +9,7 @@ filling at the same moment take the same one. So a trial *claims* its policy in 
 before it is fine-tuned (the ``policy_claim`` user attribute, a digest of the policy's
 layers), and every process reads the study's claims before it fills: a policy another
 trial trained or is training is not new. Ray trials share one actor for this instead
-(:class:`autocompress.search.ray_backend.PolicyClaims`).
+(:class:`autocompress.search.ray_backend.TakenPoliciesActor`).
 
 Reading and claiming are two storage calls, not one transaction: two workers that fill in
 the same few milliseconds can still both take a point. That costs one duplicate fine-tune,
@@ -38,11 +38,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.search.journal import set_user_attrs
-from autocompress.search.record import judged
+from autocompress.search.record import DONE, judged
 
 CLAIM_ATTR = "policy_claim"
 REPEAT_ATTR = "repeat_of"
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def policy_key(policy: dict[str, Any]) -> str:
@@ -62,7 +61,7 @@ def policy_digest(policy: dict[str, Any]) -> str:
 def trained(trial: FrozenTrial) -> bool:
     """A finished trial that judged its policy: fine-tuned and scored it, or timed it on the
     target and found it over the budget (a told repeat did neither)."""
-    return (trial.state in _FINISHED and judged(trial.user_attrs)
+    return (trial.state in DONE and judged(trial.user_attrs)
             and REPEAT_ATTR not in trial.user_attrs
             and isinstance(trial.user_attrs.get("policy"), dict))
 
@@ -91,7 +90,7 @@ class TakenPolicies:
         """
         running: set[str] = set()
         new: list[FrozenTrial] = []
-        for t in self.study.get_trials(deepcopy=False, states=(*_FINISHED, TrialState.RUNNING)):
+        for t in self.study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING)):
             if t.number in self._read:
                 continue
             claim = t.user_attrs.get(CLAIM_ATTR)

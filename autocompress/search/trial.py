@@ -93,9 +93,9 @@ class Proposals:
     taken: Taken
     repeats_in_a_row: int = 0
     #: Seconds the latency table spent timing new layer shapes while the last proposal was
-    #: filled: recorded on its trial (``fill_lut_s``), so the one-off measurements are told
+    #: filled: recorded on its trial (``lut_measure_fill_s``), so the one-off measurements are told
     #: apart from the controller's time even in a killed run.
-    fill_lut_s: float = 0.0
+    lut_measure_fill_s: float = 0.0
 
     def policy_for(self, name: str, drawn: dict[str, Any], planned: bool = False,
                    trial: Any = None,
@@ -112,7 +112,7 @@ class Proposals:
         policy, fill = objective.candidate(
             drawn, planned=planned, is_new=lambda p: taken.is_new(p.to_dict()),
             rng=random.Random(f"{objective.settings.seed}:{name}"))
-        self.fill_lut_s = objective.measure_seconds() - measured0
+        self.lut_measure_fill_s = objective.measure_seconds() - measured0
         earlier = taken.earlier(policy.to_dict()) if fill is not None else None
         if earlier is not None and self.repeats_in_a_row < MAX_REPEATS_IN_A_ROW:
             self.repeats_in_a_row += 1
@@ -163,6 +163,6 @@ def run_trial(
     outcome = proposals.objective(policy, report=report, provenance=prov, screening=screening,
                                   key=name, judged=judged)
     outcome.record.fill = fill
-    outcome.record.fill_lut_s = proposals.fill_lut_s
+    outcome.record.lut_measure_fill_s = proposals.lut_measure_fill_s
     return outcome
 

@@ -11,7 +11,7 @@ trials, waiting (not starting extra trials) while the last ones are running else
 so a study ends with the requested number of trials. Each trial is
 :func:`autocompress.search.trial.run_trial` (:func:`optuna_objective`).
 
->>> Progress(finished=3, running=1, waiting=0, failed=1).remaining(5)
+>>> StudyCounts(finished=3, running=1, waiting=0, failed=1).remaining(5)
 1
 """
 
@@ -38,13 +38,13 @@ from autocompress.errors import ConfigError
 from autocompress.search import session
 from autocompress.search.journal import journal_storage
 from autocompress.search.optuna_backend import (
-    DONE,
     SKIPPED_PER_TRIAL,
     evaluated,
     record_outcome,
     record_repeat,
     worker_id,
 )
+from autocompress.search.record import DONE
 from autocompress.search.session import PreparedRun
 from autocompress.search.storage import STUDY_FILE, load_shared_study, open_storage
 from autocompress.search.taken import TakenPolicies
@@ -69,12 +69,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Progress:
+class StudyCounts:
     """Trial counts of a study: finished (COMPLETE + PRUNED and evaluated), running, waiting
     (enqueued), failed, and skipped (finished but predicted over the budget, never
     fine-tuned; they do not count toward ``n_trials``, see ``optuna_backend``).
 
-    >>> Progress(finished=3, running=1, waiting=0, failed=1).remaining(5)
+    >>> StudyCounts(finished=3, running=1, waiting=0, failed=1).remaining(5)
     1
     """
 
@@ -89,7 +89,7 @@ class Progress:
         return max(0, n_trials - self.finished - self.running)
 
 
-def study_progress(study: optuna.Study) -> Progress:
+def study_counts(study: optuna.Study) -> StudyCounts:
     """Count the trials of ``study`` by state (one storage read)."""
     trials = study.get_trials(deepcopy=False)
     count = {s: 0 for s in TrialState}
@@ -97,7 +97,7 @@ def study_progress(study: optuna.Study) -> Progress:
     for t in trials:
         count[t.state] += 1
         skipped += t.state in DONE and not evaluated(t)
-    return Progress(
+    return StudyCounts(
         finished=count[TrialState.COMPLETE] + count[TrialState.PRUNED] - skipped,
         running=count[TrialState.RUNNING],
         waiting=count[TrialState.WAITING],
@@ -112,7 +112,7 @@ class WorkerResult:
 
     trials_run: int
     seconds: float
-    progress: Progress
+    counts: StudyCounts
 
 
 def run_worker(
@@ -138,11 +138,11 @@ def run_worker(
     (journal files) there is nothing to wait for: a running trial is trusted to
     finish. ``max_trials`` caps the trials this worker runs (a SLURM task's
     share), ``timeout_s`` its wall time. Candidates predicted over the budget
-    do not count (see :class:`Progress`) unless ``count_skipped``.
+    do not count (see :class:`StudyCounts`) unless ``count_skipped``.
 
     >>> mem = open_storage("sqlite:///:memory:", heartbeat_interval=None)  # one thread: no beat
     >>> st = optuna.create_study(storage=mem)
-    >>> run_worker(st, lambda t: t.suggest_float("x", 0, 1), 3).progress.finished
+    >>> run_worker(st, lambda t: t.suggest_float("x", 0, 1), 3).counts.finished
     3
     """
     t0 = time.monotonic()
@@ -157,7 +157,7 @@ def run_worker(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
-        prog = study_progress(study)
+        prog = study_counts(study)
         if count_skipped:
             prog = replace(prog, finished=prog.finished + prog.skipped, skipped=0)
         if prog.finished >= n_trials:
@@ -182,7 +182,7 @@ def run_worker(
             gc_after_trial=False, show_progress_bar=False,
         )
         ran += count_skipped or not last or evaluated(last[-1])  # a skipped candidate is not a trial of the share
-    return WorkerResult(trials_run=ran, seconds=time.monotonic() - t0, progress=study_progress(study))
+    return WorkerResult(trials_run=ran, seconds=time.monotonic() - t0, counts=study_counts(study))
 
 
 def retried_trials(study: optuna.Study) -> dict[int, int]:
