@@ -72,7 +72,8 @@ def probe_policies(inventory: Any, knobs: list[str]) -> list[tuple[str, str, Any
 def probe_task(task_name: str, knobs: list[str], lut_path: Path | None) -> list[dict[str, Any]]:
     from autocompress.cost import parse_target
     from autocompress.cost.latency import measure_models_interleaved
-    from autocompress.cost.lut import LatencyLUT, default_lut_path
+    from autocompress.cost.lut import LatencyLUT
+    from autocompress.cost.lut_store import default_lut_path
     from autocompress.inventory import build_inventory
     from autocompress.methods import apply_policy
     from autocompress.tasks import load_task

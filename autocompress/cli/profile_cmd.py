@@ -14,7 +14,8 @@ from rich.table import Table
 from autocompress.cli.app import TASK_HELP, OutputFormat, app, console, err_console
 from autocompress.cli.common import check_out_file, task_and_inventory
 from autocompress.cost.latency import measure_latency
-from autocompress.cost.lut import LatencyLUT, default_lut_path
+from autocompress.cost.lut import LatencyLUT
+from autocompress.cost.lut_store import default_lut_path
 from autocompress.cost.target import parse_target
 from autocompress.cost.timing import MODEL_BLOCKS
 from autocompress.errors import ConfigError

@@ -16,7 +16,8 @@ from autocompress.cost.analytic import (
 )
 from autocompress.cost.budget import Budget, Clause, parse_budget
 from autocompress.cost.latency import LatencyStats, env_fingerprint, measure_latency
-from autocompress.cost.lut import LatencyLUT, Prediction, default_lut_path, macs_model_ms
+from autocompress.cost.lut import LatencyLUT, Prediction, macs_model_ms
+from autocompress.cost.lut_store import default_lut_path
 from autocompress.cost.target import Target, parse_target
 
 __all__ = [

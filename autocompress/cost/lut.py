@@ -1,4 +1,7 @@
-"""Per-layer latency lookup table (LUT): measured once per layer shape, reused across runs.
+"""Latency prediction from the per-layer lookup table (LUT), measured once per layer shape.
+
+The table's file is :mod:`autocompress.cost.lut_store`; how a lone layer or a whole model
+is timed is :mod:`autocompress.cost.timing`; this module predicts from the entries.
 
 Each compressible layer is measured alone, built with the shape
 ``apply_policy`` gives it (pruned input/output channels, the two low-rank
@@ -16,11 +19,8 @@ model; the layers where that happens are read once per model from the
 runtime's optimised graph and get entries of their own
 (:func:`int8_fusable_layers`, :func:`with_int8_fusion`).
 
-How a lone layer is timed: in ``torch``, wall-clock of the module call (the
-smallest of ``blocks`` medians); in ``ort``, the layer's kernel time from ONNX
-Runtime's own profiler, without the ReorderInput/ReorderOutput nodes that a
-lone layer pays at its edges but a model pays only where the NCHWc layout changes.
-A model's uncompressed layers are timed so; a compressed variant is timed in
+A model's uncompressed layers are timed alone (:func:`~autocompress.cost.timing.time_layers`);
+a compressed variant is timed in
 blocks alternating with its uncompressed layer and stored as the median block
 ratio times that layer's entry, so every entry of a layer shares one scale
 whatever minute it was measured in (:meth:`LatencyLUT._paired_entry`).
@@ -44,16 +44,12 @@ model and target, the uncompressed model's:
 What the search does with a prediction is in :mod:`autocompress.search.judge`: it screens
 and places candidates; the target's timing judges them.
 
-The table lives in one JSON file (``latency_lut.json``), keyed by the target
-fingerprint (:func:`~autocompress.cost.latency.env_fingerprint`) and then by a
-layer-config key; it is filled lazily, merged with what other processes wrote
-and saved atomically.
+The table is filled lazily and saved after each new entry, merged with what other
+processes wrote (:func:`~autocompress.cost.lut_store.write_table`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
@@ -63,51 +59,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from autocompress import inputs
 from autocompress.cost.analytic import Costs, LayerShape, analytic_costs, compressed_shapes
 from autocompress.cost.latency import (
     env_fingerprint,
-    make_runner,
-    measure_interleaved,
     measure_models_interleaved,
-    ort_kernel_times_interleaved,
-    torch_threads,
+)
+from autocompress.cost.lut_store import (
+    LAYER_METHOD,
+    layer_key,
+    read_table,
+    write_table,
 )
 from autocompress.cost.target import Target
-from autocompress.cost.timing import MODEL_BLOCKS, timing_lock
+from autocompress.cost.timing import MODEL_BLOCKS, LayerTiming, time_layers, timing_lock
 from autocompress.errors import InputFileError, TargetError
 from autocompress.inputs import ModelInput
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
-FORMAT = "autocompress.latency_lut"
-SCHEMA_VERSION = 1
-DEFAULT_FILE = "latency_lut.json"
 # Version of the whole-model fit; a cached fit of another version is measured again
 # (5: the uncompressed model alone, no calibration models).
 FIT_VERSION = 5
-# How layer entries are timed; a table section timed another way is measured again
-# (2: a compressed layer in blocks alternating with its uncompressed layer, as a ratio).
-LAYER_METHOD = 2
-
-
-@dataclass(frozen=True)
-class LayerTiming:
-    """Settings of single-layer measurements: ``blocks`` x ``runs`` timed runs, min of medians.
-
-    The minimum over many short blocks of each block's median finds the quiet
-    moments of a shared machine (load only ever adds time) while one odd fast
-    run cannot set it; whole models are measured the same way
-    (:data:`MODEL_BLOCKS`), so predictions and measurements compare like with like.
-    """
-
-    blocks: int = 10
-    runs: int = 3
-    warmup: int = 3
-    min_run_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -123,106 +98,16 @@ class Prediction:
 STALE_TOLERANCE = 0.3
 
 
-def _padding(k: int, s: int, size_in: int, size_out: int) -> int:
-    """Smallest symmetric padding that maps ``size_in`` to ``size_out`` (dilation 1)."""
-    return max(0, math.ceil(((size_out - 1) * s + k - size_in) / 2))
 
 
-def layer_key(shape: LayerShape, batch: int) -> str:
-    """The LUT key of a layer config: everything that decides its run time, nothing else.
-
-    >>> from autocompress.cost.analytic import LayerShape
-    >>> s = LayerShape("c", "Conv2d", 32, 64, (3, 3), (1, 1), 1, (1, 32, 8, 8), (1, 64, 8, 8), True)
-    >>> layer_key(s, 64)
-    'Conv2d|in=32|out=64|k=3x3|s=1x1|p=1x1|g=1|x=8x8|b=64|r=0|a=32|w=32|bias=1'
-    >>> from dataclasses import replace
-    >>> layer_key(replace(s, act_bits=8, q_out=True), 64)[-24:]
-    'r=0|a=8|w=32|bias=1|qo=1'
-    """
-    kh, kw = shape.kernel_size
-    if shape.kind == "Linear":
-        spatial = "x".join(str(d) for d in shape.input_shape[1:-1]) or "-"
-        geom = f"x={spatial}"
-    else:
-        ph, pw = _conv_padding(shape)
-        geom = (f"k={kh}x{kw}|s={shape.stride[0]}x{shape.stride[1]}|p={ph}x{pw}|g={shape.groups}|"
-                f"x={shape.input_shape[2]}x{shape.input_shape[3]}")
-    act = 8 if shape.act_bits == 8 else 32
-    w = 8 if int8_weights(shape) else 32
-    # The integer-kernel marks only where set, so the keys of every other entry stay as they were.
-    fused = ("|qi=1" if shape.q_in else "") + ("|qo=1" if shape.q_out else "")
-    return (f"{shape.kind}|in={shape.in_channels}|out={shape.out_channels}|{geom}|b={batch}|"
-            f"r={shape.rank or 0}|a={act}|w={w}|bias={int(shape.has_bias)}{fused}")
 
 
-def _conv_padding(shape: LayerShape) -> tuple[int, int]:
-    kh, kw = shape.kernel_size
-    sh, sw = shape.stride
-    return (_padding(kh, sh, shape.input_shape[2], shape.output_shape[2]),
-            _padding(kw, sw, shape.input_shape[3], shape.output_shape[3]))
 
 
-def int8_weights(shape: LayerShape) -> bool:
-    """True when ``apply_policy`` exports the layer's weight as int8 QDQ too.
-
-    That is a layer with 2..8-bit weights *and* 8-bit inputs: ONNX Runtime may
-    then run an integer kernel, a different cost from the float one.
-    """
-    return shape.act_bits == 8 and 2 <= shape.weight_bits <= 8
 
 
-def layer_module(shape: LayerShape) -> nn.Module:
-    """A module with exactly the shape and structure ``apply_policy`` gives this layer.
-
-    The dense layer or ``Sequential(first, second)`` low-rank factors; for
-    ``act_bits`` 8 behind an ``ActFakeQuant`` (QuantizeLinear/DequantizeLinear in
-    ONNX), with the first weight exported as int8 QDQ when the weights are
-    quantised too (as :mod:`autocompress.methods.quantize` does); with ``q_out``, its
-    output quantised too, as the next layer's 8-bit input does inside the model (ONNX
-    Runtime then runs one integer kernel, see :func:`with_int8_fusion`).
-    """
-    from autocompress.methods.quantize import ActFakeQuant, attach_weight_qdq, weight_scale
-
-    cin, cout, r = shape.in_channels, shape.out_channels, shape.rank
-    core: nn.Module
-    first: nn.Conv2d | nn.Linear
-    if shape.kind == "Linear":
-        if r is None:
-            core = first = nn.Linear(cin, cout, bias=shape.has_bias)
-        else:
-            first = nn.Linear(cin, r, bias=False)
-            core = nn.Sequential(first, nn.Linear(r, cout, bias=shape.has_bias))
-    else:
-        pad = _conv_padding(shape)
-        if r is None:
-            core = first = nn.Conv2d(
-                cin, cout, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
-                groups=shape.groups, bias=shape.has_bias,
-            )
-        else:
-            first = nn.Conv2d(cin, r, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
-                              bias=False)
-            core = nn.Sequential(first, nn.Conv2d(r, cout, 1, bias=shape.has_bias))
-    if shape.act_bits == 8:
-        if int8_weights(shape):
-            with torch.no_grad():
-                attach_weight_qdq(first, weight_scale(first.weight, shape.weight_bits))
-        core = nn.Sequential(ActFakeQuant(scale=0.02, zero_point=128), core)
-        if shape.q_out:
-            core.append(ActFakeQuant(scale=0.02, zero_point=128))
-    return core.eval()
 
 
-def kernel_ops_elsewhere(shape: LayerShape) -> frozenset[str]:
-    """Op types a lone layer runs that, inside the model, belong to a neighbour's kernel.
-
-    With ``q_out`` the output's DequantizeLinear is the next layer's (its input); with
-    ``q_in`` the input's QuantizeLinear is done by the previous layer's integer kernel.
-    """
-    ops = {"DequantizeLinear"} if shape.q_out else set()
-    if shape.q_in:
-        ops.add("QuantizeLinear")
-    return frozenset(ops)
 
 
 # ONNX Runtime's integer kernels: what DequantizeLinear -> Conv/Gemm -> QuantizeLinear fuses into.
@@ -243,6 +128,7 @@ def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_inp
     *faster* (0.39x of the uncompressed model, pruned) than without them (0.50x), where
     every lone layer with 8-bit inputs ran slower: a lone layer has no next quantiser.
 
+    >>> import torch
     >>> from autocompress.inventory import build_inventory
     >>> from autocompress.models import DigitsCNN
     >>> model, x = DigitsCNN(), torch.zeros(1, 1, 8, 8)
@@ -299,6 +185,7 @@ def with_int8_fusion(shapes: list[LayerShape], inventory: LayerInventory,
     consumers all take 8-bit inputs too, runs as one integer kernel that also quantises
     its output (``q_out``); its consumers then skip their own input quantiser (``q_in``).
 
+    >>> import torch
     >>> from autocompress.inventory import build_inventory
     >>> from autocompress.models import DigitsMLP
     >>> from autocompress.cost.analytic import compressed_shapes
@@ -326,14 +213,8 @@ def with_int8_fusion(shapes: list[LayerShape], inventory: LayerInventory,
     return [replace(s, q_in=s.fqn in q_in, q_out=s.fqn in q_out) for s in shapes]
 
 
-def layer_input(shape: LayerShape, batch: int) -> torch.Tensor:
-    """A random input of the layer's (pruned) input shape at ``batch``."""
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch, *shape.input_shape[1:], generator=gen)
 
 
-def _empty_file() -> dict[str, Any]:
-    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "targets": {}}
 
 
 class LatencyLUT:
@@ -444,22 +325,7 @@ class LatencyLUT:
 
     # ---- file ----------------------------------------------------------------------
     def _load(self, path: Path | None = None) -> dict[str, Any]:
-        path = path if path is not None else self.path
-        if path is None or not path.exists():
-            return _empty_file()
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputFileError(
-                f"latency table {str(path)!r} is not readable JSON ({exc}); delete it to "
-                "rebuild it, or point --lut elsewhere"
-            ) from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputFileError(
-                f"{str(path)!r} is not an autocompress latency table (format {FORMAT!r}); "
-                "delete it to rebuild it, or point --lut elsewhere"
-            )
-        return data
+        return read_table(path if path is not None else self.path)
 
     @property
     def _entry(self) -> dict[str, Any]:
@@ -481,20 +347,7 @@ class LatencyLUT:
         dest = Path(path) if path is not None else self.path
         if dest is None or (path is None and not self._dirty):
             return
-        disk = self._load(dest)
-        for key, theirs in disk["targets"].items():
-            mine = self._data["targets"].setdefault(key, theirs)
-            if mine is theirs or (key == self.key and self._forgotten):
-                continue  # forgotten entries stay forgotten; the file gets the new ones
-            for section in ("layers", "models", "int8_fusable"):
-                ours = mine.setdefault(section, {})
-                for k, v in theirs.get(section, {}).items():
-                    ours.setdefault(k, v)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=dest.name, suffix=".tmp", dir=dest.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, dest)
+        write_table(self._data, dest, forgotten=self.key if self._forgotten else None)
         if path is None:
             self._dirty = False
             self._forgotten = False
@@ -545,25 +398,9 @@ class LatencyLUT:
 
     def _time_layers(self, shapes: list[LayerShape], batch: int) -> tuple[list[list[float]],
                                                                            list[int]]:
-        """Block medians (ms) of each lone layer, timed in rounds, and its calls per run."""
+        """:func:`~autocompress.cost.timing.time_layers`, counted and its seconds kept."""
         t0 = time.perf_counter()
-        t = self.timing
-        built = [(layer_module(s), layer_input(s, batch)) for s in shapes]
-        with timing_lock(), torch_threads(self.target.threads):
-            if self.target.runtime == "ort":
-                # ONNX Runtime's profiler: kernel time only, without the NCHWc reorders a lone
-                # layer pays at its edges (inside the model they sit at layout changes only).
-                runs = ort_kernel_times_interleaved(
-                    built, self.target.threads, runs=t.runs, warmup=t.warmup, blocks=t.blocks,
-                    excluded_ops=[kernel_ops_elsewhere(s) for s in shapes])
-                medians = [[float(np.median(b)) for b in np.array_split(r, t.blocks)]
-                           for r in runs]
-                calls = [1] * len(shapes)
-            else:
-                stats, medians = measure_interleaved(
-                    [make_runner(m, x, self.target) for m, x in built], runs=t.blocks * t.runs,
-                    blocks=t.blocks, warmup=t.warmup, min_run_ms=t.min_run_ms)
-                calls = [st.calls_per_run for st in stats]
+        medians, calls = time_layers(shapes, batch, self.target, self.timing)
         self.measured += 1
         self.measure_seconds += time.perf_counter() - t0
         return medians, calls
@@ -829,7 +666,3 @@ def macs_model_ms(
     return baseline_ms * analytic_costs(policy, inventory, include_layers=False).macs / max(base, 1)
 
 
-def default_lut_path() -> Path:
-    """``$AUTOCOMPRESS_CACHE/latency_lut.json`` (``~/.cache/autocompress`` by default)."""
-    root = os.environ.get("AUTOCOMPRESS_CACHE") or Path.home() / ".cache" / "autocompress"
-    return Path(root) / DEFAULT_FILE

@@ -1,4 +1,4 @@
-"""Timing whole models on the target, one timing at a time on each host.
+"""Timing on the target: lone layers and whole models, one timing at a time on each host.
 
 Two timings that overlap on one machine slow each other down, and whichever reads the
 slower spell decides a budget. Every timing autocompress takes (the latency table's layers
@@ -21,11 +21,16 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
+from autocompress.cost.analytic import LayerShape
+from autocompress.cost.lut_store import conv_padding, int8_weights
 from autocompress.cost.target import Target
 
 LOCK_ENV = "AUTOCOMPRESS_TIMING_LOCK"
@@ -106,3 +111,121 @@ def paired_model_ms(model: nn.Module, reference: nn.Module, example_input: Any,
         mine, ref = measure_models_interleaved([model, reference], example_input, target,
                                                runs=WHOLE_MODEL_RUNS, blocks=MODEL_BLOCKS)
     return float(mine.stable_ms), float(ref.stable_ms)
+
+
+# ---------------------------------------------------------------- lone layers
+@dataclass(frozen=True)
+class LayerTiming:
+    """Settings of single-layer measurements: ``blocks`` x ``runs`` timed runs, min of medians.
+
+    The minimum over many short blocks of each block's median finds the quiet
+    moments of a shared machine (load only ever adds time) while one odd fast
+    run cannot set it; whole models are measured the same way
+    (:data:`MODEL_BLOCKS`), so predictions and measurements compare like with like.
+    """
+
+    blocks: int = 10
+    runs: int = 3
+    warmup: int = 3
+    min_run_ms: float = 2.0
+
+
+def layer_module(shape: LayerShape) -> nn.Module:
+    """A module with exactly the shape and structure ``apply_policy`` gives this layer.
+
+    The dense layer or ``Sequential(first, second)`` low-rank factors; for
+    ``act_bits`` 8 behind an ``ActFakeQuant`` (QuantizeLinear/DequantizeLinear in
+    ONNX), with the first weight exported as int8 QDQ when the weights are
+    quantised too (as :mod:`autocompress.methods.quantize` does); with ``q_out``, its
+    output quantised too, as the next layer's 8-bit input does inside the model (ONNX
+    Runtime then runs one integer kernel, see :func:`with_int8_fusion`).
+    """
+    from autocompress.methods.quantize import ActFakeQuant, attach_weight_qdq, weight_scale
+
+    cin, cout, r = shape.in_channels, shape.out_channels, shape.rank
+    core: nn.Module
+    first: nn.Conv2d | nn.Linear
+    if shape.kind == "Linear":
+        if r is None:
+            core = first = nn.Linear(cin, cout, bias=shape.has_bias)
+        else:
+            first = nn.Linear(cin, r, bias=False)
+            core = nn.Sequential(first, nn.Linear(r, cout, bias=shape.has_bias))
+    else:
+        pad = conv_padding(shape)
+        if r is None:
+            core = first = nn.Conv2d(
+                cin, cout, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
+                groups=shape.groups, bias=shape.has_bias,
+            )
+        else:
+            first = nn.Conv2d(cin, r, shape.kernel_size, shape.stride, pad,  # type: ignore[arg-type]
+                              bias=False)
+            core = nn.Sequential(first, nn.Conv2d(r, cout, 1, bias=shape.has_bias))
+    if shape.act_bits == 8:
+        if int8_weights(shape):
+            with torch.no_grad():
+                attach_weight_qdq(first, weight_scale(first.weight, shape.weight_bits))
+        core = nn.Sequential(ActFakeQuant(scale=0.02, zero_point=128), core)
+        if shape.q_out:
+            core.append(ActFakeQuant(scale=0.02, zero_point=128))
+    return core.eval()
+
+
+def kernel_ops_elsewhere(shape: LayerShape) -> frozenset[str]:
+    """Op types a lone layer runs that, inside the model, belong to a neighbour's kernel.
+
+    With ``q_out`` the output's DequantizeLinear is the next layer's (its input); with
+    ``q_in`` the input's QuantizeLinear is done by the previous layer's integer kernel.
+    """
+    ops = {"DequantizeLinear"} if shape.q_out else set()
+    if shape.q_in:
+        ops.add("QuantizeLinear")
+    return frozenset(ops)
+
+
+def layer_input(shape: LayerShape, batch: int) -> torch.Tensor:
+    """A random input of the layer's (pruned) input shape at ``batch``."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch, *shape.input_shape[1:], generator=gen)
+
+
+def time_layers(shapes: list[LayerShape], batch: int, target: Target,
+                timing: LayerTiming) -> tuple[list[list[float]], list[int]]:
+    """Block medians (ms) of each lone layer at ``batch``, timed in rounds, and its calls per run.
+
+    In ``torch``, the wall clock of the module call; in ``ort``, the layer's kernel time
+    from ONNX Runtime's own profiler, without the NCHWc reorders a lone layer pays at its
+    edges (inside a model they sit at layout changes only).
+
+    >>> from autocompress.cost.analytic import compressed_shapes
+    >>> from autocompress.cost.target import parse_target
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> from autocompress.policy import CompressionPolicy
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> shape = compressed_shapes(CompressionPolicy(layers={}), inv)[0]
+    >>> medians, calls = time_layers([shape], 4, parse_target("torch-1t"), LayerTiming(blocks=2))
+    >>> len(medians[0]), min(medians[0]) > 0
+    (2, True)
+    """
+    from autocompress.cost.latency import (
+        make_runner,
+        measure_interleaved,
+        ort_kernel_times_interleaved,
+        torch_threads,
+    )
+
+    t = timing
+    built = [(layer_module(s), layer_input(s, batch)) for s in shapes]
+    with timing_lock(), torch_threads(target.threads):
+        if target.runtime == "ort":
+            runs = ort_kernel_times_interleaved(
+                built, target.threads, runs=t.runs, warmup=t.warmup, blocks=t.blocks,
+                excluded_ops=[kernel_ops_elsewhere(s) for s in shapes])
+            medians = [[float(np.median(b)) for b in np.array_split(r, t.blocks)] for r in runs]
+            return medians, [1] * len(shapes)
+        stats, medians = measure_interleaved(
+            [make_runner(m, x, target) for m, x in built], runs=t.blocks * t.runs,
+            blocks=t.blocks, warmup=t.warmup, min_run_ms=t.min_run_ms)
+        return medians, [st.calls_per_run for st in stats]

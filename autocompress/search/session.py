@@ -427,7 +427,7 @@ def _fmt(v: float | None) -> str:
 
 def _seed_lut(path: Path) -> Path:
     """Start the run's latency table from the shared cache (same machine, same targets)."""
-    from autocompress.cost.lut import default_lut_path
+    from autocompress.cost.lut_store import default_lut_path
 
     shared = default_lut_path()
     if not path.exists() and shared.is_file():
@@ -438,7 +438,7 @@ def _seed_lut(path: Path) -> Path:
 
 def _share_lut(lut: LatencyLUT) -> None:
     """Merge the run's latency table into the shared cache so later runs reuse it."""
-    from autocompress.cost.lut import default_lut_path
+    from autocompress.cost.lut_store import default_lut_path
 
     try:
         lut.save(default_lut_path())
