@@ -39,7 +39,7 @@ from autocompress.policy import CompressionPolicy
 from autocompress.search.config import SearchConfig
 from autocompress.search.ray_backend import RAY_DIR
 from autocompress.search.record import TrialRecord
-from autocompress.search.session import LUT_FILE
+from autocompress.search.session import LUT_FILE, WARM_STARTED
 from autocompress.search.storage import STUDY_FILE
 from autocompress.tasks.base import Task
 
@@ -174,6 +174,9 @@ def test_finished_trials_carry_the_whole_record(runs: Callable[[Case], Run], cas
         # repeat_of is written exactly when the trial took an earlier trial's outcome
         if "repeat_of" in t.user_attrs:
             assert t.user_attrs["repeat_of"] < t.number and t.user_attrs["feasible"] is False
+    # a sampled strategy starts from the uniform warm start, marked the same on every backend
+    warm = [t.number for t in finished if t.user_attrs.get("warm_start") == "uniform"]
+    assert warm == ([0] if case.strategy in WARM_STARTED else [])
     # the Ray case must have trials carried over from Ray results, not run by Optuna
     assert all((t.user_attrs.get("backend") == "ray") == (case.backend == "ray") for t in finished)
 

@@ -233,8 +233,12 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     proposals = Proposals(objective, taken)
     pareto = objective.mode != "constrained"
     common: dict[str, Any] = {}
+    planned = params_key(params) in objective.planned
+    # run_ray plans one point, the uniform warm start: marked as the Optuna backends mark it.
+    warm = {"warm_start": "uniform"} if planned else {}
 
     def judged(record: Any) -> None:
+        record.extra.update(warm)
         attrs = record.to_attrs()
         common.update({ATTRS: json.dumps(attrs), CONSTRAINTS: json.dumps(attrs["violations"])})
         if pareto:
@@ -246,10 +250,10 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
         return False  # ASHA decides outside: a stopped trial's process simply ends
 
     prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
-    result = run_trial(proposals, trial_id, params,
-                       planned=params_key(params) in objective.planned, report=report,
+    result = run_trial(proposals, trial_id, params, planned=planned, report=report,
                        provenance=prov, judged=judged)
     assert not isinstance(result, Repeat)  # ClaimsTaken knows no earlier outcomes
+    result.record.extra.update(warm)
     taken.share()
     if lut is not None:
         lut.save()  # layer shapes this trial measured serve the next trials
