@@ -54,7 +54,7 @@ SETTINGS: dict[str, Any] = {"task": "digits", "target": "torch-1t-b8", "trials":
 ONLY_SOMETIMES = {"extra", "repeat_of"}
 RECORD_FIELDS = set(TrialRecord.__dataclass_fields__) - ONLY_SOMETIMES
 # trials.csv columns docs/results.md names as present only when some trial has them.
-OPTIONAL_COLUMNS = {"worker", "warm_start", "planned", "policy_claim", "repeat_of", "screened",
+OPTIONAL_COLUMNS = {"warm_start", "planned", "policy_claim", "repeat_of", "screened",
                     "requeued_from", "error", "backend", "ray_trial_id", "stopped_by",
                     "stopped_at_step"}
 # Written by the search before the first trial (session.prepare_run), not by the export.

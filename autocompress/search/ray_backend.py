@@ -212,6 +212,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     from ray import tune
     from ray.tune.utils import flatten_dict
 
+    from autocompress.search.optuna_backend import worker_id
     from autocompress.search.trial import Proposals, Repeat, run_trial
 
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
@@ -234,11 +235,12 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     pareto = objective.mode != "constrained"
     common: dict[str, Any] = {}
     planned = params_key(params) in objective.planned
-    # run_ray plans one point, the uniform warm start: marked as the Optuna backends mark it.
-    warm = {"warm_start": "uniform"} if planned else {}
+    # What the Optuna backends write on a trial besides its record: the process that ran it,
+    # and the uniform warm start (the one point run_ray plans).
+    marks = {"worker": worker_id(), **({"warm_start": "uniform"} if planned else {})}
 
     def judged(record: Any) -> None:
-        record.extra.update(warm)
+        record.extra.update(marks)
         attrs = record.to_attrs()
         common.update({ATTRS: json.dumps(attrs), CONSTRAINTS: json.dumps(attrs["violations"])})
         if pareto:
@@ -253,7 +255,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     result = run_trial(proposals, trial_id, params, planned=planned, report=report,
                        provenance=prov, judged=judged)
     assert not isinstance(result, Repeat)  # ClaimsTaken knows no earlier outcomes
-    result.record.extra.update(warm)
+    result.record.extra.update(marks)
     taken.share()
     if lut is not None:
         lut.save()  # layer shapes this trial measured serve the next trials
