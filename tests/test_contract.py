@@ -15,7 +15,8 @@ The contract (docs/results.md, :mod:`autocompress.search.record`):
 
 Each case is a real search (real Optuna storage, real Ray trials) of a few tiny trials on the
 digits task; the reference is the first case, tpe in process under a MACs budget. One case
-has a latency budget, so the fields of a candidate timed on the target are filled in.
+has a latency budget, so the fields of a candidate timed on the target are filled in; in the
+Ray case ASHA stops a trial, so a PRUNED trial's record is checked too.
 """
 
 from __future__ import annotations
@@ -138,8 +139,17 @@ def _run(case: Case, task: Task, root: Path) -> Run:
     if case.backend == "search":
         run(_config(case, out), task=task)
     elif case.backend == "ray":
-        # Ray's own runtime on the 2 CPUs CI has, one trial at a time (as test_ray_backend).
-        run_ray(_config(case, out), task=task, num_cpus=2, max_concurrent=1)
+        from autocompress.inventory import build_inventory
+        from autocompress.space import default_space
+
+        # After the warm start, the most compressed policy (as drawn: no fill) scores far
+        # below it at ASHA's first rung and is stopped there: a PRUNED trial, written from
+        # what the trial reported before its fine-tune. Ray's own runtime on the 2 CPUs CI
+        # has, one trial at a time (as test_ray_backend).
+        space = default_space(task.name).resolve(build_inventory(task.model, task.example_input))
+        cfg = _config(case, out, finetune_steps=10, report_every=5, fill_budget=False)
+        run_ray(cfg, task=task, num_cpus=2, max_concurrent=1,
+                points_to_evaluate=[space.smallest_params()])
     else:
         out = _run_workers(case, task, root)
     return Run(case, out, load_run_study(out))
@@ -177,6 +187,9 @@ def test_finished_trials_carry_the_whole_record(runs: Callable[[Case], Run], cas
     # a sampled strategy starts from the uniform warm start, marked the same on every backend
     warm = [t.number for t in finished if t.user_attrs.get("warm_start") == "uniform"]
     assert warm == ([0] if case.strategy in WARM_STARTED else [])
+    if case.backend == "ray":  # the path of a trial ASHA stopped is among those checked
+        assert [(t.state, t.user_attrs.get("stopped_by")) for t in finished] == [
+            (TrialState.COMPLETE, None), (TrialState.PRUNED, "asha")]
     # the Ray case must have trials carried over from Ray results, not run by Optuna
     assert all((t.user_attrs.get("backend") == "ray") == (case.backend == "ray") for t in finished)
 
