@@ -190,10 +190,24 @@ def test_validate_scores_given_policies_absolute_and_relative(cnn, tmp_path):
     report = validate(model, X, inv, lut, n=99, runs=6, policies=policies, retest=True,
                       progress=lambda i, total: seen.append((i, total)))
     assert [r["layers"] for r in report.rows] == [p.to_dict()["layers"] for p in policies]
-    for scores in (report.lut, report.macs, report.lut_relative, report.macs_relative,
-                   report.retest, report.retest_relative):
+    rows, base = report.rows, report.baseline_ms
+    measured, ratios = [r["measured_ms"] for r in rows], [r["measured_ratio"] for r in rows]
+    # each score compares its own predictions with its own measurements (absolute or ratio)
+    pairs = {
+        "lut": ([r["lut_ms"] for r in rows], measured),
+        "macs": ([r["macs_ms"] for r in rows], measured),
+        "lut_relative": ([r["lut_ms"] / base for r in rows], ratios),
+        "macs_relative": ([r["macs_ms"] / base for r in rows], ratios),
+        "retest": ([r["retest_measured_ms"] for r in rows], measured),
+        "retest_relative": ([r["retest_ratio"] for r in rows], ratios),
+    }
+    for name, (predicted, truth) in pairs.items():
+        scores = getattr(report, name)
         assert set(scores) == {"kendall_tau", "mape", "within_10pct"}
-        assert scores["mape"] >= 0
+        errors = [abs(p - m) / m for p, m in zip(predicted, truth, strict=True)]
+        assert scores["mape"] == pytest.approx(100 * sum(errors) / len(errors)), name
+        assert scores["within_10pct"] == pytest.approx(
+            100 * sum(e <= 0.10 for e in errors) / len(errors)), name
     # the digits space prunes at most 75% of channels: every model keeps a measurable share
     assert all(0.05 < r["measured_ratio"] < 2.0 for r in report.rows)
     # the retest measured every policy a second time, in a pass of its own

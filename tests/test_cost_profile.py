@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -21,7 +22,12 @@ def test_profile_json_with_validate(digits_task, tmp_path, capsys):
         assert set(out[model]) == {"kendall_tau", "mape", "within_10pct"}
         tau = out[model]["kendall_tau"]
         assert tau != tau or -1.0 <= tau <= 1.0  # NaN when 3 noisy timings tie
-        assert out[model]["mape"] >= 0 and 0 <= out[model]["within_10pct"] <= 100
+        assert math.isfinite(out[model]["mape"]) and 0 <= out[model]["within_10pct"] <= 100
+    # the absolute scores are those of the policies' rows the output lists
+    rows = out["policies"]
+    for model, key in (("lut", "lut_ms"), ("macs", "macs_ms")):
+        errors = [abs(r[key] - r["measured_ms"]) / r["measured_ms"] for r in rows]
+        assert out[model]["mape"] == pytest.approx(100 * sum(errors) / len(errors)), model
     assert out["target"] == "torch-cpu-1t-b8"
     assert [row["fqn"] for row in out["layers"]] == [
         "features.0", "features.2", "classifier.1", "classifier.3"]

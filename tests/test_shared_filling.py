@@ -61,10 +61,11 @@ def test_no_two_workers_train_the_same_policy(shared_study):
                and REPEAT_ATTR not in t.user_attrs]
     digests = [policy_digest(t.user_attrs["policy"]) for t in trained]
     assert len(digests) == len(set(digests))
-    # each filled policy was claimed, under its own digest, before its fine-tune
+    # each trained policy (filled or, as the warm start, planned) was claimed, under its own
+    # digest, before its fine-tune
+    assert any(t.user_attrs["policy"]["provenance"].get("fill") for t in trained)
     for t in trained:
-        if t.user_attrs["policy"]["provenance"].get("fill"):
-            assert t.user_attrs[CLAIM_ATTR] == policy_digest(t.user_attrs["policy"])
+        assert t.user_attrs[CLAIM_ATTR] == policy_digest(t.user_attrs["policy"])
     # proposals walked off policies taken by the other worker, not only by their own
     walked = [t for t in trained if "neighbour" in (t.user_attrs["policy"]["provenance"].get("fill") or {})]
     assert walked

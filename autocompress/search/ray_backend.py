@@ -213,6 +213,7 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     from ray import tune
     from ray.tune.utils import flatten_dict
 
+    from autocompress.search.optuna_backend import worker_id
     from autocompress.search.trial import Proposals, Repeat, run_trial
 
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
@@ -234,8 +235,13 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     proposals = Proposals(objective, taken)
     pareto = objective.mode != "constrained"
     common: dict[str, Any] = {}
+    planned = params_key(params) in objective.planned
+    # What the Optuna backends write on a trial besides its record: the process that ran it,
+    # and the uniform warm start (the one point run_ray plans).
+    marks = {"worker": worker_id(), **({"warm_start": "uniform"} if planned else {})}
 
     def judged(record: Any) -> None:
+        record.extra.update(marks)
         attrs = record.to_attrs()
         common.update({ATTRS: json.dumps(attrs), CONSTRAINTS: json.dumps(attrs["violations"])})
         if pareto:
@@ -247,10 +253,10 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
         return False  # ASHA decides outside: a stopped trial's process simply ends
 
     prov = {"backend": "ray", "study": kit.study_name, "ray_trial": trial_id}
-    result = run_trial(proposals, trial_id, params,
-                       planned=params_key(params) in objective.planned, report=report,
+    result = run_trial(proposals, trial_id, params, planned=planned, report=report,
                        provenance=prov, judged=judged)
     assert not isinstance(result, Repeat)  # RayTakenPolicies knows no earlier outcomes
+    result.record.extra.update(marks)
     taken.share()
     if lut is not None:
         lut.save()  # layer shapes this trial measured serve the next trials

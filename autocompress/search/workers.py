@@ -348,6 +348,14 @@ def export_shared_study(
     if task is None:
         task = load_task(cfg["task"], data_dir=data_dir or cfg.get("data_dir"),
                          checkpoint=cfg.get("checkpoint"))
+    if not (out_dir / "config.resolved.yaml").is_file():
+        # The workers wrote their run files into their own folders: the results folder gets
+        # the study's stored settings and this machine, where the best model is measured.
+        from autocompress import __version__
+        from autocompress.cost import parse_target
+
+        target = parse_target(cfg.get("target", "ort")).with_batch(task.target_batch_size)
+        session._write_run_files(out_dir, {"version": __version__, **cfg}, target)
     lut = out_dir / "latency_lut.json"
     return export_results(
         study, task, out_dir, target=cfg.get("target", "ort"), budget=cfg["budget"],
