@@ -2,7 +2,7 @@
 
 A target is written as a short string a user can type, ``<runtime>[-cpu][-<N>t][-b<B>]``:
 ``ort``, ``torch``, ``ort-cpu-2t``, ``ort-cpu-2t-b64``, ``torch-4t-b1``. Parts left out
-take their defaults: threads ``min(4, os.cpu_count())`` and the task's
+take their defaults: threads ``min(4, os.cpu_count() - 1)`` and the task's
 ``target_batch_size`` (filled in by :meth:`Target.with_batch`).
 """
 
@@ -27,12 +27,15 @@ _PATTERN = re.compile(r"^(?P<runtime>[a-z]+)(?:-cpu)?(?:-(?P<threads>\d+)t)?(?:-
 
 
 def default_threads() -> int:
-    """Intra-op threads used when a target names none: ``min(4, os.cpu_count())``.
+    """Intra-op threads used when a target names none: one core fewer than the machine has,
+    at least 1 and at most 4.
 
-    Four threads is where small-batch CPU inference stops scaling on most
-    machines; fewer cores than that means all of them.
+    A timing on every core competes with everything else the machine runs (the search's
+    own process, other workers, the system) and does not repeat itself, so no latency
+    model can hold there (benchmarks/results/latency_fidelity_retest_2t.md); four threads
+    is where small-batch CPU inference stops scaling on most machines.
     """
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 @dataclass(frozen=True)

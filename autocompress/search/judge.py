@@ -42,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ MEASURED_GUARD = 0.03
 # table's single predictions are off by up to about this much.
 PREDICTION_TOLERANCE = 0.10
 LATENCY = "latency"
+# The correction's prior weight: as many timed candidates that matched their predictions.
+PRIOR_TIMINGS = 2
 
 
 @dataclass
@@ -69,16 +72,21 @@ class Correction:
     """Measured over predicted speed ratios; their median multiplies later predictions.
 
     Keyed by trial, so reading the same trial twice (a shared study, a resumed run) counts
-    it once. Before the first measurement the factor is 1.
+    it once. The median (of the logs) is shrunk toward 1 as if :data:`PRIOR_TIMINGS` timed
+    candidates had matched their predictions: one timing taken in a slow moment must not
+    move every later prediction by its whole error.
 
     >>> c = Correction()
     >>> c.factor
     1.0
-    >>> c.observe("1", measured_ratio=0.36, predicted_ratio=0.30)
-    >>> c.observe("2", measured_ratio=0.50, predicted_ratio=0.50)
-    >>> c.observe("2", measured_ratio=0.50, predicted_ratio=0.50)  # the same trial again
-    >>> round(c.factor, 3), len(c.ratios)
-    (1.1, 2)
+    >>> c.observe("1", measured_ratio=0.60, predicted_ratio=0.30)
+    >>> round(c.factor, 3)  # one timing 2x its prediction: a third of the way, in logs
+    1.26
+    >>> for k in "23456789":
+    ...     c.observe(k, measured_ratio=0.60, predicted_ratio=0.30)
+    >>> c.observe("9", measured_ratio=0.60, predicted_ratio=0.30)  # the same trial again
+    >>> round(c.factor, 3), len(c.ratios)  # nine timings agree: most of the way
+    (1.763, 9)
     """
 
     ratios: dict[str, float] = field(default_factory=dict)
@@ -86,7 +94,11 @@ class Correction:
     @property
     def factor(self) -> float:
         """What latency predictions are multiplied by (1 before any measurement)."""
-        return float(statistics.median(self.ratios.values())) if self.ratios else 1.0
+        n = len(self.ratios)
+        if not n:
+            return 1.0
+        log_median = statistics.median(math.log(r) for r in self.ratios.values())
+        return float(math.exp(log_median * n / (n + PRIOR_TIMINGS)))
 
     def observe(self, key: str, measured_ratio: float, predicted_ratio: float) -> None:
         """Learn from one timed candidate (both ratios to the uncompressed model)."""
