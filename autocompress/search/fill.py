@@ -1,10 +1,8 @@
 """Budget filling: move a sampled candidate to the edge of the budget before it is trained.
 
 Accuracy falls with compression, so the best candidate under a budget uses all of
-it. A sampler's proposals mostly miss that edge: in a 20-trial TPE run on the
-digits CNN under ``latency<=0.35x``, half of the trained candidates were predicted
-at 0.20-0.29x (over-compressed: 85-92% accuracy against 93% at the edge) and a
-fifth over the budget (never trained). As AMC clips each action so that the whole
+it. A sampler's proposals mostly miss that edge: many land far inside the budget,
+over-compressed, and many over it, never trained. As AMC clips each action so that the whole
 model lands on its resource budget, a proposal here is moved along the line from
 the uncompressed model through the proposal to a corner of the space (the most
 compressed point when the budget admits it, else the first corner that the budget
@@ -217,10 +215,9 @@ def _neighbour(params: Params, levels: dict[str, list[Any]], meets: Callable[[Pa
                rng: random.Random) -> tuple[str, Params] | None:
     """A new point next to ``params`` on the budget's edge, or a step further inside it.
 
-    Filling maps many proposals onto one edge point, and a small space holds few of them
-    (the digits MLP's a handful): in stop 13, 5 filled TPE proposals in a row landing on
-    trained policies ended filling for the run, and the proposals drawn as they were after
-    that were mostly over the budget, each one a TPE ask (15-25 ms) for nothing. So the
+    Filling maps many proposals onto one edge point, and a small space holds few of them:
+    without a walk, filling ends after a few repeats and the proposals drawn as they are
+    after that mostly land over the budget, each a sampler call for nothing. So the
     point walks instead (:func:`_walk`), first over the knobs the budget needs, each step
     one of them a level further with the slack handed to the others (on the edge, then
     inside it once the edge's neighbours are taken); when that walk reaches the corner,
@@ -276,8 +273,7 @@ def _use_slack(params: Params, levels: dict[str, list[Any]], meets: Callable[[Pa
     """Step knobs back one level at a time, in turn, while the budget still holds.
 
     The line moves every knob by whole levels, so its last feasible point can sit far
-    inside the budget: a rank going from 0.25 to 0.5 of a layer's is one step (on the
-    digits CNN under ``latency<=0.5x``, filled proposals landed at 0.32-0.47x). Each pass
+    inside the budget: a rank going from 0.25 to 0.5 of a layer's is one step. Each pass
     gives every knob one level back if the budget allows it, in a fixed order, so the
     slack is shared across layers rather than spent on the first; a knob that cannot
     move once cannot later either (the others only grow the cost), so it is left out; so

@@ -2,9 +2,9 @@
 
 Optuna's ``JournalFileBackend`` calls ``fsync`` after every log line, and one
 trial writes about 40 of them (creation, one per parameter, one per user
-attribute, intermediate values, the final state). On this machine an fsync
-costs about 0.3 ms, so a short trial spent more time making its bookkeeping
-crash-proof than Optuna spent sampling it.
+attribute, intermediate values, the final state). An fsync costs a fraction of a
+millisecond, so a short trial could spend more time making its bookkeeping
+crash-proof than Optuna spends sampling it.
 
 :class:`TrialDurableJournal` writes and flushes every line as Optuna does (so
 other processes reading the file, and a process killed with SIGKILL, lose
@@ -14,8 +14,7 @@ then lose at most the lines of the trial that was running, which a resumed
 search fails and re-runs anyway; every finished trial is on disk with all its
 attributes, because one ``fsync`` flushes everything written before it.
 
-Each storage call also costs a lock, an append and a read-back of the file
-(about 0.25 ms here); a trial records about 20 user attributes, so
+Each storage call also costs a lock, an append and a read-back of the file; a trial records about 20 user attributes, so
 :class:`BatchJournalStorage` writes them as one append of one line each (the
 same lines, readable by any Optuna) and reads back once. Use
 :func:`set_user_attrs`, which falls back to one call per attribute on other
