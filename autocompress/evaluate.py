@@ -42,6 +42,7 @@ from autocompress.policy import CompressionPolicy, LayerPolicy
 from autocompress.tasks.base import Task
 
 Report = Callable[[int, float], bool]  # (step, metric) -> should_stop
+LossFn = Callable[[Any, Any, Any], torch.Tensor]  # (student_out, teacher_out, batch) -> loss
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class FinetuneSettings:
     ``val_samples``: size of the fixed validation subset (None = all of it);
     ``report_every``: steps between intermediate metrics for a pruner (0 = never);
     ``calibration_batches``: training batches that set 8-bit activation ranges;
-    ``threads``: torch threads for the fine-tune and scoring (0 = leave torch's setting).
+    ``threads``: torch threads for the fine-tune and scoring (0 = leave torch's setting);
+    ``distill``: the distillation loss (:data:`DISTILL_LOSSES`, or ``auto``: the task's
+    own ``distill``, else :func:`distill_for`).
     One thread is the default: short fine-tunes of small models gain little from more,
     and OpenMP threads that compete for busy cores can slow them down many times over.
     Results are deterministic for a given thread count.
@@ -69,6 +72,7 @@ class FinetuneSettings:
     val_samples: int | None = 512
     calibration_batches: int = 4
     threads: int = 1
+    distill: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,29 +182,68 @@ def evaluate(model: nn.Module, task: Task, val_subset: DataLoader | None = None)
 
 
 # ---------------------------------------------------------------- fine-tune
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=-1), F.softmax(teacher / t, dim=-1),
+                    reduction="batchmean") * (t * t)
+
+
+def _mse(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.mse_loss(student, teacher)
+
+
+def _cosine(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    s, t = student.flatten(1).float(), teacher.flatten(1).float()
+    return (1.0 - F.cosine_similarity(s, t, dim=1)).mean()
+
+
+#: Distillation losses by name: ``kl`` on softened class scores, ``mse`` and ``cosine`` for
+#: embeddings, hidden states and regression outputs.
+DISTILL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "kl": _kl, "mse": _mse, "cosine": _cosine,
+}
+DISTILL_CHOICES = ("auto", *DISTILL_LOSSES)
+
+
+def distill_for(distill: str, student_out: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """The loss ``auto`` means for an output: ``kl`` for class scores, else ``mse``.
+
+    Class scores are a 2-D output whose batches carry integer labels, or no labels; float
+    labels (a regression or an embedding target) and any other output take ``mse``.
+
+    >>> distill_for("auto", torch.zeros(4, 10), torch.zeros(4, dtype=torch.long))
+    'kl'
+    >>> distill_for("auto", torch.zeros(4, 8, 32), None), distill_for("cosine", torch.zeros(4, 3), None)
+    ('mse', 'cosine')
+    """
+    if distill != "auto":
+        return distill
+    scores = student_out.dim() == 2 and student_out.shape[-1] > 1
+    float_labels = labels is not None and labels.is_floating_point()
+    return "kl" if scores and not float_labels else "mse"
+
+
 def kd_loss(
     student_out: torch.Tensor,
     teacher_out: torch.Tensor,
     labels: torch.Tensor | None,
     temperature: float,
     alpha: float,
+    distill: str = "auto",
 ) -> torch.Tensor:
-    """``alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * CE(student, labels)``.
+    """``alpha * distill(student, teacher) + (1 - alpha) * CE(student, labels)``.
 
-    Outputs that are not class scores (one column) use MSE to the teacher instead of KL.
+    ``distill``: a name of :data:`DISTILL_LOSSES`, or ``auto`` (:func:`distill_for`). The
+    cross-entropy term is added only for ``kl`` with integer class labels.
 
     >>> s = torch.tensor([[2.0, 0.0]]); round(float(kd_loss(s, s, None, 4.0, 1.0)), 4)
     0.0
+    >>> round(float(kd_loss(s, -s, None, 4.0, 1.0, distill="cosine")), 4)  # opposite directions
+    2.0
     """
-    if student_out.dim() >= 2 and student_out.shape[-1] > 1:
-        t = temperature
-        kd = F.kl_div(
-            F.log_softmax(student_out / t, dim=-1), F.softmax(teacher_out / t, dim=-1),
-            reduction="batchmean",
-        ) * (t * t)
-    else:
-        kd = F.mse_loss(student_out, teacher_out)
-    if labels is None or alpha >= 1.0:
+    name = distill_for(distill, student_out, labels)
+    kd = DISTILL_LOSSES[name](student_out, teacher_out, temperature)
+    if labels is None or alpha >= 1.0 or name != "kl" or labels.is_floating_point():
         return kd
     ce = F.cross_entropy(student_out, labels)
     return alpha * kd + (1.0 - alpha) * ce
@@ -234,6 +277,8 @@ def finetune(
     eval_fn: Callable[[nn.Module], float] | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     output: OutputSelector = None,
+    distill: str = "auto",
+    loss_fn: LossFn | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place for ``steps`` Adam steps with KD from ``teacher``.
 
@@ -243,6 +288,8 @@ def finetune(
     are re-imposed on the weights after every step. Batches may hold any
     :data:`~autocompress.inputs.ModelInput`; ``output`` picks the output tensor the loss
     compares when the model returns several (see :func:`autocompress.inputs.select_output`).
+    ``distill``: the distillation loss (:func:`kd_loss`); ``loss_fn(student_out,
+    teacher_out, batch) -> loss``: a task's own loss, used instead.
 
     >>> from torch.utils.data import TensorDataset
     >>> _ = torch.manual_seed(0); teacher = nn.Linear(4, 3); student = nn.Linear(4, 3)
@@ -268,11 +315,13 @@ def finetune(
     done = 0
     stopped = False
     for step in range(1, steps + 1):
-        x, labels = _split_batch(next(batches))
+        batch = next(batches)
+        x, labels = _split_batch(batch)
         with torch.no_grad():
             t_out = inputs.select_output(inputs.call(teacher, x), output)
         s_out = inputs.select_output(inputs.call(student, x), output)
-        loss = kd_loss(s_out, t_out, labels, temperature, alpha)
+        loss = (loss_fn(s_out, t_out, batch) if loss_fn is not None
+                else kd_loss(s_out, t_out, labels, temperature, alpha, distill))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -398,6 +447,8 @@ def _compress_and_score(
             temperature=settings.temperature, alpha=settings.alpha, seed=settings.seed,
             report=report, report_every=settings.report_every,
             eval_fn=scored if report is not None else None, masks=masks, output=task.output,
+            distill=settings.distill if settings.distill != "auto" else task.distill,
+            loss_fn=task.loss,
         )
     t1 = time.perf_counter()
     if has_quant:

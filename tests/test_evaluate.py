@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from autocompress.evaluate import (
     FinetuneSettings,
@@ -110,3 +111,82 @@ def test_finetune_keeps_masks_and_checks_arguments(digits_task):
         finetune(student, digits_task.model, digits_task.train_loader, steps=5,
                  report=lambda s, m: False)
     assert 0.0 <= evaluate(student, digits_task) <= 1.0
+
+
+# ---- the distillation loss fits the output ---------------------------------------------
+def test_each_distillation_loss_is_zero_on_the_teacher_and_grows_away_from_it():
+    from autocompress.evaluate import DISTILL_LOSSES, kd_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(8, 16)
+    for name in DISTILL_LOSSES:
+        same = float(kd_loss(teacher, teacher, None, 4.0, 1.0, name))
+        near = float(kd_loss(teacher + 0.1 * torch.randn(8, 16), teacher, None, 4.0, 1.0, name))
+        far = float(kd_loss(-teacher, teacher, None, 4.0, 1.0, name))
+        assert abs(same) < 1e-5 and 0 < near < far, name
+    # cosine ignores the scale of an embedding, MSE does not
+    assert float(kd_loss(3 * teacher, teacher, None, 4.0, 1.0, "cosine")) < 1e-5
+    assert float(kd_loss(3 * teacher, teacher, None, 4.0, 1.0, "mse")) > 1.0
+
+
+def test_auto_takes_kl_for_class_scores_and_mse_for_embeddings_with_float_targets():
+    from autocompress.evaluate import distill_for
+
+    logits, emb = torch.zeros(4, 10), torch.zeros(4, 384)
+    assert distill_for("auto", logits, torch.zeros(4, dtype=torch.long)) == "kl"
+    assert distill_for("auto", emb, torch.zeros(4, 384)) == "mse"  # float labels shaped like it
+    assert distill_for("auto", torch.zeros(4, 12, 32), None) == "mse"  # hidden states
+
+
+def _embedding_task(distill: str = "auto", loss=None):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from autocompress.tasks.base import Task
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32)).eval()
+    x = torch.randn(128, 16)
+    with torch.no_grad():
+        y = model(x)  # the teacher's embeddings as float labels
+
+    def cosine(m, loader):
+        with torch.no_grad():
+            return float(torch.cat([nn.functional.cosine_similarity(m(a), b, dim=1)
+                                    for a, b in loader]).mean())
+
+    dl = DataLoader(TensorDataset(x, y), batch_size=32)
+    return Task(name="emb", model=model, example_input=x[:1], train_loader=dl, val_loader=dl,
+                metric=cosine, metric_name="cosine", distill=distill, loss=loss)
+
+
+@pytest.mark.parametrize("distill", ["cosine", "mse"])
+def test_an_embedding_model_is_distilled_back_toward_its_teacher(distill):
+    from autocompress.evaluate import FinetuneSettings, compress_and_score
+    from autocompress.inventory import build_inventory
+
+    task = _embedding_task(distill)
+    inv = build_inventory(task.model, task.example_input)
+    policy = CompressionPolicy(layers={"0": LayerPolicy(prune=0.5)})
+    before = compress_and_score(task, policy, FinetuneSettings(steps=0), inv).metric
+    after = compress_and_score(task, policy, FinetuneSettings(steps=150, lr=1e-2), inv).metric
+    assert before < 0.99 and after > before + 0.01
+
+
+def test_a_task_loss_replaces_distillation_and_a_bad_distill_is_one_error():
+    from autocompress.errors import TaskError
+    from autocompress.evaluate import FinetuneSettings, compress_and_score
+    from autocompress.inventory import build_inventory
+
+    seen = []
+
+    def loss(student_out, teacher_out, batch):
+        seen.append(len(batch))  # the whole batch, labels included
+        return nn.functional.l1_loss(student_out, batch[1])
+
+    task = _embedding_task(loss=loss)
+    inv = build_inventory(task.model, task.example_input)
+    compress_and_score(task, CompressionPolicy(layers={"0": LayerPolicy(prune=0.5)}),
+                       FinetuneSettings(steps=5), inv)
+    assert seen == [2] * 5
+    with pytest.raises(TaskError, match="distill='hinge' is not one of auto, kl, mse, cosine"):
+        _embedding_task("hinge")

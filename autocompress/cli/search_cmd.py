@@ -46,6 +46,9 @@ def search(
         None, "--lut", help="search away from the target: a latency table profiled there "
         "(`autocompress profile --out`); latency is judged on its predictions only, and "
         "`autocompress verify RUN` measures the results on the target"),
+    distill: str = typer.Option(
+        None, "--distill", help="auto|kl|mse|cosine: the fine-tune's distillation loss (auto: "
+        "the task's own, else KL on class scores and MSE on other outputs) (default: auto)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -76,7 +79,7 @@ def search(
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,
         "out": out, "strategy": strategy, "mode": mode, "seed": seed, "warm_start": warm_start,
-        "fill_budget": fill_budget, "measure": measure, "lut": lut,
+        "fill_budget": fill_budget, "measure": measure, "lut": lut, "distill": distill,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
         "backend": backend, "ray_address": ray_address,

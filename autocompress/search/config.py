@@ -28,6 +28,7 @@ MODES: tuple[str, ...] = ("constrained", "pareto")
 RESUME_KEYS = (
     "task", "space_sha256", "budget", "target", "mode", "strategy", "seed",
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
+    "distill",
     "threads", "fill_budget", "measure",
     "checkpoint",
 )
@@ -57,6 +58,9 @@ class SearchConfig(BaseModel):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD loss (1 - alpha: CE)")
     report_every: int = Field(50, ge=0, description="fine-tune steps between pruner reports")
+    distill: Literal["auto", "kl", "mse", "cosine"] = Field(
+        "auto", description="the fine-tune's distillation loss: auto (the task's own, else KL "
+        "on class scores and MSE on other outputs), kl, mse or cosine (embeddings)")
     val_samples: int | None = Field(512, ge=1, description="fixed validation subset size")
     pruner: Literal["median", "none"] = "median"
     warm_start: Literal["uniform", "none"] = Field(

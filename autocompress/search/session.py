@@ -179,7 +179,7 @@ def prepare_run(
     settings = FinetuneSettings(
         steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
         seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
-        threads=cfg.threads,
+        threads=cfg.threads, distill=cfg.distill,
     )
     from autocompress import __version__
 

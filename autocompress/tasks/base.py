@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from autocompress import inputs
+from autocompress.errors import TaskError
 from autocompress.inputs import ModelInput, OutputSelector
 
 Metric = Callable[[nn.Module, DataLoader], float]
@@ -82,10 +83,24 @@ class Task:
     baseline_metric: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
     output: OutputSelector = None
+    #: The fine-tune's distillation loss: ``auto`` (KL on class scores, else MSE), ``kl``,
+    #: ``mse`` or ``cosine`` (embeddings); ``loss(student_out, teacher_out, batch)``
+    #: replaces it with the task's own.
+    distill: str = "auto"
+    loss: Callable[[Any, Any, Any], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.example_input = inputs.normalize(self.example_input,
                                               f"task {self.name!r}'s example input")
+        from autocompress.evaluate import DISTILL_CHOICES
+
+        if self.distill not in DISTILL_CHOICES:
+            raise TaskError(f"task {self.name!r}: distill={self.distill!r} is not one of "
+                            f"{', '.join(DISTILL_CHOICES)}; give one of them, or a loss "
+                            "callable (loss=...) for anything else")
+        if self.loss is not None and not callable(self.loss):
+            raise TaskError(f"task {self.name!r}: loss must be a callable (student_out, "
+                            f"teacher_out, batch) -> tensor, got {type(self.loss).__name__}")
 
     def evaluate(self, model: nn.Module | None = None) -> float:
         """The task metric of ``model`` (default: the task's own model) on the validation data."""
