@@ -84,12 +84,11 @@ def test_trials_carry_the_contract_attributes(digits_task, tmp_path):
     assert resolved["budget"] == "macs<=60%" and resolved["finetune"]["steps"] == 10
     assert "isa_flags" in json.loads((out / "env.json").read_text())
     feasible = [t for t in trials if t.user_attrs["feasible"]]
-    assert result.exit_status == (0 if feasible else 3)
-    if feasible:
-        best_metric = max(t.user_attrs["metric"] for t in feasible)
-        assert result.best_metric == best_metric  # ties go to the cheaper trial
-        assert study.trials[result.best_trial].user_attrs["metric"] == best_metric
-        assert result.best_policy is not None and result.best_policy.layers
+    assert feasible and result.exit_status == 0  # six trials were counted: all met macs<=60%
+    best_metric = max(t.user_attrs["metric"] for t in feasible)
+    assert result.best_metric == best_metric  # ties go to the cheaper trial
+    assert study.trials[result.best_trial].user_attrs["metric"] == best_metric
+    assert result.best_policy is not None and result.best_policy.layers
 
 
 def test_impossible_budget_exits_3_without_finetuning(digits_task, tmp_path):
@@ -253,7 +252,9 @@ def test_pareto_mode_with_nsga2(digits_task, tmp_path):
         assert len(t.values) == 2 and t.values[1] == t.user_attrs["macs"]  # cost = budget metric
 
 
-def test_latency_budget_uses_the_latency_table(digits_task, tmp_path):
+def test_latency_budget_uses_the_latency_table(digits_task, tmp_path, monkeypatch):
+    # An empty shared table, so filling proposals has new layer shapes to time whatever ran before.
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
     study = load(out)
@@ -328,7 +329,7 @@ def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, t
          trials=2)
     study = load(out)
     in_trials = sum(t.user_attrs["lut_measure_s"] for t in study.trials)
-    assert study.user_attrs["lut_measure_loop_s"] > in_trials >= 0
+    assert study.user_attrs["lut_measure_loop_s"] > in_trials
     fast(digits_task, out, strategy="uniform", budget="latency<=0.9x", target="torch-1t-b6",
          trials=3)  # a resumed run adds its own
     assert load(out).user_attrs["lut_measure_loop_s"] >= study.user_attrs["lut_measure_loop_s"]
