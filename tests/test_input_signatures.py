@@ -85,15 +85,7 @@ def ids(batch: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dict_task() -> Task:
-    torch.manual_seed(0)
-    data = DictData(64, seed=0)
-    return Task(
-        name="dict-ids", model=MaskedClassifier().eval(),
-        example_input={"input_ids": data.ids[:1], "attention_mask": data.mask[:1]},
-        train_loader=DataLoader(data, batch_size=16), val_loader=DataLoader(DictData(32, 1),
-                                                                           batch_size=16),
-        metric=top1_accuracy, output="logits", target_batch_size=4,
-    )
+    return make_dict_task()
 
 
 def tiny_bert() -> nn.Module:
