@@ -36,7 +36,7 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-TASK_HELP = "digits, digits-mlp, cifar10-resnet20, cifar10-resnet56, torchvision:<name> or pkg.mod:func"
+TASK_HELP = "digits, digits-mlp, minilm, cifar10-resnet20, cifar10-resnet56, torchvision:<name> or pkg.mod:func"
 
 
 def quiet_third_party() -> None:

@@ -34,6 +34,12 @@ def _digits_distorted(data_dir: str | None, checkpoint: str | None) -> Task:
     return digits_distorted_task(checkpoint)
 
 
+def _minilm(data_dir: str | None, checkpoint: str | None) -> Task:
+    from autocompress.tasks.minilm import minilm_task
+
+    return minilm_task(checkpoint)
+
+
 def _resnet(depth: int) -> TaskFactory:
     def factory(data_dir: str | None, checkpoint: str | None) -> Task:
         from autocompress.tasks.cifar import cifar_task
@@ -47,6 +53,7 @@ TASKS: dict[str, TaskFactory] = {
     "digits": _digits,
     "digits-mlp": _digits_mlp,
     "digits-distorted": _digits_distorted,
+    "minilm": _minilm,
     "cifar10-resnet20": _resnet(20),
     "cifar10-resnet56": _resnet(56),
 }
@@ -63,7 +70,7 @@ def load_task(name: str, data_dir: str | None = None, checkpoint: str | None = N
     >>> load_task("mnist")
     Traceback (most recent call last):
     ...
-    autocompress.errors.TaskError: unknown task 'mnist'; expected one of digits, digits-mlp, digits-distorted, cifar10-resnet20, cifar10-resnet56, torchvision:<model name> or a user task as package.module:function
+    autocompress.errors.TaskError: unknown task 'mnist'; expected one of digits, digits-mlp, digits-distorted, minilm, cifar10-resnet20, cifar10-resnet56, torchvision:<model name> or a user task as package.module:function
 
     The first ``digits`` load trains the baseline (about a minute) and caches it:
 
