@@ -225,7 +225,11 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """
     quick = " (QUICK: tiny sizes)" if meta.get("quick") else ""
     lines = [f"# GPU fine-tunes: trial time, CPU vs GPU{quick}",
-             "", f"CPU: {meta.get('cpu')}", f"GPU: {meta.get('gpu') or 'none'}", ""]
+             "", f"CPU: {meta.get('cpu')}", f"GPU: {meta.get('gpu') or 'none'}"]
+    if meta.get("loadavg_1m_start") is not None:  # a shared machine's load moves CPU numbers
+        lines.append(f"Load average (1 min) at start / end: {meta['loadavg_1m_start']:.2f} / "
+                     f"{meta.get('loadavg_1m_end', float('nan')):.2f}")
+    lines.append("")
     if meta.get("quick"):
         lines += ["Quick mode: tiny models and data, to check the script; these numbers say "
                   "nothing about real trial times.", ""]
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.steps or (3 if args.quick else FinetuneSettings().steps)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     meta = {"cpu": cpu_name(), "gpu": gpu, "quick": args.quick, "torch": torch.__version__,
-            "steps": steps, "benches": {}}
+            "steps": steps, "benches": {}, "loadavg_1m_start": os.getloadavg()[0]}
     rows: list[dict[str, Any]] = []
     for name in args.models.split(","):
         bench = BENCHES[name].quick() if args.quick else BENCHES[name]
@@ -302,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(measure(bench, torch.device("cuda", 0), precision, steps,
                                     concurrency=n))
                 print(json.dumps(rows[-1]), flush=True)
+    meta["loadavg_1m_end"] = os.getloadavg()[0]
     out.mkdir(parents=True, exist_ok=True)
     js.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     md.write_text(table(rows, meta))
