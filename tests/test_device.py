@@ -140,11 +140,13 @@ def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_search_on_the_cpu_device_writes_the_same_trials(digits_task, tmp_path, monkeypatch):
     from autocompress.search import objective as objective_mod
+    from autocompress.search import session as session_mod
 
     made: list[nn.Module] = []
-    real = objective_mod.teacher_on
-    monkeypatch.setattr(objective_mod, "teacher_on",
+    real = session_mod.teacher_on
+    monkeypatch.setattr(session_mod, "teacher_on",
                         lambda m, d: made.append(real(m, d)) or made[-1])
+    monkeypatch.setattr(objective_mod, "teacher_on", lambda m, d: pytest.fail("per trial"))
     a = fast(digits_task, tmp_path / "default")
     b = fast(digits_task, tmp_path / "cpu", device="cpu")
     assert len(made) == 2 and all(t is digits_task.model for t in made)  # once per run

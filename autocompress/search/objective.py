@@ -109,7 +109,8 @@ class Objective:
     are relative to. ``measure``: times a policy's model next to the uncompressed model
     on the target (None: away from the target, predictions decide; see
     :mod:`autocompress.search.judge`). ``fill``: move sampled proposals to the budget's
-    edge (:meth:`candidate`, :mod:`autocompress.search.fill`).
+    edge (:meth:`candidate`, :mod:`autocompress.search.fill`). ``teacher``: the uncompressed
+    model on the fine-tune's device (default: made on first use, :attr:`teacher`).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Objective:
         budget_baseline: Costs | None = None,
         fill: bool = False,
         measure: MeasureFn | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -157,7 +159,7 @@ class Objective:
         # params_key -> (feasible, constraints) the fill predicted, at (correction, latency_fn)
         self._screened: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
         self._screened_at: tuple[float, int] | None = None
-        self._teacher: nn.Module | None = None
+        self._teacher: nn.Module | None = teacher
 
     @property
     def teacher(self) -> nn.Module:

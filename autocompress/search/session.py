@@ -25,7 +25,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
-from autocompress.device import check_precision, resolve_device
+from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
 from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
 from autocompress.inventory import LayerInventory, build_inventory
@@ -218,8 +218,10 @@ def prepare_run(
             say(f"the latency table {cfg.lut} was measured on another machine "
                 f"({frozen.measured_on}): trials are judged on its predictions only, and "
                 "`autocompress verify` on the target measures the results")
+    # The teacher goes to the fine-tune's device once per run; the baseline is scored there.
+    teacher = None if on_trials else teacher_on(task.model, device)
     baseline = _baseline(study, task, inventory, target, val_loader, say,
-                         table=frozen)
+                         table=frozen, teacher=teacher, device=device)
     # Processes that created a shared study at the same moment may each have measured a
     # baseline; the one stored last is the study's, so every process judges the budget
     # against it (one process alone reads back its own value).
@@ -258,6 +260,7 @@ def prepare_run(
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
         measure=PolicyTimer(task, inventory, target) if cfg.measure and frozen is None else None,
+        teacher=teacher,
     )
     if not created:  # a resumed run takes up the correction its timings taught
         objective.judge.correction.observe_trials(study.get_trials(
@@ -358,11 +361,15 @@ def _baseline(
     val_loader: Any,
     say: Log,
     table: LatencyLUT | None = None,
+    teacher: torch.nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> Costs:
     """The uncompressed model's costs with its latency, measured once per study and stored.
 
     ``table``: a latency table profiled on the target, for a run away from it: its time of
-    the uncompressed model is taken, not a timing on this machine.
+    the uncompressed model is taken, not a timing on this machine. ``teacher``: the model
+    on the fine-tune's ``device``, where its metric is scored (latency: ``task.model`` on the
+    CPU target).
     """
     stored = study.user_attrs.get("baseline")
     costs = analytic_costs(None, inventory, include_layers=False)
@@ -372,7 +379,8 @@ def _baseline(
         latency = (table_model_ms(table, inventory, task) if table is not None
                    else whole_model_ms(task.model, task.example_input, target))
         stored = {
-            "metric": evaluate(task.model, task, val_loader),
+            "metric": evaluate(teacher if teacher is not None else task.model, task, val_loader,
+                               device if teacher is not None else None),
             "metric_name": task.metric_name,
             "higher_is_better": task.higher_is_better,
             "latency_ms": float(latency),
