@@ -8,7 +8,7 @@ sparsity and 8-bit weights wherever the model's default space has those knobs) a
 fine-tune steps, as a search runs it: the teacher is on the device before the first trial (moved once per run), latency is not
 part of a trial (it is timed on the CPU target either way).
 
-Rows: the CPU (all its cores for one trial) and, when CUDA is there, the GPU at each
+Rows: the CPU (``--cpu-threads`` torch threads, default 2: the goal's 2-core CPU) and, when CUDA is there, the GPU at each
 ``--precisions`` with 1 and 2 trials at once (two threads, each on its own CUDA stream:
 what two ``autocompress worker --device cuda:0`` processes share). Reported: seconds per
 trial (apply, fine-tune, score), trials per hour, peak GPU memory per trial. The goal:
@@ -169,16 +169,18 @@ def concurrent_trials(task: Any, inventory: Any, policy: Any, settings: Any, tea
 
 
 def measure(bench: Bench, device: torch.device, precision: str, steps: int,
-            timed_steps: int | None = None, concurrency: int = 1) -> dict[str, Any]:
+            timed_steps: int | None = None, concurrency: int = 1,
+            cpu_threads: int = 2) -> dict[str, Any]:
     """One row: ``bench`` on ``device`` at ``precision``; ``timed_steps`` < ``steps`` scales
-    the fine-tune's time to ``steps`` (the CPU's rows, when a full trial takes too long)."""
+    the fine-tune's time to ``steps`` (the CPU's rows, when a full trial takes too long);
+    ``cpu_threads``: torch threads of a CPU trial (the goal's 2-core CPU: 2)."""
     from autocompress.device import teacher_on
     from autocompress.evaluate import FinetuneSettings
 
     task = build_task(bench)
     inventory, policy = bench_policy(task)
     run_steps = timed_steps if timed_steps is not None and timed_steps < steps else steps
-    threads = (os.cpu_count() or 1) if device.type == "cpu" else 1
+    threads = cpu_threads if device.type == "cpu" else 1
     settings = FinetuneSettings(steps=run_steps, val_samples=bench.val_samples, report_every=0,
                                 threads=threads, device=str(device), precision=precision)
     teacher = teacher_on(task.model, device)  # once per run, as a search does
@@ -227,8 +229,12 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# GPU fine-tunes: trial time, CPU vs GPU{quick}",
              "", f"CPU: {meta.get('cpu')}", f"GPU: {meta.get('gpu') or 'none'}"]
     if meta.get("loadavg_1m_start") is not None:  # a shared machine's load moves CPU numbers
+        load = max(meta["loadavg_1m_start"], meta.get("loadavg_1m_end") or 0.0)
         lines.append(f"Load average (1 min) at start / end: {meta['loadavg_1m_start']:.2f} / "
                      f"{meta.get('loadavg_1m_end', float('nan')):.2f}")
+        if load > (meta.get("cpus") or os.cpu_count() or 1):
+            lines.append("The machine ran other jobs too (load above its core count): the CPU "
+                         "rows are slower than on a quiet machine, which flatters the GPU's ratio.")
     lines.append("")
     if meta.get("quick"):
         lines += ["Quick mode: tiny models and data, to check the script; these numbers say "
@@ -244,7 +250,10 @@ def table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if r.get("timed_steps", r["steps"]) < r["steps"]:
             steps += f" (fine-tune scaled from {r['timed_steps']} timed)"
         peak = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "-"
-        lines.append(f"| {r['model']} | {r['device']} | {r['precision']} | {r['concurrent']} | "
+        where = r["device"]
+        if where == "cpu" and "threads" in r:
+            where = f"cpu ({r['threads']} threads)"
+        lines.append(f"| {r['model']} | {where} | {r['precision']} | {r['concurrent']} | "
                      f"{steps} | {r['trial_s']:.2f} | {_num(r, 'apply_s')} | "
                      f"{_num(r, 'finetune_s')} | {_num(r, 'eval_s')} | "
                      f"{r['trials_per_hour']:.1f} | {peak} |")
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-steps", type=int, default=None,
                     help="time this many fine-tune steps on the CPU and scale to --steps")
     ap.add_argument("--precisions", default="fp32,bf16", help="GPU rows")
+    ap.add_argument("--cpu-threads", type=int, default=2, help="torch threads of a CPU trial")
     ap.add_argument("--no-cpu", action="store_true", help="GPU rows only")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: check the script")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -297,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         bench = BENCHES[name].quick() if args.quick else BENCHES[name]
         meta["benches"][name] = asdict(bench)
         if not args.no_cpu:
-            rows.append(measure(bench, torch.device("cpu"), "fp32", steps, args.cpu_steps))
+            rows.append(measure(bench, torch.device("cpu"), "fp32", steps, args.cpu_steps,
+                                cpu_threads=args.cpu_threads))
             print(json.dumps(rows[-1]), flush=True)
         if gpu is None:
             continue

@@ -47,12 +47,13 @@ def test_table_names_the_machines_and_judges_the_goal() -> None:
 
 def test_quick_run_writes_both_files(tmp_path) -> None:
     g = _bench()
-    g.main(["--quick", "--models", "bert-base", "--out", str(tmp_path), "--precisions", "bf16"])
+    g.main(["--quick", "--models", "bert-base", "--out", str(tmp_path), "--precisions", "bf16",
+            "--cpu-threads", "2"])
     data = json.loads((tmp_path / "gpu_finetune.json").read_text())
     assert data["meta"]["quick"] and data["rows"][0]["device"] == "cpu"
     assert all(r["trial_s"] > 0 and r["trials_per_hour"] > 0 for r in data["rows"])
     md = (tmp_path / "gpu_finetune.md").read_text()
-    assert "QUICK" in md and "| bert-base | cpu | fp32 | 1 | 3 |" in md
+    assert "QUICK" in md and "| bert-base | cpu (2 threads) | fp32 | 1 | 3 |" in md
     if not torch.cuda.is_available():
         assert "GPU rows were not measured" in md
 
