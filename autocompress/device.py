@@ -185,7 +185,8 @@ def loader_options(device: torch.device, dataset: Any = None) -> dict[str, Any]:
     if held and any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in held):
         return {}
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
-    return {"num_workers": workers, "pin_memory": True, "persistent_workers": False}
+    # Persistent: a fine-tune cycles its loader many times; new workers each pass cost a fork.
+    return {"num_workers": workers, "pin_memory": True, "persistent_workers": True}
 
 
 def describe(device: torch.device) -> str:
