@@ -61,3 +61,7 @@ class MethodError(AutocompressError):
 
 class ConfigError(AutocompressError):
     """A run configuration (CLI flags or --config YAML) that is invalid."""
+
+
+class DeviceError(AutocompressError):
+    """A ``--device`` or ``--precision`` this machine cannot run (no CUDA, no such GPU)."""

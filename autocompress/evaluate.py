@@ -35,6 +35,16 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from autocompress import inputs
+from autocompress.device import (
+    autocast,
+    check_precision,
+    input_on,
+    loader_options,
+    resolve_device,
+    scored_on,
+    teacher_on,
+    to_device,
+)
 from autocompress.errors import TaskError
 from autocompress.inputs import ModelInput, OutputSelector
 from autocompress.inventory import LayerInventory
@@ -54,7 +64,11 @@ class FinetuneSettings:
     ``calibration_batches``: training batches that set 8-bit activation ranges;
     ``threads``: torch threads for the fine-tune and scoring (0 = leave torch's setting);
     ``distill``: the distillation loss (:data:`DISTILL_LOSSES`, or ``auto``: the task's
-    own ``distill``, else :func:`distill_for`).
+    own ``distill``, else :func:`distill_for`);
+    ``device``: where the fine-tune, the scoring, the teacher and int8 calibration run
+    (:func:`autocompress.device.resolve_device`; latency is timed on the CPU target anyway);
+    ``precision``: autocast of the fine-tune's forward passes (``fp32`` = none, ``bf16``,
+    ``fp16`` on CUDA only).
     One thread is the default: short fine-tunes of small models gain little from more,
     and OpenMP threads that compete for busy cores can slow them down many times over.
     Results are deterministic for a given thread count.
@@ -73,6 +87,8 @@ class FinetuneSettings:
     calibration_batches: int = 4
     threads: int = 1
     distill: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,10 +132,14 @@ def _split_batch(batch: Any) -> tuple[ModelInput, torch.Tensor | None]:
     return x, None
 
 
-def seeded_loader(loader: DataLoader, seed: int) -> DataLoader:
+def seeded_loader(
+    loader: DataLoader, seed: int, device: torch.device | None = None
+) -> DataLoader:
     """The loader's dataset with the same batch size, shuffled by a generator seeded ``seed``.
 
-    An iterable dataset cannot be reshuffled; its loader is returned as is.
+    An iterable dataset cannot be reshuffled; its loader is returned as is. For a CUDA
+    ``device`` the batches load in worker processes into pinned memory
+    (:func:`autocompress.device.loader_options`); the order is the same.
     """
     dataset = loader.dataset
     if isinstance(dataset, IterableDataset):
@@ -127,6 +147,7 @@ def seeded_loader(loader: DataLoader, seed: int) -> DataLoader:
     return DataLoader(
         dataset, batch_size=loader.batch_size or 1, shuffle=True,
         generator=torch.Generator().manual_seed(seed), collate_fn=loader.collate_fn,
+        **loader_options(device or torch.device("cpu"), dataset),
     )
 
 
@@ -159,8 +180,16 @@ def val_subset(task: Task, n: int | None = 512, seed: int = 0) -> DataLoader:
     return DataLoader(sub, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
 
 
-def evaluate(model: nn.Module, task: Task, val_subset: DataLoader | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    val_subset: DataLoader | None = None,
+    device: torch.device | None = None,
+) -> float:
     """The task metric of ``model`` on ``val_subset`` (default: the task's validation loader).
+
+    ``device``: where ``model`` is (default the CPU); the metric still sees CPU batches and
+    outputs (:class:`autocompress.device.OnDevice`).
 
     >>> from torch.utils.data import TensorDataset
     >>> from autocompress.tasks.base import top1_accuracy
@@ -176,7 +205,7 @@ def evaluate(model: nn.Module, task: Task, val_subset: DataLoader | None = None)
     was_training = model.training
     model.eval()
     try:
-        return float(task.metric(model, loader))
+        return float(task.metric(scored_on(model, device or torch.device("cpu")), loader))
     finally:
         model.train(was_training)
 
@@ -279,6 +308,8 @@ def finetune(
     output: OutputSelector = None,
     distill: str = "auto",
     loss_fn: LossFn | None = None,
+    device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place for ``steps`` Adam steps with KD from ``teacher``.
 
@@ -289,7 +320,10 @@ def finetune(
     :data:`~autocompress.inputs.ModelInput`; ``output`` picks the output tensor the loss
     compares when the model returns several (see :func:`autocompress.inputs.select_output`).
     ``distill``: the distillation loss (:func:`kd_loss`); ``loss_fn(student_out,
-    teacher_out, batch) -> loss``: a task's own loss, used instead.
+    teacher_out, batch) -> loss``: a task's own loss, used instead. ``device``: where
+    ``student`` and ``teacher`` are (default the CPU); batches are moved there.
+    ``precision``: autocast of the forward passes (``fp16`` scales the loss); the loss
+    itself is computed in float32.
 
     >>> from torch.utils.data import TensorDataset
     >>> _ = torch.manual_seed(0); teacher = nn.Linear(4, 3); student = nn.Linear(4, 3)
@@ -304,27 +338,41 @@ def finetune(
         return FinetuneResult(0, False, 0.0, None, reports)
     if report is not None and eval_fn is None:
         raise ValueError("finetune: report needs eval_fn to measure the intermediate metric")
+    dev = device or torch.device("cpu")
+    check_precision(precision, dev)
     torch.manual_seed(seed)
     teacher.eval()
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range.
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     mask_modules = {name: student.get_submodule(name) for name in (masks or {})}
-    batches = _cycle(seeded_loader(train_loader, seed))
+    batches = _cycle(seeded_loader(train_loader, seed, dev))
     last = None
     done = 0
     stopped = False
     for step in range(1, steps + 1):
         batch = next(batches)
+        if dev.type != "cpu":
+            batch = to_device(batch, dev)
         x, labels = _split_batch(batch)
-        with torch.no_grad():
-            t_out = inputs.select_output(inputs.call(teacher, x), output)
-        s_out = inputs.select_output(inputs.call(student, x), output)
+        with autocast(dev, precision):
+            with torch.no_grad():
+                t_out = inputs.select_output(inputs.call(teacher, x), output)
+            s_out = inputs.select_output(inputs.call(student, x), output)
+        if precision != "fp32":
+            s_out, t_out = s_out.float(), t_out.float()
         loss = (loss_fn(s_out, t_out, batch) if loss_fn is not None
                 else kd_loss(s_out, t_out, labels, temperature, alpha, distill))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         if masks:
             with torch.no_grad():
                 for name, module in mask_modules.items():
@@ -402,6 +450,9 @@ def compress_and_score(
     This is the whole evaluation of one search candidate; the export calls it
     again with the same settings to rebuild the best model (deterministic).
     ``report(step, metric) -> should_stop`` receives intermediate metrics.
+    Everything runs on ``settings.device``: ``teacher`` (default: ``task.model``, copied
+    there) should already be on it, since the student is copied from it on the device.
+    The returned model is on that device.
     """
     if settings.threads > 0:
         from autocompress.cost.latency import torch_threads
@@ -423,21 +474,32 @@ def _compress_and_score(
 ) -> EvalResult:
     from autocompress.methods import apply_policy
 
-    teacher = teacher if teacher is not None else task.model
+    device = resolve_device(settings.device)
+    check_precision(settings.precision, device)
+    teacher = teacher_on(teacher if teacher is not None else task.model, device)
+    example = input_on(task.example_input, device)
     loader = val_loader if val_loader is not None else val_subset(task, settings.val_samples)
     calibration = calibration_batches(task, settings.calibration_batches) if any(
         lp.act_bits == 8 for lp in policy.layers.values()) else None
+    if calibration is not None and device.type != "cpu":
+        calibration = [input_on(c, device) for c in calibration]
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    student = apply_policy(task.model, structural_policy(policy), task.example_input, inventory)
+    # The student is copied from the teacher where it is: no round trip to the CPU.
+    student = apply_policy(teacher, structural_policy(policy), example, inventory)
+    if device.type != "cpu":
+        student = student.to(device)  # a method may have made new layers on the CPU
     apply_s = time.perf_counter() - t0
     has_quant = quantizes(policy)
 
+    def quantized(model: nn.Module) -> nn.Module:
+        q = quantize(model, policy, inventory, example, calibration)
+        return q.to(device) if device.type != "cpu" else q
+
     def scored(model: nn.Module) -> float:
         if not has_quant:
-            return evaluate(model, task, loader)
-        q = quantize(copy.deepcopy(model), policy, inventory, task.example_input, calibration)
-        return evaluate(q, task, loader)
+            return evaluate(model, task, loader, device)
+        return evaluate(quantized(copy.deepcopy(model)), task, loader, device)
 
     result = FinetuneResult(0, False, 0.0, None, [])
     if settings.steps > 0 and task.train_loader is not None:
@@ -448,13 +510,14 @@ def _compress_and_score(
             report=report, report_every=settings.report_every,
             eval_fn=scored if report is not None else None, masks=masks, output=task.output,
             distill=settings.distill if settings.distill != "auto" else task.distill,
-            loss_fn=task.loss,
+            loss_fn=task.loss, device=device, precision=settings.precision,
         )
     t1 = time.perf_counter()
     if has_quant:
-        student = quantize(student, policy, inventory, task.example_input, calibration)
+        student = quantized(student)
     # A pruned trial keeps its last intermediate value (measured on the quantised copy).
-    metric = result.reports[-1][1] if result.stopped else evaluate(student, task, loader)
+    metric = (result.reports[-1][1] if result.stopped
+              else evaluate(student, task, loader, device))
     eval_s = time.perf_counter() - t1
     return EvalResult(
         model=student.eval(), metric=metric, apply_s=apply_s, finetune_s=result.seconds,

@@ -18,6 +18,11 @@
 # The database must be reachable from every compute node; the DB user needs CREATE on it
 # the first time (Optuna creates its tables).
 #
+# GPUs: GPUS=1 bash examples/slurm_array.sh asks each array task for one GPU (--gres=gpu:1)
+# and runs its worker with --device cuda (SLURM shows the task only its own GPU, cuda:0).
+# Latency is still timed on the node's CPU, so GPU nodes must be the target's CPU type too.
+# Without GPUS (the default) every worker fine-tunes on its CPUs, as before.
+#
 #SBATCH --job-name=autocompress-worker
 #SBATCH --cpus-per-task=2
 #SBATCH --mem=4G
@@ -29,6 +34,7 @@ set -euo pipefail
 CONFIG=${CONFIG:-examples/search_digits.yaml}
 STUDY=${STUDY:-digits}
 WORKERS=${WORKERS:-8}
+GPUS=${GPUS:-0}                              # GPUs per worker (0: fine-tune on the CPUs)
 OUT=${OUT:-results/${STUDY}}
 AUTOCOMPRESS=${AUTOCOMPRESS:-autocompress}   # e.g. "$PWD/.venv/bin/autocompress"
 : "${AUTOCOMPRESS_STORAGE:?set AUTOCOMPRESS_STORAGE=postgresql://user:pass@host:5432/db}"
@@ -39,8 +45,10 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   init=$(sbatch --parsable --job-name=autocompress-init --cpus-per-task=2 --mem=4G \
     --time=00:30:00 --export=ALL \
     --wrap "${AUTOCOMPRESS} worker --config ${CONFIG} ${common} --init-only")
+  gres=()
+  if [[ "${GPUS}" != "0" ]]; then gres=(--gres="gpu:${GPUS}"); fi
   array=$(sbatch --parsable --dependency=afterok:${init} --array=0-$((WORKERS - 1)) \
-    --export=ALL,CONFIG=${CONFIG},STUDY=${STUDY} "$0")
+    ${gres[@]+"${gres[@]}"} --export=ALL,CONFIG=${CONFIG},STUDY=${STUDY},GPUS=${GPUS} "$0")
   export_job=$(sbatch --parsable --dependency=afterany:${array} --job-name=autocompress-export \
     --cpus-per-task=2 --mem=4G --time=01:00:00 --export=ALL \
     --wrap "${AUTOCOMPRESS} export ${common} --out ${OUT}")
@@ -53,7 +61,10 @@ fi
 # `threads` of them, 1 by default); the latency table goes to node-local scratch.
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 SCRATCH_DIR=${TMPDIR:-/tmp}/autocompress-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}-${SLURM_ARRAY_TASK_ID:-0}
+DEVICE=cpu
+if [[ "${GPUS}" != "0" ]]; then DEVICE=cuda; fi  # the GPU SLURM gave this task
 exec ${AUTOCOMPRESS} worker \
+  --device "${DEVICE}" \
   --config "${CONFIG}" \
   --storage "${AUTOCOMPRESS_STORAGE}" \
   --study "${STUDY}" \

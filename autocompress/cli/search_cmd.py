@@ -49,6 +49,15 @@ def search(
     distill: str = typer.Option(
         None, "--distill", help="auto|kl|mse|cosine: the fine-tune's distillation loss (auto: "
         "the task's own, else KL on class scores and MSE on other outputs) (default: auto)"),
+    device: str = typer.Option(
+        None, "--device", help="auto|cpu|cuda|cuda:N: where fine-tunes and scoring run; latency "
+        "is still timed on the CPU target (auto: CUDA if any) (default: cpu)"),
+    precision: str = typer.Option(
+        None, "--precision", help="fp32|bf16|fp16: autocast of the fine-tune (fp16: CUDA only) "
+        "(default: fp32)"),
+    gpus_per_trial: float = typer.Option(
+        None, "--gpus-per-trial", help="with --backend ray: GPUs each trial holds (0.5: two "
+        "trials per GPU) (default: 0)"),
     finetune_steps: int = typer.Option(None, "--finetune-steps",
                                        help="KD fine-tune steps per trial (default: 150)"),
     config: str = typer.Option(None, "--config", "-c",
@@ -82,7 +91,8 @@ def search(
         "fill_budget": fill_budget, "measure": measure, "lut": lut, "distill": distill,
         "finetune_steps": finetune_steps, "data_dir": data_dir, "checkpoint": checkpoint,
         "storage": storage, "study_name": study_name, "export": export,
-        "backend": backend, "ray_address": ray_address,
+        "backend": backend, "ray_address": ray_address, "device": device,
+        "precision": precision, "gpus_per_trial": gpus_per_trial,
     })
     # Checked here because the run creates its folder only after loading (maybe training) the task.
     check_out_folder(cfg.out_dir, "--out" if out is not None else "out")

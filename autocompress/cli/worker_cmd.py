@@ -36,6 +36,9 @@ def worker(
         None, "--out", "-o",
         help="local folder for this worker's run files and latency table (default: the config's out)"),
     data_dir: str = typer.Option(None, "--data-dir", help="dataset folder on this machine"),
+    device: str = typer.Option(
+        None, "--device", help="auto|cpu|cuda|cuda:N: where this worker fine-tunes (one worker "
+        "per GPU: cuda:0, cuda:1, ...); latency is timed on the CPU target (default: cpu)"),
     heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between trial heartbeats"),
     grace: int = typer.Option(
         None, "--grace", help="seconds without a heartbeat before a trial counts as dead "
@@ -66,6 +69,10 @@ def worker(
     )
 
     check_storage(storage)
+    if device is not None:  # a machine without that GPU fails before any storage or model work
+        from autocompress.device import resolve_device
+
+        resolve_device(device)
     st = open_storage(storage, heartbeat_interval=heartbeat, grace_period=grace,
                       max_retry=max_retry)
     if not is_rdb_url(storage):  # warned after opening: a bad URL gets its error line alone
@@ -73,7 +80,7 @@ def worker(
             "warning: a journal-file storage has no heartbeat: a trial of a killed worker "
             "stays RUNNING and is not retried", highlight=False)
     overrides = {"storage": storage, "study_name": study, "trials": trials, "out": out,
-                 "data_dir": data_dir, "export": False}
+                 "data_dir": data_dir, "export": False, "device": device}
     try:
         existing = load_shared_study(st, study)
     except ConfigError:  # not there yet: this worker creates it from --config

@@ -267,6 +267,10 @@ def finetune_settings(cfg: dict[str, Any], finetune: int | None = None) -> Finet
         settings = FinetuneSettings(**kwargs)
     if finetune is not None:
         settings = replace(settings, steps=int(finetune))
+    if settings.device != "cpu" and not torch.cuda.is_available():
+        # A study fine-tuned on a GPU is rebuilt on a machine without one: the CPU will do.
+        settings = replace(settings, device="cpu",
+                           precision="bf16" if settings.precision == "fp16" else settings.precision)
     return replace(settings, report_every=0)  # no pruner here: run every step
 
 
@@ -287,7 +291,8 @@ def rebuild_best_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = compress_and_score(task, policy, settings, inventory)
-    return result.model.eval(), float(result.metric), settings
+    # The search may have fine-tuned on a GPU; the files and ONNX export are CPU models.
+    return result.model.cpu().eval(), float(result.metric), settings
 
 
 def export_checked_onnx(model: nn.Module, task: Task, path: Path) -> float:

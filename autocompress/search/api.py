@@ -67,7 +67,7 @@ def search(
     ``task`` is a :class:`Task` or a task name; arguments left ``None`` come
     from ``config`` (a YAML file) or the defaults of :class:`SearchConfig`;
     ``settings`` takes any other :class:`SearchConfig` key (``lr``,
-    ``val_samples``, ``storage``, ``export``, ...). Re-running with the same
+    ``val_samples``, ``storage``, ``export``, ``device``, ...). Re-running with the same
     ``out`` resumes the study there.
     """
     overrides: dict[str, Any] = {

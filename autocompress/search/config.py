@@ -78,6 +78,13 @@ class SearchConfig(BaseModel):
         "--out`): the search runs away from the target, judges latency on the table's "
         "predictions only and re-measures nothing; `autocompress verify` measures on the target")
     threads: int = Field(1, ge=0, description="torch threads for fine-tunes (0 = torch default)")
+    device: str = Field(
+        "cpu", description="auto|cpu|cuda|cuda:N: where fine-tunes, scoring, the teacher and "
+        "int8 calibration run (latency is timed on the CPU target anyway); auto: CUDA if any")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast of the fine-tune's forward passes (fp16: CUDA only)")
+    gpus_per_trial: float = Field(
+        0.0, ge=0, description="--backend ray: GPUs Ray reserves per trial (0.5: two per GPU)")
     data_dir: str | None = None
     checkpoint: str | None = None
     storage: str | None = Field(None, description="Optuna storage URL; default journal file")

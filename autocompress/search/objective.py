@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from autocompress.cost import Budget, Costs, analytic_costs
+from autocompress.device import resolve_device, teacher_on
 from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, val_subset
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
@@ -107,7 +109,8 @@ class Objective:
     are relative to. ``measure``: times a policy's model next to the uncompressed model
     on the target (None: away from the target, predictions decide; see
     :mod:`autocompress.search.judge`). ``fill``: move sampled proposals to the budget's
-    edge (:meth:`candidate`, :mod:`autocompress.search.fill`).
+    edge (:meth:`candidate`, :mod:`autocompress.search.fill`). ``teacher``: the uncompressed
+    model on the fine-tune's device (default: made on first use, :attr:`teacher`).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Objective:
         budget_baseline: Costs | None = None,
         fill: bool = False,
         measure: MeasureFn | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         if budget.needs_latency and latency_fn is None:
             raise ValueError("the budget limits latency, so Objective needs a latency_fn")
@@ -155,6 +159,25 @@ class Objective:
         # params_key -> (feasible, constraints) the fill predicted, at (correction, latency_fn)
         self._screened: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
         self._screened_at: tuple[float, int] | None = None
+        self._teacher: nn.Module | None = teacher
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The uncompressed model on the fine-tune's device, made once per process.
+
+        On the CPU it is ``task.model`` itself; on a GPU one copy moved there, which every
+        trial distils from and copies its student from (``task.model`` stays on the CPU,
+        where latency is timed).
+        """
+        if self._teacher is None:
+            self._teacher = teacher_on(self.task.model, resolve_device(self.settings.device))
+        return self._teacher
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled objective (a Ray trial's) makes its teacher again on its own device.
+        state = self.__dict__.copy()
+        state["_teacher"] = None
+        return state
 
     # ---- what the study optimises ------------------------------------------
     @property
@@ -354,7 +377,7 @@ class Objective:
         if verdict.feasible:
             use_report = report if self.mode == "constrained" else None
             result = compress_and_score(
-                self.task, policy, self.settings, self.inventory,
+                self.task, policy, self.settings, self.inventory, teacher=self.teacher,
                 val_loader=self.val_loader, report=use_report,
             )
             metric = float(result.metric)

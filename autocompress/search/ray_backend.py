@@ -512,6 +512,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def trial_resources(cpus: float, gpus: float = 0.0) -> dict[str, float]:
+    """Ray's resources for one trial: its CPUs, and its GPUs when any (a fraction shares one).
+
+    Ray then shows a trial only its own GPU(s), so ``--device cuda`` there is ``cuda:0``.
+
+    >>> trial_resources(1), trial_resources(2, 0.5)
+    ({'cpu': 1}, {'cpu': 2, 'gpu': 0.5})
+    """
+    return {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
+
+
 def run_ray(
     cfg: SearchConfig,
     task: Task | None = None,
@@ -551,6 +562,10 @@ def run_ray(
         )
     if cpus_per_trial <= 0:
         raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
+    if cfg.gpus_per_trial > 0 and cfg.device == "cpu":
+        raise ConfigError(
+            f"gpus_per_trial={cfg.gpus_per_trial} reserves GPUs that --device cpu leaves idle; "
+            "give --device cuda (or auto) with it, or --gpus-per-trial 0")
     prep = prepare_run(cfg, task, log=say, warm_start=False)
     cfg, study, objective = prep.config, prep.study, prep.objective
     first = warm_start_params(cfg, objective, prep.space) if prep.created else None
@@ -573,7 +588,8 @@ def run_ray(
                            claims=start_taken_actor(study),
                            frozen=prep.lut is not None and prep.lut.frozen)
             trainable = tune.with_resources(
-                tune.with_parameters(ray_trainable, kit=kit), {"cpu": cpus_per_trial})
+                tune.with_parameters(ray_trainable, kit=kit), trial_resources(
+                    cpus_per_trial, cfg.gpus_per_trial))
             # Resume the last experiment of this run when Ray can; its trials keep their ids,
             # so record_results adds only what the study lacks.
             last = _last_experiment(exp_root)

@@ -25,6 +25,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
+from autocompress.device import check_precision, resolve_device, teacher_on
+from autocompress.device import describe as describe_device
 from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.pareto import BUDGET_BASELINE_ATTR
@@ -158,7 +160,11 @@ def prepare_run(
     """
     quiet_optuna()
     say: Log = log or LOG.warning
-    # Cheap checks first: a bad budget, target or space fails before any model is loaded.
+    # Cheap checks first: a bad budget, target, device or space fails before any model is loaded.
+    # Ray trials that hold GPUs resolve the device where they run; this node may have none.
+    on_trials = cfg.backend == "ray" and cfg.gpus_per_trial > 0
+    device = resolve_device("auto" if on_trials else cfg.device)
+    check_precision(cfg.precision, torch.device("cuda") if on_trials else device)
     budget = parse_budget(cfg.budget)
     target0 = parse_target(cfg.target)
     space = SearchSpace.load(cfg.space) if cfg.space else None
@@ -179,7 +185,7 @@ def prepare_run(
     settings = FinetuneSettings(
         steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
         seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
-        threads=cfg.threads, distill=cfg.distill,
+        threads=cfg.threads, distill=cfg.distill, device=cfg.device, precision=cfg.precision,
     )
     from autocompress import __version__
 
@@ -188,7 +194,7 @@ def prepare_run(
         "target": target.name, "space_sha256": space.sha256, "space_derived": space.derived,
         "finetune": settings.to_dict(),
     }
-    _write_run_files(out, resolved_cfg, target)
+    _write_run_files(out, resolved_cfg, target, device)
 
     if storage is None:
         storage = storage_for(out, cfg.storage)
@@ -212,8 +218,10 @@ def prepare_run(
             say(f"the latency table {cfg.lut} was measured on another machine "
                 f"({frozen.measured_on}): trials are judged on its predictions only, and "
                 "`autocompress verify` on the target measures the results")
+    # The teacher goes to the fine-tune's device once per run; the baseline is scored there.
+    teacher = None if on_trials else teacher_on(task.model, device)
     baseline = _baseline(study, task, inventory, target, val_loader, say,
-                         table=frozen)
+                         table=frozen, teacher=teacher, device=device)
     # Processes that created a shared study at the same moment may each have measured a
     # baseline; the one stored last is the study's, so every process judges the budget
     # against it (one process alone reads back its own value).
@@ -252,6 +260,7 @@ def prepare_run(
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
         measure=PolicyTimer(task, inventory, target) if cfg.measure and frozen is None else None,
+        teacher=teacher,
     )
     if not created:  # a resumed run takes up the correction its timings taught
         objective.judge.correction.observe_trials(study.get_trials(
@@ -331,14 +340,16 @@ def _directions(task: Task, mode: str) -> list[str]:
     return [first] if mode == "constrained" else [first, "minimize"]
 
 
-def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target) -> None:
-    """``config.resolved.yaml`` and ``env.json`` (versions, CPU, threads, target)."""
+def _write_run_files(out: Path, resolved_cfg: dict[str, Any], target: Target,
+                     device: torch.device | None = None) -> None:
+    """``config.resolved.yaml`` and ``env.json`` (versions, CPU, threads, target, fine-tune device)."""
     from autocompress.cost import env_fingerprint
 
     (out / "config.resolved.yaml").write_text(yaml.safe_dump(resolved_cfg, sort_keys=False))
     env = env_fingerprint(target)
     env.update({"optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
-                "autocompress": resolved_cfg["version"]})
+                "autocompress": resolved_cfg["version"],
+                "finetune_device": describe_device(device or torch.device("cpu"))})
     (out / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
 
 
@@ -350,11 +361,15 @@ def _baseline(
     val_loader: Any,
     say: Log,
     table: LatencyLUT | None = None,
+    teacher: torch.nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> Costs:
     """The uncompressed model's costs with its latency, measured once per study and stored.
 
     ``table``: a latency table profiled on the target, for a run away from it: its time of
-    the uncompressed model is taken, not a timing on this machine.
+    the uncompressed model is taken, not a timing on this machine. ``teacher``: the model
+    on the fine-tune's ``device``, where its metric is scored (latency: ``task.model`` on the
+    CPU target).
     """
     stored = study.user_attrs.get("baseline")
     costs = analytic_costs(None, inventory, include_layers=False)
@@ -364,7 +379,8 @@ def _baseline(
         latency = (table_model_ms(table, inventory, task) if table is not None
                    else whole_model_ms(task.model, task.example_input, target))
         stored = {
-            "metric": evaluate(task.model, task, val_loader),
+            "metric": evaluate(teacher if teacher is not None else task.model, task, val_loader,
+                               device if teacher is not None else None),
             "metric_name": task.metric_name,
             "higher_is_better": task.higher_is_better,
             "latency_ms": float(latency),

@@ -278,6 +278,9 @@ def optuna_objective(
 
 
 # ---------------------------------------------------------------- configuration and export
+MACHINE_KEYS = ("device",)  # settings of the machine a worker runs on, not of the study
+
+
 def config_from_study(
     study: optuna.Study,
     config_file: str | Path | None = None,
@@ -292,7 +295,9 @@ def config_from_study(
     from autocompress.search.config import SearchConfig
 
     stored = dict(study.user_attrs.get("autocompress") or {})
-    base = {k: v for k, v in stored.items() if k in SearchConfig.model_fields}
+    # The device is this machine's (--device), not the one that created the study.
+    base = {k: v for k, v in stored.items()
+            if k in SearchConfig.model_fields and k not in MACHINE_KEYS}
     if config_file is None and not base:
         raise ConfigError(
             f"study {study.study_name!r} stores no search configuration; give --config C.yaml "
