@@ -8,10 +8,8 @@ from autocompress.tasks import Task, load_task
 
 __version__ = "0.1.0"
 
-
-# Last, and eagerly: the subpackage autocompress.search would otherwise shadow the function
-# ac.search as soon as anything imports it.
-from autocompress.search.api import SearchResult, search  # noqa: E402
+# The search's machinery lives in autocompress.engine, so no subpackage shadows ac.search.
+from autocompress.engine.api import SearchResult, search  # noqa: E402
 
 __all__ = [
     "AutocompressError",

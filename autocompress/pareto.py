@@ -172,7 +172,7 @@ def pareto_front(
 
 
 # Study attribute with the latency table's own time of the uncompressed model (ms): what
-# predicted speed ratios are relative to (written by autocompress.search.session.prepare_run).
+# predicted speed ratios are relative to (written by autocompress.engine.session.prepare_run).
 BUDGET_BASELINE_ATTR = "budget_baseline_latency_ms"
 
 

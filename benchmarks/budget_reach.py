@@ -1,14 +1,14 @@
 """Budget reach and filling cost: how far a space's corners really go, and what filling costs.
 
 Two questions the search-quality table raises, answered with the search's own setup
-(:func:`autocompress.search.session.prepare_run`: the same latency table, baseline and
+(:func:`autocompress.engine.session.prepare_run`: the same latency table, baseline and
 budget baseline a ``tpe`` search of the task uses):
 
 1. **Reach.** Every corner of the task's default space
    (:meth:`ResolvedSpace.corner_policies`: prune at its maximum and every subset of
    the other knobs at their most compressing value) is predicted and then built and
    timed next to the uncompressed model, in alternating blocks
-   (:class:`~autocompress.search.judge.PolicyTimer`, what the trials use). The fastest measured corner says which budgets any strategy
+   (:class:`~autocompress.engine.judge.PolicyTimer`, what the trials use). The fastest measured corner says which budgets any strategy
    can meet at all; predicted against measured says how the table does at the
    space's extreme, where random policies of the fidelity benchmark rarely go.
 2. **Filling cost.** ``--proposals`` seeded random proposals per latency budget are
@@ -46,8 +46,8 @@ TARGET = "ort-1t"  # the search-quality benchmark's target
 
 
 def _prepare(task: str, budget: str, out: Path) -> Any:
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.session import prepare_run
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.session import prepare_run
 
     # The defaults of a TPE search, in-loop checks included: they decide the budget baseline
     # the predictions are judged against (prepare_run measures nothing for them up front).
@@ -58,7 +58,7 @@ def _prepare(task: str, budget: str, out: Path) -> Any:
 
 def corner_rows(prep: Any) -> list[dict[str, Any]]:
     """Each corner's predicted and measured speed ratio to the uncompressed model."""
-    from autocompress.search.judge import PolicyTimer
+    from autocompress.engine.judge import PolicyTimer
 
     obj = prep.objective
     timer = PolicyTimer(prep.task, prep.inventory, prep.target)

@@ -64,7 +64,7 @@ def _study_times(storage: str, name: str) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
-    from autocompress.search.storage import load_shared_study, open_storage
+    from autocompress.engine.storage import load_shared_study, open_storage
 
     study = load_shared_study(open_storage(storage, heartbeat_interval=None), name)
     trials = study.trials
@@ -107,8 +107,8 @@ def run_workers(storage: str, label: str, workers: int, args: argparse.Namespace
 def run_ray(concurrent: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import optuna
 
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.ray_backend import run_ray as ray_search
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.ray_backend import run_ray as ray_search
 
     out = work / f"ray-{concurrent}-{uuid.uuid4().hex[:6]}"
     cfg_path = _config(work / f"ray{concurrent}.yaml", args, out)
@@ -134,8 +134,8 @@ def storage_overhead(storage: str, label: str, n: int = 40) -> dict[str, Any]:
     3 intermediate values), through the worker loop (heartbeat on for PostgreSQL)."""
     import optuna
 
-    from autocompress.search.storage import open_storage
-    from autocompress.search.workers import run_worker
+    from autocompress.engine.storage import open_storage
+    from autocompress.engine.workers import run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(storage, heartbeat_interval=10)

@@ -128,7 +128,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     when larger: it adds the fills of a baseline's planning between trials; timing
     them and writing them down, reused by every later trial and run) are reported
     apart, as ``lut_fill_share``; so are the timings of each candidate on the target
-    (``measure_s``, :mod:`autocompress.search.judge`), as
+    (``measure_s``, :mod:`autocompress.engine.judge`), as
     ``measure_share``: both are the cost model measuring, not the controller deciding.
     ``cost_share`` is cost prediction without those measurements; ``sampler_share``
     everything outside the objective call. A failed trial's cycle is left out of both
@@ -137,7 +137,7 @@ def controller_overhead(study: Any) -> dict[str, float]:
     """
     from optuna.trial import TrialState
 
-    from autocompress.search.session import LOOP_LUT_MEASURE_ATTR
+    from autocompress.engine.session import LOOP_LUT_MEASURE_ATTR
 
     # A failed trial ends a cycle but its own is left out: a killed run's trial is marked
     # FAIL when the run resumes, so its cycle spans the time nothing ran.
@@ -203,8 +203,8 @@ def run_row(task: str, budget: str, strategy: str, seed: int, trials: int, steps
             target: str = TARGET) -> dict[str, Any]:
     """One search with export, re-measured in a fresh process: one row of the JSON."""
     from autocompress.cost import analytic_costs, parse_budget, parse_target
+    from autocompress.engine import search
     from autocompress.inventory import build_inventory
-    from autocompress.search import search
 
     out = (work / slug(task) / slug(target) / slug(budget) / f"{strategy}-t{trials}-s{steps}"
            / f"seed{seed}")
@@ -340,7 +340,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             "latency table's one-off measurements of layer shapes it had not seen yet (timed "
             "and written down once, then reused by every later trial and run), kept apart "
             "from the overhead; `measure` = the timings of each candidate on the target "
-            "before its fine-tune (`autocompress.search.judge`), kept "
+            "before its fine-tune (`autocompress.engine.judge`), kept "
             "apart too (TPE's budget filling, by contrast, is cost prediction and counts as "
             "overhead); `wall_s` = mean whole search incl. setup and export.", "",
             ov.reset_index().to_markdown(index=False, floatfmt=".1f"), ""]

@@ -3,7 +3,7 @@
 ``W`` ``autocompress worker`` processes (started together, one torch thread each) fill one
 TPE study under a MACs budget (no latency table, so nothing is timed inside a trial), with
 ``fill_budget`` on (the default: proposals moved to the budget's edge, edge points shared
-through the study's claims, :mod:`autocompress.search.taken`) and off (proposals trained as
+through the study's claims, :mod:`autocompress.engine.taken`) and off (proposals trained as
 drawn, which is what workers did before stop 16). Per row: policies trained, distinct ones,
 proposals that walked off a taken edge point, repeats told instead of trained, the best
 validation accuracy and the mean MACs share of the trained policies.
@@ -35,8 +35,8 @@ def run_row(storage: str, label: str, fill: bool, workers: int, seed: int,
     """One shared study filled by ``workers`` processes; its trials summarised."""
     import optuna
 
-    from autocompress.search.storage import load_shared_study, open_storage
-    from autocompress.search.taken import REPEAT_ATTR, policy_digest, trained
+    from autocompress.engine.storage import load_shared_study, open_storage
+    from autocompress.engine.taken import REPEAT_ATTR, policy_digest, trained
 
     name = f"fill-{'on' if fill else 'off'}-{workers}w-s{seed}-{uuid.uuid4().hex[:6]}"
     run = work / name

@@ -168,8 +168,8 @@ def test_storage_path_that_cannot_be_a_journal_file(under: bool, tmp_path, capsy
 def test_storage_for_opens_a_journal_path_and_rejects_unknown_schemes(tmp_path) -> None:
     from optuna.storages import JournalStorage
 
+    from autocompress.engine.storage import storage_for
     from autocompress.errors import ConfigError
-    from autocompress.search.storage import storage_for
 
     assert isinstance(storage_for(tmp_path, str(tmp_path / "runs" / "study.log")), JournalStorage)
     with pytest.raises(ConfigError, match="storage 'foo://bar' is not a database URL"):

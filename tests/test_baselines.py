@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 from autocompress.cost import analytic_costs, parse_budget
+from autocompress.engine.baselines import uniform_candidates
+from autocompress.engine.taken import policy_key
 from autocompress.inventory import build_inventory
-from autocompress.search.baselines import uniform_candidates
-from autocompress.search.taken import policy_key
 from autocompress.space import SearchSpace
 
 

@@ -1,9 +1,9 @@
 """The search <-> export contract holds whatever strategy or backend ran the trials.
 
-The contract (docs/results.md, :mod:`autocompress.search.record`):
+The contract (docs/results.md, :mod:`autocompress.engine.record`):
 
 - every finished trial (COMPLETE or PRUNED; a FAIL has only its error) carries every field of
-  :class:`~autocompress.search.record.TrialRecord` as a user attribute (``repeat_of`` only on
+  :class:`~autocompress.engine.record.TrialRecord` as a user attribute (``repeat_of`` only on
   a repeat; ``extra`` is not one);
 - the results folder holds the same files, and its ``trials.csv`` the same columns and one
   row per trial, whether the trials came from a strategy of the in-process search (tpe,
@@ -33,15 +33,15 @@ import pytest
 from optuna.trial import TrialState
 
 from autocompress.cost import parse_budget
+from autocompress.engine.config import SearchConfig
+from autocompress.engine.ray_backend import RAY_DIR
+from autocompress.engine.record import TrialRecord
+from autocompress.engine.session import LUT_FILE, WARM_STARTED
+from autocompress.engine.storage import STUDY_FILE
 from autocompress.export import FILES
 from autocompress.export.int8 import needs_int8
 from autocompress.export.results import load_run_study
 from autocompress.policy import CompressionPolicy
-from autocompress.search.config import SearchConfig
-from autocompress.search.ray_backend import RAY_DIR
-from autocompress.search.record import TrialRecord
-from autocompress.search.session import LUT_FILE, WARM_STARTED
-from autocompress.search.storage import STUDY_FILE
 from autocompress.tasks.base import Task
 
 pytestmark = pytest.mark.filterwarnings("ignore::autocompress.methods.LowRankSkipped")
@@ -109,8 +109,8 @@ def _config(case: Case, out: Path, **kw: Any) -> SearchConfig:
 def _run_workers(case: Case, task: Task, root: Path) -> Path:
     """Two workers, each with its own local folder, fill a study in one SQLite database; then
     ``autocompress export`` writes the results folder into a new folder, as on a cluster."""
-    from autocompress.search.storage import open_storage
-    from autocompress.search.workers import (
+    from autocompress.engine.storage import open_storage
+    from autocompress.engine.workers import (
         export_shared_study,
         optuna_objective,
         prepare_run,
@@ -132,8 +132,8 @@ def _run_workers(case: Case, task: Task, root: Path) -> Path:
 
 
 def _run(case: Case, task: Task, root: Path) -> Run:
-    from autocompress.search.api import run
-    from autocompress.search.ray_backend import run_ray
+    from autocompress.engine.api import run
+    from autocompress.engine.ray_backend import run_ray
 
     out = root / "run"
     if case.backend == "search":

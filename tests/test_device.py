@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from autocompress import device as dev
+from autocompress.engine import search
 from autocompress.errors import AutocompressError, ConfigError, DeviceError
 from autocompress.evaluate import FinetuneSettings, compress_and_score, finetune
 from autocompress.inventory import build_inventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
-from autocompress.search import search
 
 CPU = torch.device("cpu")
 
@@ -139,8 +139,8 @@ def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_search_on_the_cpu_device_writes_the_same_trials(digits_task, tmp_path, monkeypatch):
-    from autocompress.search import objective as objective_mod
-    from autocompress.search import session as session_mod
+    from autocompress.engine import objective as objective_mod
+    from autocompress.engine import session as session_mod
 
     made: list[nn.Module] = []
     real = session_mod.teacher_on
@@ -185,7 +185,7 @@ def test_cli_device_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_worker_keeps_its_own_device(digits_task, tmp_path):
-    from autocompress.search.workers import config_from_study
+    from autocompress.engine.workers import config_from_study
 
     study = optuna.create_study()
     study.set_user_attr("autocompress", {"task": "digits", "device": "cuda:0",
@@ -196,8 +196,8 @@ def test_a_worker_keeps_its_own_device(digits_task, tmp_path):
 
 
 def test_ray_gpus_per_trial(tmp_path):
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.ray_backend import run_ray, trial_resources
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.ray_backend import run_ray, trial_resources
 
     assert trial_resources(1, 0.5) == {"cpu": 1, "gpu": 0.5}
     assert trial_resources(1) == {"cpu": 1}

@@ -8,9 +8,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from autocompress.cost import analytic_costs, parse_budget
+from autocompress.engine import search
+from autocompress.engine.fill import STEPS, fill_to_budget, line_point
 from autocompress.inventory import build_inventory
-from autocompress.search import search
-from autocompress.search.fill import STEPS, fill_to_budget, line_point
 from autocompress.space import SearchSpace
 
 
@@ -125,7 +125,7 @@ def test_a_predicted_latency_is_filled_to_the_guard_under_its_limit(digits_task)
     """The judge tells latency constraints shifted by its guard, so a proposal filled to them
     sits MEASURED_GUARD under the limit, as a timing must to meet it (a MACs clause posing as
     latency, so the numbers are exact)."""
-    from autocompress.search.judge import MEASURED_GUARD
+    from autocompress.engine.judge import MEASURED_GUARD
 
     space, _, screen = _setup(digits_task, "macs<=50%")
 
@@ -146,8 +146,8 @@ def test_filled_proposals_walk_to_new_policies_instead_of_repeating_one(digits_m
                                                                          tmp_path):
     """Under ``macs<=40%`` the MLP's edge holds 4 policies (its ranks): proposals filled onto a
     trained one walk on, to knobs the budget does not need, and none is skipped or repeated."""
-    from autocompress.search.optuna_backend import evaluated
-    from autocompress.search.taken import policy_key
+    from autocompress.engine.optuna_backend import evaluated
+    from autocompress.engine.taken import policy_key
 
     search(digits_mlp_task, out=tmp_path / "mlp", budget="macs<=40%", target="torch-1t",
            trials=8, finetune_steps=5, export=False, report_every=5, val_samples=100,
@@ -167,9 +167,9 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
     """A ranks-only space: once the walk reaches the corner, a filled proposal landing on a
     trained policy is told that trial's outcome, and after MAX_REPEATS_IN_A_ROW in a row
     filling stops."""
-    from autocompress.search.optuna_backend import evaluated
-    from autocompress.search.taken import policy_key
-    from autocompress.search.trial import MAX_REPEATS_IN_A_ROW
+    from autocompress.engine.optuna_backend import evaluated
+    from autocompress.engine.taken import policy_key
+    from autocompress.engine.trial import MAX_REPEATS_IN_A_ROW
 
     space = tmp_path / "ranks.yaml"
     space.write_text("schema_version: 1\ndefaults: {}\nrules:\n"

@@ -272,7 +272,7 @@ def test_a_forward_that_fails_is_one_error_line(monkeypatch, capsys) -> None:
 
 
 def test_search_and_export_run_on_a_dict_input_task(dict_task: Task, tmp_path: Path) -> None:
-    from autocompress.search import search
+    from autocompress.engine import search
 
     result = search(dict_task, space="embedded:linear_layers", budget="size<=60%",
                     target="ort-cpu-1t-b4", trials=3, out=tmp_path / "out", finetune_steps=4)
@@ -325,7 +325,7 @@ def test_the_issue_search_a_bert_model_on_token_ids_on_onnx_runtime(tmp_path: Pa
     ``embedded:linear_layers`` on ONNX Runtime, used to fail on a float32 cast."""
     import copy
 
-    from autocompress.search import search
+    from autocompress.engine import search
 
     bert = tiny_bert()
     reference = copy.deepcopy(bert)

@@ -7,8 +7,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from autocompress.search.journal import BatchJournalStorage, TrialDurableJournal, set_user_attrs
-from autocompress.search.storage import storage_for
+from autocompress.engine.journal import BatchJournalStorage, TrialDurableJournal, set_user_attrs
+from autocompress.engine.storage import storage_for
 
 
 def test_a_trial_costs_one_fsync_and_plain_optuna_reads_every_attribute(tmp_path):

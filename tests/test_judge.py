@@ -13,9 +13,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from autocompress.cost.timing import LOCK_ENV, timing_lock
-from autocompress.search import SearchConfig, search
-from autocompress.search.judge import MEASURED_GUARD, PREDICTION_TOLERANCE
-from autocompress.search.session import prepare_run
+from autocompress.engine import SearchConfig, search
+from autocompress.engine.judge import MEASURED_GUARD, PREDICTION_TOLERANCE
+from autocompress.engine.session import prepare_run
 
 SETTINGS = dict(budget="latency<=0.8x", target="torch-1t-b8", trials=4, finetune_steps=10,
                 export=False, report_every=5, val_samples=200)

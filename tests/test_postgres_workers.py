@@ -21,9 +21,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autocompress.engine.storage import load_shared_study, open_storage
+from autocompress.engine.workers import export_shared_study, prepare_run, retried_trials
 from autocompress.errors import ConfigError
-from autocompress.search.storage import load_shared_study, open_storage
-from autocompress.search.workers import export_shared_study, prepare_run, retried_trials
 
 PG_ENV = "AUTOCOMPRESS_TEST_PG_URL"
 TRIALS = 3
@@ -77,7 +77,7 @@ def _wait(pred, timeout: float, what: str, procs=()):
 @pytest.fixture(scope="module")
 def killed_run(pg_url, digits_task, tmp_path_factory):
     """A 3-trial study filled by two workers; worker A is SIGKILLed during a fine-tune."""
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.config import SearchConfig
 
     tmp = tmp_path_factory.mktemp("pg")
     name = f"test-workers-{uuid.uuid4().hex[:8]}"
@@ -211,7 +211,7 @@ def test_cli_error_lines(pg_url, capsys):
 def test_run_worker_retries_a_stale_trial_and_stops_at_the_total(tmp_path):
     """The worker loop on a real RDB (SQLite file): a trial whose heartbeat stopped is
     failed, re-run with its parameters, and the study ends with exactly the total."""
-    from autocompress.search.workers import run_worker
+    from autocompress.engine.workers import run_worker
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url, heartbeat_interval=1, grace_period=1)
@@ -234,7 +234,7 @@ def test_run_worker_waits_for_trials_running_elsewhere(tmp_path):
     """When the last trials needed run in another (live) worker, no surplus trial starts."""
     import threading
 
-    from autocompress.search.workers import run_worker
+    from autocompress.engine.workers import run_worker
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url, heartbeat_interval=1, grace_period=5)
@@ -285,7 +285,7 @@ def test_slurm_example_submits_init_array_and_export(tmp_path):
     assert "worker --config examples/search_digits.yaml" in init and "--init-only" in init
     assert "--dependency=afterok:1" in array and "--array=0-3" in array
     assert "--dependency=afterany:2" in export and "export --storage" in export
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.config import SearchConfig
 
     cfg = SearchConfig.build(root / "examples" / "search_digits.yaml")  # the shared config
     assert cfg.task == "digits" and cfg.study_name == "digits"
@@ -294,7 +294,7 @@ def test_slurm_example_submits_init_array_and_export(tmp_path):
 def test_run_worker_does_not_count_candidates_over_the_budget(tmp_path):
     """A trial marked ``feasible=False`` (predicted over the budget, never fine-tuned) is kept
     in the study but does not count toward the total, nor toward the worker's share."""
-    from autocompress.search.workers import run_worker
+    from autocompress.engine.workers import run_worker
 
     storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=None)
     study = optuna.create_study(storage=storage, study_name="s",

@@ -31,7 +31,7 @@ TRIALS = 5
 
 
 def _cfg(out: Path, **kw):
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.config import SearchConfig
 
     base = {"task": "digits", "budget": "macs<=60%", "trials": TRIALS, "finetune_steps": STEPS,
             "report_every": EVERY, "val_samples": 128, "out": str(out), "export": False,
@@ -62,7 +62,7 @@ def _points(digits_task):
 def ray_run(digits_task, tmp_path_factory):
     import ray
 
-    from autocompress.search.ray_backend import run_ray
+    from autocompress.engine.ray_backend import run_ray
 
     out = tmp_path_factory.mktemp("ray") / "run"
     t0 = time.monotonic()
@@ -88,7 +88,7 @@ def test_ray_runs_the_trials_into_the_study(ray_run):
 
 def test_ray_starts_from_the_uniform_warm_start(ray_run, digits_task, tmp_path):
     """As with Optuna alone, the first trial is the uniform policy at the budget's edge."""
-    from autocompress.search.session import prepare_run, warm_start_params
+    from autocompress.engine.session import prepare_run, warm_start_params
 
     cfg = _cfg(tmp_path / "fresh")
     prep = prepare_run(cfg, digits_task, warm_start=False)
@@ -143,8 +143,8 @@ def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_
     """Each Ray trial runs in its own process: the same proposal three times is filled to
     one edge point, and the later trials walk to policies no trial has trained (the run's
     TakenPoliciesActor actor), as the Optuna backend's do."""
-    from autocompress.search.ray_backend import run_ray
-    from autocompress.search.taken import policy_key
+    from autocompress.engine.ray_backend import run_ray
+    from autocompress.engine.taken import policy_key
 
     proposal = _points(digits_task)[1]  # uniform prune 0.5: filled back to the budget's edge
     cfg = _cfg(tmp_path / "run", trials=4, finetune_steps=10, report_every=0, pruner="none",
@@ -173,8 +173,8 @@ def test_baseline_strategies_are_refused(tmp_path):
 
 RESUME_SCRIPT = """
 import sys
-from autocompress.search.config import SearchConfig
-from autocompress.search.ray_backend import run_ray
+from autocompress.engine.config import SearchConfig
+from autocompress.engine.ray_backend import run_ray
 cfg = SearchConfig.build(None, dict(task="digits", budget="macs<=60%", trials=4,
     finetune_steps=400, report_every=100, val_samples=128, out=sys.argv[1], export=False,
     pruner="none"))
@@ -210,7 +210,7 @@ def test_interrupted_ray_run_resumes_with_tuner_restore(tmp_path, digits_task):
     """Kill the driver (and its Ray runtime) mid-experiment; the same call restores it."""
     import re
 
-    from autocompress.search.ray_backend import run_ray
+    from autocompress.engine.ray_backend import run_ray
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, str(out)],
@@ -248,7 +248,7 @@ def test_interrupted_ray_run_resumes_with_tuner_restore(tmp_path, digits_task):
 def test_unreachable_ray_address_is_a_one_line_error():
     import ray
 
-    from autocompress.search.ray_backend import init_ray
+    from autocompress.engine.ray_backend import init_ray
 
     with pytest.raises(ConfigError, match=r"no Ray head answers at '127.0.0.1:1'"):
         init_ray("127.0.0.1:1")

@@ -15,12 +15,12 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from autocompress.cost import LatencyLUT, analytic_costs, parse_target
+from autocompress.engine import SearchConfig, search
+from autocompress.engine.judge import MEASURED_GUARD
+from autocompress.engine.session import prepare_run, table_model_ms
 from autocompress.errors import ConfigError
 from autocompress.inventory import build_inventory
 from autocompress.policy import CompressionPolicy
-from autocompress.search import SearchConfig, search
-from autocompress.search.judge import MEASURED_GUARD
-from autocompress.search.session import prepare_run, table_model_ms
 from autocompress.space import SearchSpace
 
 CONTRACT_CONFIG = ("version", "task", "space", "budget", "target", "mode", "strategy", "seed",

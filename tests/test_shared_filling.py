@@ -11,11 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autocompress.search.config import SearchConfig
-from autocompress.search.optuna_backend import evaluated
-from autocompress.search.storage import open_storage
-from autocompress.search.taken import CLAIM_ATTR, REPEAT_ATTR, TakenPolicies, policy_digest
-from autocompress.search.workers import optuna_objective, prepare_run, run_worker
+from autocompress.engine.config import SearchConfig
+from autocompress.engine.optuna_backend import evaluated
+from autocompress.engine.storage import open_storage
+from autocompress.engine.taken import CLAIM_ATTR, REPEAT_ATTR, TakenPolicies, policy_digest
+from autocompress.engine.workers import optuna_objective, prepare_run, run_worker
 
 TRIALS = 8
 

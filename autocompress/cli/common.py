@@ -55,7 +55,7 @@ def check_storage(url: str | None, name: str = "--storage") -> None:
     """
     if not url:
         return
-    from autocompress.search.storage import is_rdb_url, open_storage
+    from autocompress.engine.storage import is_rdb_url, open_storage
 
     if is_rdb_url(url):
         return

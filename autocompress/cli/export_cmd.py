@@ -29,7 +29,7 @@ def export(
     Exit codes: 0 a trial meets the budget, 3 none did, 2 bad input.
     """
     from autocompress.cli.common import check_out_folder, check_storage
-    from autocompress.search.workers import export_shared_study
+    from autocompress.engine.workers import export_shared_study
 
     check_out_folder(out)  # before the study is read and the best model re-measured
     check_storage(storage)

@@ -82,8 +82,8 @@ def search(
     Exit codes: 0 a policy meets the budget, 3 no trial met it, 2 bad input.
     """
     from autocompress.cli.common import check_out_folder, check_storage
-    from autocompress.search.api import run
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.api import run
+    from autocompress.engine.config import SearchConfig
 
     cfg = SearchConfig.build(config, {
         "task": task, "space": space, "budget": budget, "target": target, "trials": trials,

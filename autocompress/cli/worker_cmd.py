@@ -56,17 +56,17 @@ def worker(
     from optuna.trial import FrozenTrial
 
     from autocompress.cli.common import check_out_folder, check_storage
-    from autocompress.errors import ConfigError
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.optuna_backend import worker_id
-    from autocompress.search.storage import is_rdb_url, load_shared_study, open_storage
-    from autocompress.search.workers import (
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.optuna_backend import worker_id
+    from autocompress.engine.storage import is_rdb_url, load_shared_study, open_storage
+    from autocompress.engine.workers import (
         config_from_study,
         optuna_objective,
         prepare_run,
         run_worker,
         worker_seed,
     )
+    from autocompress.errors import ConfigError
 
     check_storage(storage)
     if device is not None:  # a machine without that GPU fails before any storage or model work

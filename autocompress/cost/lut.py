@@ -41,7 +41,7 @@ model and target, the uncompressed model's:
   through a few measured compressed models was tried before this rule and
   swung with their noise on sub-millisecond models.
 
-What the search does with a prediction is in :mod:`autocompress.search.judge`: it screens
+What the search does with a prediction is in :mod:`autocompress.engine.judge`: it screens
 and places candidates; the target's timing judges them.
 
 The table is filled lazily and saved after each new entry, merged with what other

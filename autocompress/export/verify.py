@@ -4,7 +4,7 @@ A search with ``--lut`` (a table profiled on the deployment machine, used on oth
 machines) judges latency on predictions only. On the target, this times each Pareto
 candidate and the pick, built without fine-tuning (weights do not change the run time),
 next to the uncompressed model in alternating blocks, and judges them as a search on the
-target judges its trials (:class:`~autocompress.search.judge.Judge`, the same guard). The
+target judges its trials (:class:`~autocompress.engine.judge.Judge`, the same guard). The
 verdicts go to the study (:data:`~autocompress.pareto.VERIFIED_ATTR`); a candidate that
 missed is no longer picked, and the results folder is exported again with the pick
 re-measured: ``summary.json`` and the report then rest on measurements
@@ -37,12 +37,12 @@ def verify_run(
     threads when the run named none). Returns the new summary.
     """
     from autocompress.cost import parse_budget, parse_target
+    from autocompress.engine.judge import Judge, PolicyTimer
     from autocompress.errors import ConfigError
     from autocompress.export import export_results
     from autocompress.export.results import load_run_study, trial_policy
     from autocompress.inventory import build_inventory
     from autocompress.pareto import VERIFIED_ATTR, pareto_front, pick_best
-    from autocompress.search.judge import Judge, PolicyTimer
     from autocompress.tasks import load_task
 
     run = Path(run_dir)

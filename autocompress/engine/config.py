@@ -68,10 +68,10 @@ class SearchConfig(BaseModel):
         "policy predicted to meet the budget (none: the sampler's own first draws)")
     fill_budget: bool = Field(
         True, description="tpe in constrained mode: move each proposal to the budget's edge "
-        "before it is trained (see autocompress.search.fill); false: train proposals as drawn")
+        "before it is trained (see autocompress.engine.fill); false: train proposals as drawn")
     measure: bool = Field(
         True, description="latency budgets: time each candidate on the target before its "
-        "fine-tune and judge the budget on that measurement (see autocompress.search.judge); "
+        "fine-tune and judge the budget on that measurement (see autocompress.engine.judge); "
         "false: the latency table's predictions decide, for a search away from the target")
     lut: str | None = Field(
         None, description="a latency table profiled on the target (`autocompress profile "
@@ -92,7 +92,7 @@ class SearchConfig(BaseModel):
     export: bool = True
     backend: Literal["optuna", "ray"] = Field(
         "optuna", description="optuna: trials in this process; ray: Ray Tune trials (OptunaSearch "
-        "+ ASHA), see autocompress.search.ray_backend")
+        "+ ASHA), see autocompress.engine.ray_backend")
     ray_address: str | None = Field(
         None, description="--backend ray: auto or host:port of a Ray cluster; default a local "
         "runtime with this machine's CPUs")

@@ -1,6 +1,6 @@
 """Shared studies: many worker processes, on any machines, filling one Optuna study.
 
-Every process that opens a study on a database (:mod:`autocompress.search.storage`) shares
+Every process that opens a study on a database (:mod:`autocompress.engine.storage`) shares
 it. Each running trial sends a heartbeat; a trial whose heartbeat stops for
 ``grace_period`` seconds (its worker was killed, its node preempted) is marked FAIL by
 the next worker that looks, and Optuna's
@@ -9,7 +9,7 @@ same parameters, which the next free worker runs. :func:`run_worker` is the loop
 worker runs: trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED)
 trials, waiting (not starting extra trials) while the last ones are running elsewhere,
 so a study ends with the requested number of trials. Each trial is
-:func:`autocompress.search.trial.run_trial` (:func:`optuna_objective`).
+:func:`autocompress.engine.trial.run_trial` (:func:`optuna_objective`).
 
 >>> StudyCounts(finished=3, running=1, waiting=0, failed=1).remaining(5)
 1
@@ -34,25 +34,25 @@ from optuna.storages import (
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.errors import ConfigError
-from autocompress.search import session
-from autocompress.search.journal import journal_storage
-from autocompress.search.optuna_backend import (
+from autocompress.engine import session
+from autocompress.engine.journal import journal_storage
+from autocompress.engine.optuna_backend import (
     SKIPPED_PER_TRIAL,
     evaluated,
     record_outcome,
     record_repeat,
     worker_id,
 )
-from autocompress.search.record import DONE
-from autocompress.search.session import PreparedRun
-from autocompress.search.storage import STUDY_FILE, load_shared_study, open_storage
-from autocompress.search.taken import TakenPolicies
-from autocompress.search.trial import Proposals, Repeat, run_trial
+from autocompress.engine.record import DONE
+from autocompress.engine.session import PreparedRun
+from autocompress.engine.storage import STUDY_FILE, load_shared_study, open_storage
+from autocompress.engine.taken import TakenPolicies
+from autocompress.engine.trial import Proposals, Repeat, run_trial
+from autocompress.errors import ConfigError
 
 if TYPE_CHECKING:
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.objective import Objective
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.objective import Objective
     from autocompress.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def prepare_run(
     log_fn: Callable[[str], None] | None = None,
     sampler_seed: int | None = None,
 ) -> PreparedRun:
-    """:func:`autocompress.search.session.prepare_run` for a worker (its log defaults to this module's).
+    """:func:`autocompress.engine.session.prepare_run` for a worker (its log defaults to this module's).
 
     Build a run's study, objective and latency table exactly as ``autocompress
     search`` does. ``storage``: an opened storage (e.g. :func:`open_storage`
@@ -237,10 +237,10 @@ def worker_seed(seed: int, worker: str | None = None) -> int:
 def optuna_objective(
     objective: Objective, provenance: dict[str, Any] | None = None
 ) -> Callable[[optuna.Trial], list[float]]:
-    """:func:`~autocompress.search.trial.run_trial` as a ``study.optimize`` function.
+    """:func:`~autocompress.engine.trial.run_trial` as a ``study.optimize`` function.
 
     Records what ``autocompress search`` records on a trial (the contract's
-    :class:`~autocompress.search.record.TrialRecord`, one ``set_constraint`` per budget
+    :class:`~autocompress.engine.record.TrialRecord`, one ``set_constraint`` per budget
     clause, intermediate metrics for the pruner) and raises :class:`optuna.TrialPruned` for
     a pruned fine-tune. Proposals are filled and walked as in the search loop, against the
     policies every worker of the study took; a proposal with nowhere new to walk is told the
@@ -292,7 +292,7 @@ def config_from_study(
     user attribute), so ``autocompress worker --storage URL --study NAME`` needs no
     config file to join it; ``config_file`` and ``overrides`` (flags) come on top.
     """
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.config import SearchConfig
 
     stored = dict(study.user_attrs.get("autocompress") or {})
     # The device is this machine's (--device), not the one that created the study.
@@ -303,7 +303,7 @@ def config_from_study(
             f"study {study.study_name!r} stores no search configuration; give --config C.yaml "
             "(the settings of `autocompress search`)"
         )
-    from autocompress.search.config import load_config_file
+    from autocompress.engine.config import load_config_file
 
     data = {**base, **(load_config_file(config_file) if config_file is not None else {})}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -327,8 +327,8 @@ def export_shared_study(
     policy and model, ``report.html`` and ``summary.json`` from it. Returns
     the :class:`~autocompress.export.ExportSummary`.
     """
+    from autocompress.engine.optuna_backend import quiet_optuna
     from autocompress.export import export_results
-    from autocompress.search.optuna_backend import quiet_optuna
     from autocompress.tasks import load_task
 
     quiet_optuna()

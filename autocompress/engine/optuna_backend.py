@@ -1,13 +1,13 @@
 """The Optuna controller: a resumable study in a journal file, samplers, pruner, trial loop.
 
-The study lives in ``<out>/study.log`` (:func:`~autocompress.search.journal.journal_storage`:
+The study lives in ``<out>/study.log`` (:func:`~autocompress.engine.journal.journal_storage`:
 fsynced once per finished trial, a trial's attributes written in one append)
 unless a storage URL is given. Re-running the same command
 after a kill loads it: finished trials are kept, trials left RUNNING by a dead
 process on this host are marked FAIL (and their parameters queued again), and
 trials are run until ``trials`` are finished (COMPLETE + PRUNED) *and evaluated*.
 
-Each trial is :func:`autocompress.search.trial.run_trial`. A candidate screened out as
+Each trial is :func:`autocompress.engine.trial.run_trial`. A candidate screened out as
 over the budget, or timed on the target and found over it, is recorded (the constrained
 samplers learn the budget's edge from it) but never fine-tuned: it costs milliseconds
 or a timing, not a fine-tune, so it does not count toward ``trials``. Without this a
@@ -36,14 +36,14 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from autocompress.engine.baselines import params_key
+from autocompress.engine.config import RESUME_KEYS
+from autocompress.engine.journal import set_user_attrs
+from autocompress.engine.objective import Objective, Screening, TrialOutcome
+from autocompress.engine.record import DONE
+from autocompress.engine.taken import TakenPolicies
+from autocompress.engine.trial import Proposals, Repeat, run_trial
 from autocompress.errors import ConfigError, MethodError
-from autocompress.search.baselines import params_key
-from autocompress.search.config import RESUME_KEYS
-from autocompress.search.journal import set_user_attrs
-from autocompress.search.objective import Objective, Screening, TrialOutcome
-from autocompress.search.record import DONE
-from autocompress.search.taken import TakenPolicies
-from autocompress.search.trial import Proposals, Repeat, run_trial
 from autocompress.space import ResolvedSpace
 
 LOG = logging.getLogger(__name__)
@@ -210,8 +210,8 @@ def record_outcome(trial: optuna.Trial, outcome: TrialOutcome) -> None:
     """What a trial records of its outcome (the search <-> export contract).
 
     One ``set_constraint`` per budget clause (the constrained samplers read them),
-    then the :class:`~autocompress.search.record.TrialRecord`, in one storage write on a
-    journal file (:func:`~autocompress.search.journal.set_user_attrs`).
+    then the :class:`~autocompress.engine.record.TrialRecord`, in one storage write on a
+    journal file (:func:`~autocompress.engine.journal.set_user_attrs`).
     """
     for key, value in outcome.constraints.items():
         trial.set_constraint(key, float(value))

@@ -1,7 +1,7 @@
 """``--backend ray``: the same objective as Ray Tune trials (OptunaSearch + ASHA).
 
 Each candidate is one Ray Tune trial running
-:class:`~autocompress.search.objective.Objective`, the objective the Optuna
+:class:`~autocompress.engine.objective.Objective`, the objective the Optuna
 backend runs, on a local Ray runtime (``ray.init`` with this machine's CPUs)
 or an existing cluster (``ray_address="auto"`` or ``"host:port"``):
 
@@ -39,17 +39,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
+from autocompress.engine.baselines import params_key
 from autocompress.errors import ConfigError
-from autocompress.search.baselines import params_key
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
-    from autocompress.search.config import SearchConfig
-    from autocompress.search.objective import Objective
-    from autocompress.search.session import PreparedRun, SearchResult
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.objective import Objective
+    from autocompress.engine.session import PreparedRun, SearchResult
     from autocompress.tasks import Task
 
-LOG = logging.getLogger("autocompress.search")
+LOG = logging.getLogger("autocompress.engine")
 RAY_DIR = "ray"
 # Keys of the results a trial reports to Tune.
 METRIC = "objective"  # the first objective value: the task metric (worst value when infeasible)
@@ -94,7 +94,7 @@ class TrialKit:
         if self.lut_path is None or self.target is None:
             return self.objective, None
         from autocompress.cost.lut import LatencyLUT
-        from autocompress.search.session import lut_latency_fn
+        from autocompress.engine.session import lut_latency_fn
 
         if Path(self.lut_path).is_file():
             lut = LatencyLUT(self.lut_path, self.target, frozen=self.frozen)
@@ -116,12 +116,12 @@ class TakenPoliciesActor:
 
     Each Ray trial runs in its own process and sees no other trial's policy, so filling
     alone would train the same edge point again and again (a small space has few). With
-    this, the fill's walk (:func:`~autocompress.search.fill.fill_to_budget`) moves a
+    this, the fill's walk (:func:`~autocompress.engine.fill.fill_to_budget`) moves a
     proposal whose edge point another trial took to one no trial has, and concurrent
     trials cannot take the same one: asking is taking (:meth:`claim` answers whether the
     policy was still free and then holds it). The measured-over-predicted ratios of the
     trials timed on the target are pooled here too, so every trial screens and fills with
-    the run's correction (:class:`~autocompress.search.judge.Correction`).
+    the run's correction (:class:`~autocompress.engine.judge.Correction`).
 
     >>> claims = TakenPoliciesActor(["a"])
     >>> claims.claim("a"), claims.claim("b"), claims.claim("b")
@@ -148,7 +148,7 @@ class TakenPoliciesActor:
 
 
 class RayTakenPolicies:
-    """:class:`~autocompress.search.trial.Taken` over a :class:`TakenPoliciesActor` actor.
+    """:class:`~autocompress.engine.trial.Taken` over a :class:`TakenPoliciesActor` actor.
 
     Ray trials are not told an earlier outcome as a repeat (``earlier`` is always None):
     when nothing is left to walk to, the policy is trained again.
@@ -167,7 +167,7 @@ class RayTakenPolicies:
     def is_new(self, policy: dict[str, Any]) -> bool:
         import ray
 
-        from autocompress.search.taken import policy_key
+        from autocompress.engine.taken import policy_key
 
         return bool(ray.get(self.claims.claim.remote(policy_key(policy))))
 
@@ -175,7 +175,7 @@ class RayTakenPolicies:
         return None
 
     def claim(self, policy: dict[str, Any], trial: Any = None) -> None:
-        from autocompress.search.taken import policy_key
+        from autocompress.engine.taken import policy_key
 
         self.claims.claim.remote(policy_key(policy))  # a point evaluated as it is is taken too
 
@@ -191,9 +191,9 @@ def start_taken_actor(study: optuna.Study) -> Any:
     """A :class:`TakenPoliciesActor` actor holding the policies the study has judged already."""
     import ray
 
-    from autocompress.search.judge import Correction
-    from autocompress.search.record import DONE
-    from autocompress.search.taken import policy_key, trained
+    from autocompress.engine.judge import Correction
+    from autocompress.engine.record import DONE
+    from autocompress.engine.taken import policy_key, trained
 
     done = study.get_trials(deepcopy=False, states=DONE)
     taken = [policy_key(t.user_attrs["policy"]) for t in done if trained(t)]
@@ -213,8 +213,8 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     from ray import tune
     from ray.tune.utils import flatten_dict
 
-    from autocompress.search.optuna_backend import worker_id
-    from autocompress.search.trial import Proposals, Repeat, run_trial
+    from autocompress.engine.optuna_backend import worker_id
+    from autocompress.engine.trial import Proposals, Repeat, run_trial
 
     # Ray gives each trial its CPUs; the fine-tune uses exactly those (one by default).
     try:
@@ -548,8 +548,8 @@ def run_ray(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from autocompress.search.optuna_backend import make_sampler, n_finished
-    from autocompress.search.session import finish_run, prepare_run, warm_start_params
+    from autocompress.engine.optuna_backend import make_sampler, n_finished
+    from autocompress.engine.session import finish_run, prepare_run, warm_start_params
 
     t_start = time.perf_counter()
     say = log or LOG.warning
@@ -652,7 +652,7 @@ def run_ray(
 
 def _table_path(prep: PreparedRun) -> str | None:
     """The latency table trials read: the run's own, or the one profiled on the target."""
-    from autocompress.search.session import LUT_FILE
+    from autocompress.engine.session import LUT_FILE
 
     if prep.lut is None:
         return None

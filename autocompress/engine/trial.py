@@ -1,19 +1,19 @@
 """THE trial: drawn parameters -> fill -> screen -> time on the target -> fine-tune -> record.
 
 Every backend runs candidates through :func:`run_trial`: the in-process search loop
-(:func:`autocompress.search.optuna_backend.run_trials`), ``autocompress worker``
-(:func:`autocompress.search.workers.optuna_objective`) and Ray Tune trials
-(:func:`autocompress.search.ray_backend.ray_trainable`). A backend adapts only how a
+(:func:`autocompress.engine.optuna_backend.run_trials`), ``autocompress worker``
+(:func:`autocompress.engine.workers.optuna_objective`) and Ray Tune trials
+(:func:`autocompress.engine.ray_backend.ray_trainable`). A backend adapts only how a
 trial is asked for, how intermediate metrics are reported, and how the outcome is told.
 
 Proposals (:class:`Proposals`) are filled to the budget's edge (``fill``), and an edge
-point some trial of the run already took walks to one none did (:mod:`autocompress.search.fill`,
-:mod:`autocompress.search.taken`). When the walk finds none, the trial is told the earlier
+point some trial of the run already took walks to one none did (:mod:`autocompress.engine.fill`,
+:mod:`autocompress.engine.taken`). When the walk finds none, the trial is told the earlier
 trial's outcome (a :class:`Repeat`) instead of training the policy again; after
 ``MAX_REPEATS_IN_A_ROW`` repeats in a row filling stops for the rest of this process's
 run, since the edge is exhausted. Each time the taken policies are read, the trials
 timed on the target (in any process) teach the judge's correction
-(:class:`~autocompress.search.judge.Correction`).
+(:class:`~autocompress.engine.judge.Correction`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from optuna.trial import FrozenTrial, TrialState
 
+from autocompress.engine.objective import Objective, Screening, TrialOutcome
+from autocompress.engine.record import TrialRecord
 from autocompress.evaluate import Report
 from autocompress.policy import CompressionPolicy
-from autocompress.search.objective import Objective, Screening, TrialOutcome
-from autocompress.search.record import TrialRecord
 
 LOG = logging.getLogger(__name__)
 # Filled proposals landing on judged policies in a row before filling stops for the run (a
@@ -85,7 +85,7 @@ class Repeat:
 class Proposals:
     """What a trial trains for the parameters its sampler drew: filled, walked, claimed.
 
-    ``taken``: the run's taken policies (:class:`~autocompress.search.taken.TakenPolicies`
+    ``taken``: the run's taken policies (:class:`~autocompress.engine.taken.TakenPolicies`
     on an Optuna storage, or the Ray run's shared claims), read again before each fill.
     """
 

@@ -48,7 +48,7 @@ def _params_policy_key(space: ResolvedSpace, params: Params) -> str:
     a rank fraction at or above a pruned layer's break-even factorises nothing, so uniform
     prune 0.65 at rank 0.5 is prune 0.65 alone, and a baseline that told them apart would
     fine-tune one policy several times."""
-    from autocompress.search.taken import policy_key
+    from autocompress.engine.taken import policy_key
 
     return policy_key(space.policy_from_params(params).to_dict())
 

@@ -1,7 +1,7 @@
 """Policies a study's trials trained or are training, in this process or any other.
 
 Budget filling maps many proposals to one edge point, and a proposal whose edge point
-was judged (trained, or timed on the target) walks to a neighbour no trial has (:mod:`autocompress.search.fill`). With one
+was judged (trained, or timed on the target) walks to a neighbour no trial has (:mod:`autocompress.engine.fill`). With one
 process, what it trained is enough to know. With several processes on one study (``autocompress
 worker`` on PostgreSQL, or ``autocompress search --storage URL`` started twice), a process
 knowing only its own trials trains the edge points the others trained, and two workers
@@ -9,7 +9,7 @@ filling at the same moment take the same one. So a trial *claims* its policy in 
 before it is fine-tuned (the ``policy_claim`` user attribute, a digest of the policy's
 layers), and every process reads the study's claims before it fills: a policy another
 trial trained or is training is not new. Ray trials share one actor for this instead
-(:class:`autocompress.search.ray_backend.TakenPoliciesActor`).
+(:class:`autocompress.engine.ray_backend.TakenPoliciesActor`).
 
 Reading and claiming are two storage calls, not one transaction: two workers that fill in
 the same few milliseconds can still both take a point. That costs one duplicate fine-tune,
@@ -37,8 +37,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.search.journal import set_user_attrs
-from autocompress.search.record import DONE, judged
+from autocompress.engine.journal import set_user_attrs
+from autocompress.engine.record import DONE, judged
 
 CLAIM_ATTR = "policy_claim"
 REPEAT_ATTR = "repeat_of"

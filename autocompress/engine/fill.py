@@ -128,7 +128,7 @@ def fill_to_budget(space: ResolvedSpace, params: Params, screen: Screen,
     """``params`` moved to the least compressed point of its line that the budget accepts.
 
     ``screen(params)`` returns ``(feasible, {clause: cost / limit - 1})`` (what
-    :meth:`Objective.screen <autocompress.search.objective.Objective.screen>` predicts).
+    :meth:`Objective.screen <autocompress.engine.objective.Objective.screen>` predicts).
     After the move, a knob goes back to uncompressed only when that leaves every
     clause's cost as it was: a knob the budget needs stays where the line put it.
     ``margins``: ``{clause: fraction}`` a clause's constraint must stay under 0 by

@@ -16,14 +16,11 @@ from typing import Any
 
 import optuna
 
-from autocompress.evaluate import evaluate
-from autocompress.inventory import LayerInventory
-from autocompress.policy import CompressionPolicy
-from autocompress.search.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
-from autocompress.search.config import SearchConfig
-from autocompress.search.objective import Objective, TrialOutcome
-from autocompress.search.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
-from autocompress.search.session import (
+from autocompress.engine.baselines import greedy_candidates, greedy_sensitivity, uniform_candidates
+from autocompress.engine.config import SearchConfig
+from autocompress.engine.objective import Objective, TrialOutcome
+from autocompress.engine.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
+from autocompress.engine.session import (
     LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
     Log,
@@ -33,13 +30,16 @@ from autocompress.search.session import (
     finish_run,
     prepare_run,
 )
-from autocompress.search.trial import Repeat
+from autocompress.engine.trial import Repeat
+from autocompress.evaluate import evaluate
+from autocompress.inventory import LayerInventory
+from autocompress.policy import CompressionPolicy
 from autocompress.space import ResolvedSpace
 from autocompress.tasks import Task
 
 __all__ = ["SearchResult", "run", "search"]
 
-LOG = logging.getLogger("autocompress.search")
+LOG = logging.getLogger("autocompress.engine")
 
 
 
@@ -91,10 +91,10 @@ def run(
 
     Runs under ``torch.set_num_threads(cfg.threads)`` (restored after; latency
     measurements set their target's own thread count). ``cfg.backend == "ray"``
-    runs the trials as Ray Tune trials (:mod:`autocompress.search.ray_backend`).
+    runs the trials as Ray Tune trials (:mod:`autocompress.engine.ray_backend`).
     """
     if cfg.backend == "ray":
-        from autocompress.search.ray_backend import run_ray
+        from autocompress.engine.ray_backend import run_ray
 
         return run_ray(cfg, task, ray_address=cfg.ray_address, progress=progress, log=log)
     if cfg.threads > 0:

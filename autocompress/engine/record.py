@@ -35,7 +35,7 @@ class TrialRecord:
     - ``feasible``: it met the budget on ``latency_basis`` (``measured`` on the target, or
       ``predicted``; None when the budget does not limit latency) and can be the pick;
     - ``violations``: ``{clause: cost / limit - 1}`` as judged (latency shifted by the guard
-      of :mod:`autocompress.search.judge`, so ``<= 0`` means met);
+      of :mod:`autocompress.engine.judge`, so ``<= 0`` means met);
     - analytic costs; ``predicted_latency_ms`` (corrected, as screened), ``predicted_ratio``
       (the table's uncorrected speed ratio) and ``correction`` (the factor applied);
     - ``measured_latency_ms``, ``measured_baseline_ms`` (the uncompressed model timed

@@ -4,11 +4,11 @@ For each candidate policy:
 
 1. predict its costs (analytic MACs/BOPs/params/size, plus the latency table's
    prediction, corrected from measurements, when the budget limits latency);
-2. screen it (:meth:`autocompress.search.judge.Judge.screen`): a candidate predicted
+2. screen it (:meth:`autocompress.engine.judge.Judge.screen`): a candidate predicted
    over the budget is recorded with its costs and constraint values and gets the worst
    metric (0.0 for accuracy-like metrics) WITHOUT being built or fine-tuned;
 3. on the target, build it and time it next to the uncompressed model
-   (:meth:`~autocompress.search.judge.Judge.time`): that measurement judges the budget,
+   (:meth:`~autocompress.engine.judge.Judge.time`): that measurement judges the budget,
    and a candidate that misses is recorded, not fine-tuned;
 4. otherwise fine-tune it with KD from the uncompressed model
    (:func:`autocompress.evaluate.compress_and_score`), passing intermediate
@@ -16,7 +16,7 @@ For each candidate policy:
    validation subset.
 
 Every backend turns the :class:`TrialOutcome` into trial values, ``set_constraint``
-calls and the :class:`~autocompress.search.record.TrialRecord` attributes.
+calls and the :class:`~autocompress.engine.record.TrialRecord` attributes.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader
 
 from autocompress.cost import Budget, Costs, analytic_costs
 from autocompress.device import resolve_device, teacher_on
+from autocompress.engine.baselines import params_key
+from autocompress.engine.judge import Judge, Judgment, MeasureFn
+from autocompress.engine.record import COST_KEYS, TrialRecord
 from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, val_subset
 from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy
-from autocompress.search.baselines import params_key
-from autocompress.search.judge import Judge, Judgment, MeasureFn
-from autocompress.search.record import COST_KEYS, TrialRecord
 from autocompress.space import ResolvedSpace
 from autocompress.tasks.base import Task
 
@@ -108,8 +108,8 @@ class Objective:
     latency table's own time of it (default ``baseline``), what predicted speed ratios
     are relative to. ``measure``: times a policy's model next to the uncompressed model
     on the target (None: away from the target, predictions decide; see
-    :mod:`autocompress.search.judge`). ``fill``: move sampled proposals to the budget's
-    edge (:meth:`candidate`, :mod:`autocompress.search.fill`). ``teacher``: the uncompressed
+    :mod:`autocompress.engine.judge`). ``fill``: move sampled proposals to the budget's
+    edge (:meth:`candidate`, :mod:`autocompress.engine.fill`). ``teacher``: the uncompressed
     model on the fine-tune's device (default: made on first use, :attr:`teacher`).
     """
 
@@ -276,15 +276,15 @@ class Objective:
         """The policy a sampler's parameter dict is evaluated as, and how it was filled.
 
         With ``fill`` on, the proposal moved to the budget's edge, the predicted latency
-        :data:`~autocompress.search.judge.MEASURED_GUARD` under its limit (its
-        :meth:`Filled.summary <autocompress.search.fill.Filled.summary>` second, with the
+        :data:`~autocompress.engine.judge.MEASURED_GUARD` under its limit (its
+        :meth:`Filled.summary <autocompress.engine.fill.Filled.summary>` second, with the
         seconds it took); an edge point ``is_new`` says was evaluated already is moved to
         a neighbour on the edge that was not (knobs tried in ``rng``'s order). Otherwise,
         for a ``planned`` point (or one in ``self.planned``), or when no point of its line
         meets the budget, the proposal as drawn and None.
         """
         if self.fill and not planned and params_key(params) not in self.planned:
-            from autocompress.search.fill import fill_to_budget
+            from autocompress.engine.fill import fill_to_budget
 
             t0 = time.perf_counter()
             new_params = None

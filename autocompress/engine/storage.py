@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from autocompress.engine.journal import journal_storage
 from autocompress.errors import ConfigError
-from autocompress.search.journal import journal_storage
 
 STUDY_FILE = "study.log"
 

@@ -1,7 +1,7 @@
 """A search run's fixed parts: prepared before its first trial, finished after its last.
 
 :func:`prepare_run` is the one setup every backend and ``autocompress worker`` uses (the
-study, the baseline, the latency table, the :class:`~autocompress.search.objective.Objective`
+study, the baseline, the latency table, the :class:`~autocompress.engine.objective.Objective`
 and its judge); :func:`finish_run` picks the best trial and exports the results folder.
 """
 
@@ -27,28 +27,28 @@ from optuna.trial import TrialState
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
-from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
-from autocompress.inventory import LayerInventory, build_inventory
-from autocompress.pareto import BUDGET_BASELINE_ATTR
-from autocompress.policy import CompressionPolicy
-from autocompress.search.baselines import uniform_candidates
-from autocompress.search.config import SearchConfig
-from autocompress.search.judge import PolicyTimer
-from autocompress.search.objective import Objective
-from autocompress.search.optuna_backend import (
+from autocompress.engine.baselines import uniform_candidates
+from autocompress.engine.config import SearchConfig
+from autocompress.engine.judge import PolicyTimer
+from autocompress.engine.objective import Objective
+from autocompress.engine.optuna_backend import (
     make_pruner,
     make_sampler,
     open_study,
     quiet_optuna,
 )
-from autocompress.search.storage import STUDY_FILE, redact_url, storage_for
+from autocompress.engine.storage import STUDY_FILE, redact_url, storage_for
+from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
+from autocompress.inventory import LayerInventory, build_inventory
+from autocompress.pareto import BUDGET_BASELINE_ATTR
+from autocompress.policy import CompressionPolicy
 from autocompress.space import ResolvedSpace, SearchSpace, default_space
 from autocompress.tasks import Task, load_task
 
 if TYPE_CHECKING:
     from autocompress.cost.lut import LatencyLUT
 
-LOG = logging.getLogger("autocompress.search")
+LOG = logging.getLogger("autocompress.engine")
 
 EXIT_OK = 0
 
@@ -143,12 +143,12 @@ def prepare_run(
     the task, writes ``config.resolved.yaml`` and ``env.json``, opens (or
     creates) the study, measures the baseline once per study, seeds and
     measures the latency table, builds the
-    :class:`~autocompress.search.objective.Objective` and warns when the budget
+    :class:`~autocompress.engine.objective.Objective` and warns when the budget
     looks out of reach. ``storage``: an opened storage (e.g.
-    :func:`autocompress.search.storage.open_storage` with a heartbeat), a URL,
+    :func:`autocompress.engine.storage.open_storage` with a heartbeat), a URL,
     or None for ``cfg.storage`` / the run's journal file. ``sampler_seed``
     replaces ``cfg.seed`` for the sampler only (see
-    :func:`autocompress.search.workers.worker_seed`). ``progress`` shows a
+    :func:`autocompress.engine.workers.worker_seed`). ``progress`` shows a
     spinner on stderr during the slow steps. ``warm_start``: queue
     :func:`warm_start_params` in a study this call creates (Ray Tune passes it
     as a point to evaluate instead).
