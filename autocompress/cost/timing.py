@@ -38,6 +38,9 @@ LOCK_ENV = "AUTOCOMPRESS_TIMING_LOCK"
 # shared machine can come out several times too slow; the smallest block median cannot).
 WHOLE_MODEL_RUNS = 100
 MODEL_BLOCKS = 10
+# About this many milliseconds of runs per model in a candidate's timing: a large model gets
+# fewer runs (its per-run noise is smaller), so a timing stays seconds, not a minute.
+TIMING_BUDGET_MS = 2500.0
 
 _local = threading.local()
 _guard = threading.Lock()
@@ -91,12 +94,26 @@ def whole_model_ms(model: nn.Module, example_input: Any, target: Target) -> floa
                                      blocks=MODEL_BLOCKS).stable_ms)
 
 
+def runs_for(reference_ms: float | None) -> int:
+    """Timed runs per model of a whole-model timing: :data:`WHOLE_MODEL_RUNS`, fewer for a
+    model so slow that they would take over :data:`TIMING_BUDGET_MS`, at least two a block.
+
+    >>> runs_for(0.7), runs_for(125.0), runs_for(None)
+    (100, 20, 100)
+    """
+    if not reference_ms or reference_ms <= 0:
+        return WHOLE_MODEL_RUNS
+    fit = int(TIMING_BUDGET_MS / reference_ms)
+    return max(2 * MODEL_BLOCKS, min(WHOLE_MODEL_RUNS, fit))
+
+
 def paired_model_ms(model: nn.Module, reference: nn.Module, example_input: Any,
-                    target: Target) -> tuple[float, float]:
+                    target: Target, runs: int = WHOLE_MODEL_RUNS) -> tuple[float, float]:
     """``(model's ms, reference's ms)`` on ``target``, timed in alternating blocks.
 
     Timed seconds apart, each side's smallest block median shares the machine's speed
-    of those minutes, so their ratio is what a relative budget compares.
+    of those minutes, so their ratio is what a relative budget compares. ``runs`` per
+    model (:func:`runs_for`).
 
     >>> import torch
     >>> from autocompress.cost.target import parse_target
@@ -109,7 +126,7 @@ def paired_model_ms(model: nn.Module, reference: nn.Module, example_input: Any,
 
     with timing_lock():
         mine, ref = measure_models_interleaved([model, reference], example_input, target,
-                                               runs=WHOLE_MODEL_RUNS, blocks=MODEL_BLOCKS)
+                                               runs=runs, blocks=MODEL_BLOCKS)
     return float(mine.stable_ms), float(ref.stable_ms)
 
 

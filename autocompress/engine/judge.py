@@ -72,9 +72,10 @@ class Correction:
     """Measured over predicted speed ratios; their median multiplies later predictions.
 
     Keyed by trial, so reading the same trial twice (a shared study, a resumed run) counts
-    it once. The median (of the logs) is shrunk toward 1 as if :data:`PRIOR_TIMINGS` timed
-    candidates had matched their predictions: one timing taken in a slow moment must not
-    move every later prediction by its whole error.
+    it once. Up to :data:`PRIOR_TIMINGS` timings, the median (of the logs) is shrunk toward 1
+    as if as many timed candidates had matched their predictions: one timing taken in a slow
+    moment must not move every later prediction by its whole error. From three on, the
+    median stands alone, so the correction converges to what the target shows.
 
     >>> c = Correction()
     >>> c.factor
@@ -85,8 +86,8 @@ class Correction:
     >>> for k in "23456789":
     ...     c.observe(k, measured_ratio=0.60, predicted_ratio=0.30)
     >>> c.observe("9", measured_ratio=0.60, predicted_ratio=0.30)  # the same trial again
-    >>> round(c.factor, 3), len(c.ratios)  # nine timings agree: most of the way
-    (1.763, 9)
+    >>> round(c.factor, 3), len(c.ratios)  # nine timings agree: all the way
+    (2.0, 9)
     """
 
     ratios: dict[str, float] = field(default_factory=dict)
@@ -98,6 +99,8 @@ class Correction:
         if not n:
             return 1.0
         log_median = statistics.median(math.log(r) for r in self.ratios.values())
+        if n > PRIOR_TIMINGS:  # a median of three or more stands on its own
+            return float(math.exp(log_median))
         return float(math.exp(log_median * n / (n + PRIOR_TIMINGS)))
 
     def observe(self, key: str, measured_ratio: float, predicted_ratio: float) -> None:
@@ -223,10 +226,14 @@ class PolicyTimer:
     inventory: LayerInventory
     target: Target
 
+    #: The uncompressed model's ms on the target, when known: sets how many runs a timing takes.
+    reference_ms: float | None = None
+
     def __call__(self, policy: CompressionPolicy) -> tuple[float, float]:
-        from autocompress.cost.timing import paired_model_ms
+        from autocompress.cost.timing import paired_model_ms, runs_for
         from autocompress.methods import apply_policy
 
         model = apply_policy(self.task.model, policy, self.task.example_input,
                              inventory=self.inventory)
-        return paired_model_ms(model, self.task.model, self.task.example_input, self.target)
+        return paired_model_ms(model, self.task.model, self.task.example_input, self.target,
+                               runs=runs_for(self.reference_ms))

@@ -259,7 +259,8 @@ def prepare_run(
         # Only the sampled strategy is filled: baselines run as defined, and a Pareto search
         # wants candidates away from the budget's edge too.
         fill=cfg.fill_budget and cfg.strategy == "tpe" and cfg.mode == "constrained",
-        measure=PolicyTimer(task, inventory, target) if cfg.measure and frozen is None else None,
+        measure=(PolicyTimer(task, inventory, target, baseline.latency_ms)
+                 if cfg.measure and frozen is None else None),
         teacher=teacher,
     )
     if not created:  # a resumed run takes up the correction its timings taught
