@@ -6,7 +6,7 @@ import itertools
 
 from autocompress.cost import analytic_costs, parse_budget
 from autocompress.engine.baselines import uniform_candidates
-from autocompress.engine.taken import policy_key
+from autocompress.engine.taken import policy_digest
 from autocompress.inventory import build_inventory
 from autocompress.space import SearchSpace
 
@@ -23,8 +23,8 @@ def test_uniform_candidates_are_distinct_policies(digits_task):
 
     same = [space.policy_from_params(space.uniform_params(prune=0.65, rank_fraction=r, bits=32))
             for r in (1.0, 0.5)]
-    assert policy_key(same[0].to_dict()) == policy_key(same[1].to_dict())  # one policy, two dicts
+    assert policy_digest(same[0].to_dict()) == policy_digest(same[1].to_dict())  # one policy, two dicts
     candidates = list(itertools.islice(uniform_candidates(space, feasible), 40))
-    keys = [policy_key(space.policy_from_params(p).to_dict()) for p in candidates]
+    keys = [policy_digest(space.policy_from_params(p).to_dict()) for p in candidates]
     assert len(candidates) == 40 and len(set(keys)) == len(keys)
     assert all(feasible(p) for p in candidates)

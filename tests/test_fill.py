@@ -147,7 +147,7 @@ def test_filled_proposals_walk_to_new_policies_instead_of_repeating_one(digits_m
     """Under ``macs<=40%`` the MLP's edge holds 4 policies (its ranks): proposals filled onto a
     trained one walk on, to knobs the budget does not need, and none is skipped or repeated."""
     from autocompress.engine.optuna_backend import evaluated
-    from autocompress.engine.taken import policy_key
+    from autocompress.engine.taken import policy_digest
 
     search(digits_mlp_task, out=tmp_path / "mlp", budget="macs<=40%", target="torch-1t",
            trials=8, finetune_steps=5, export=False, report_every=5, val_samples=100,
@@ -155,7 +155,7 @@ def test_filled_proposals_walk_to_new_policies_instead_of_repeating_one(digits_m
     trials = _trials(tmp_path / "mlp")
     assert len(trials) == 8 and all(evaluated(t) for t in trials)  # no TPE ask wasted
     fills = [t.user_attrs["policy"]["provenance"].get("fill") for t in trials]
-    keys = [policy_key(t.user_attrs["policy"]) for t in trials]
+    keys = [policy_digest(t.user_attrs["policy"]) for t in trials]
     assert len(set(keys)) == len(keys)  # every fine-tune trained a policy not trained before
     walked = [f["neighbour"] for f in fills if f and "neighbour" in f]
     assert any(knob.endswith("/rank") for w in walked for knob in w.split(","))
@@ -168,7 +168,7 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
     trained policy is told that trial's outcome, and after MAX_REPEATS_IN_A_ROW in a row
     filling stops."""
     from autocompress.engine.optuna_backend import evaluated
-    from autocompress.engine.taken import policy_key
+    from autocompress.engine.taken import policy_digest
     from autocompress.engine.trial import MAX_REPEATS_IN_A_ROW
 
     space = tmp_path / "ranks.yaml"
@@ -191,7 +191,7 @@ def test_a_filled_proposal_with_nowhere_left_to_walk_is_not_trained_again(digits
         assert r.user_attrs["finetune_s"] == 0  # told, not fine-tuned
     # every filled policy fine-tuned is a new one; once filling repeated itself
     # MAX_REPEATS_IN_A_ROW times in a row, it stopped and proposals were evaluated as drawn
-    filled = [policy_key(t.user_attrs["policy"]) for t in done
+    filled = [policy_digest(t.user_attrs["policy"]) for t in done
               if "fill" in t.user_attrs["policy"]["provenance"]]
     assert len(set(filled)) == len(filled)
     as_drawn = [t for t in trials if t.number > repeats[-1].number]

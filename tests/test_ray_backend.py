@@ -144,7 +144,7 @@ def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_
     one edge point, and the later trials walk to policies no trial has trained (the run's
     TakenPoliciesActor actor), as the Optuna backend's do."""
     from autocompress.engine.ray_backend import run_ray
-    from autocompress.engine.taken import policy_key
+    from autocompress.engine.taken import policy_digest
 
     proposal = _points(digits_task)[1]  # uniform prune 0.5: filled back to the budget's edge
     cfg = _cfg(tmp_path / "run", trials=4, finetune_steps=10, report_every=0, pruner="none",
@@ -153,7 +153,7 @@ def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_
                      points_to_evaluate=[proposal, proposal, proposal])
     trained = [t for t in result.study.trials if t.user_attrs["metric"] is not None]
     assert len(trained) == 4
-    keys = [policy_key(t.user_attrs["policy"]) for t in trained]
+    keys = [policy_digest(t.user_attrs["policy"]) for t in trained]
     assert len(set(keys)) == len(keys)  # no policy trained twice
     walked = [t for t in trained
               if "neighbour" in t.user_attrs["policy"]["provenance"].get("fill", {})]

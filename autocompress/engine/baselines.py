@@ -43,14 +43,14 @@ def params_key(params: Params) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, round(float(v), 6)) for k, v in params.items()))
 
 
-def _params_policy_key(space: ResolvedSpace, params: Params) -> str:
+def _params_digest(space: ResolvedSpace, params: Params) -> str:
     """The identity of the policy ``params`` make. Two parameter dicts can make one policy:
     a rank fraction at or above a pruned layer's break-even factorises nothing, so uniform
     prune 0.65 at rank 0.5 is prune 0.65 alone, and a baseline that told them apart would
     fine-tune one policy several times."""
-    from autocompress.engine.taken import policy_key
+    from autocompress.engine.taken import policy_digest
 
-    return policy_key(space.policy_from_params(params).to_dict())
+    return policy_digest(space.policy_from_params(params).to_dict())
 
 
 def _bisect_first_true(n: int, pred: Callable[[int], bool]) -> int | None:
@@ -126,7 +126,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
             if not feasible(params):
                 continue
             start[combo] = 0
-        key = _params_policy_key(space, params)
+        key = _params_digest(space, params)
         if key not in seen:
             seen.add(key)
             yield params
@@ -134,7 +134,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
         for combo, first in start.items():
             if first + k < len(prune_levels):
                 params = params_for(first + k, combo)
-                key = _params_policy_key(space, params)
+                key = _params_digest(space, params)
                 if key not in seen:
                     seen.add(key)
                     yield params
@@ -214,7 +214,7 @@ def greedy_candidates(
     seen: set[str] = set()
     for tau in taus[first:]:
         params = allocate(tau)
-        key = _params_policy_key(space, params)
+        key = _params_digest(space, params)
         if key in seen:
             continue
         seen.add(key)

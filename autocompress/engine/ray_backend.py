@@ -167,17 +167,17 @@ class RayTakenPolicies:
     def is_new(self, policy: dict[str, Any]) -> bool:
         import ray
 
-        from autocompress.engine.taken import policy_key
+        from autocompress.engine.taken import policy_digest
 
-        return bool(ray.get(self.claims.claim.remote(policy_key(policy))))
+        return bool(ray.get(self.claims.claim.remote(policy_digest(policy))))
 
     def earlier(self, policy: dict[str, Any]) -> FrozenTrial | None:
         return None
 
     def claim(self, policy: dict[str, Any], trial: Any = None) -> None:
-        from autocompress.engine.taken import policy_key
+        from autocompress.engine.taken import policy_digest
 
-        self.claims.claim.remote(policy_key(policy))  # a point evaluated as it is is taken too
+        self.claims.claim.remote(policy_digest(policy))  # a point evaluated as it is is taken too
 
     def add(self, trial: FrozenTrial) -> None:
         self.share()
@@ -193,10 +193,10 @@ def start_taken_actor(study: optuna.Study) -> Any:
 
     from autocompress.engine.judge import Correction
     from autocompress.engine.record import DONE
-    from autocompress.engine.taken import policy_key, trained
+    from autocompress.engine.taken import policy_digest, trained
 
     done = study.get_trials(deepcopy=False, states=DONE)
-    taken = [policy_key(t.user_attrs["policy"]) for t in done if trained(t)]
+    taken = [policy_digest(t.user_attrs["policy"]) for t in done if trained(t)]
     correction = Correction()
     correction.observe_trials(done)
     return ray.remote(num_cpus=0)(TakenPoliciesActor).remote(taken, correction.ratios)

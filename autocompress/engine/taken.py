@@ -44,18 +44,15 @@ CLAIM_ATTR = "policy_claim"
 REPEAT_ATTR = "repeat_of"
 
 
-def policy_key(policy: dict[str, Any]) -> str:
-    """What two evaluations of the same policy share: its layers (a policy's ``to_dict()``)."""
-    return json.dumps(policy.get("layers", {}), sort_keys=True)
-
-
 def policy_digest(policy: dict[str, Any]) -> str:
-    """A short, stable name of :func:`policy_key` (what a claim stores).
+    """A policy's identity: a short, stable hash of its layers (a policy's ``to_dict()``), what
+    two evaluations of one policy share and what a claim stores.
 
     >>> policy_digest({"layers": {"a": {"bits": 8}}}) == policy_digest({"layers": {"a": {"bits": 8}}})
     True
     """
-    return hashlib.sha256(policy_key(policy).encode()).hexdigest()[:20]
+    layers = json.dumps(policy.get("layers", {}), sort_keys=True)
+    return hashlib.sha256(layers.encode()).hexdigest()[:20]
 
 
 def trained(trial: FrozenTrial) -> bool:
