@@ -21,6 +21,7 @@ new models after that many seconds, and the models not reached are listed too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -139,7 +140,7 @@ def hf_task(family: str, size: str = "base") -> Any:
     gen = torch.Generator().manual_seed(0)
     n = SYNTHETIC_TRAIN + SYNTHETIC_VAL
     rows: list[dict[str, torch.Tensor]] = []
-    for i in range(n):
+    for _ in range(n):
         if "pixel_values" in x:
             row = {"pixel_values": torch.randn(x["pixel_values"].shape[1:], generator=gen)}
         else:
@@ -365,11 +366,9 @@ def run_isolated(name: str, size: str = "base", timeout_s: float = TIMEOUT_S,
         _, stderr = proc.communicate()
         row: dict[str, Any] = {"model": name, "size": size, "reached": None, "failed": None,
                                "error": None, "seconds": {}, "peak_rss_mb": 0.0}
-        if progress.is_file():
-            try:
-                row = json.loads(progress.read_text())
-            except json.JSONDecodeError:  # killed in mid-write: the stage is unknown
-                pass
+        # A process killed in mid-write leaves half a row: the stage is then unknown.
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            row = json.loads(progress.read_text())
         running = row.pop("running", None)
         if why is None and proc.returncode != 0:
             tail = [line for line in (stderr or "").splitlines() if line.strip()][-1:]
@@ -449,6 +448,21 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with ``new``'s rows in place of its rows of the same models (new models are
+    appended; a model run now is no longer "not run"); ``old``'s settings and counts stay.
+
+    >>> merge({"rows": [{"model": "a", "x": 1}, {"model": "b"}], "not_run": ["c"]},
+    ...       {"rows": [{"model": "a", "x": 2}, {"model": "c"}]})["rows"]
+    [{'model': 'a', 'x': 2}, {'model': 'b'}, {'model': 'c'}]
+    """
+    fresh = {r["model"]: r for r in new["rows"]}
+    rows = [fresh.pop(r["model"], r) for r in old["rows"]]
+    rows += list(fresh.values())
+    done = {r["model"] for r in rows}
+    return {**old, "rows": rows, "not_run": [m for m in old.get("not_run", []) if m not in done]}
+
+
 def torchvision_params() -> dict[str, float]:
     """Millions of parameters of every torchvision classification model, from its weights'
     metadata (so no model is built).
@@ -475,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no new model after this many seconds")
     parser.add_argument("--size", default="base", choices=["base", "tiny"])
     parser.add_argument("--out", type=Path, default=RESULTS / "model_zoo")
+    parser.add_argument("--update", action="store_true",
+                        help="replace the rows of --models in the existing result, keep the rest")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -508,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "torchvision_total": len([m for m in sizes if not args.models or m in args.models]),
         "rows": rows, "skipped": skipped, "not_run": not_run,
     }
+    if args.update:
+        result = merge(json.loads(args.out.with_suffix(".json").read_text()), result)
     print(write_result(args.out, result, render))
     return 0
 
