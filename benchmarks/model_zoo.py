@@ -84,14 +84,15 @@ def hf_model(family: str, size: str) -> tuple[Any, Any]:
     ('DistilBertForSequenceClassification', ['attention_mask', 'input_ids'])
     """
     import torch
-    import transformers as tf
+    import transformers
 
+    tf: Any = transformers  # the config classes take their fields as keyword arguments
     name = family.split(":", 1)[1]
     tiny = size == "tiny"
     torch.manual_seed(0)
     if name == "vit":
-        kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, image_size=32, patch_size=8) if tiny else {}
+        kw: dict[str, Any] = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, image_size=32, patch_size=8) if tiny else {}
         config = tf.ViTConfig(num_labels=10, **kw)
         model = tf.ViTForImageClassification(config)
         x = {"pixel_values": torch.randn(1, 3, config.image_size, config.image_size,
@@ -107,7 +108,7 @@ def hf_model(family: str, size: str) -> tuple[Any, Any]:
                          f"{', '.join(HF_FAMILIES)}")
     kw = {}
     if tiny:
-        width = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        width: dict[str, Any] = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "intermediate_size": 64}
         if name == "distilbert":
             width = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
@@ -139,7 +140,7 @@ def hf_task(family: str, size: str = "base") -> Any:
     model, x = hf_model(family, size)
     gen = torch.Generator().manual_seed(0)
     n = SYNTHETIC_TRAIN + SYNTHETIC_VAL
-    rows: list[dict[str, torch.Tensor]] = []
+    rows: Any = []  # a list of dicts serves as a map-style dataset
     for _ in range(n):
         if "pixel_values" in x:
             row = {"pixel_values": torch.randn(x["pixel_values"].shape[1:], generator=gen)}

@@ -62,7 +62,8 @@ def drop_aux_heads(model: nn.Module) -> nn.Module:
     (True, torch.Size([2, 1000]))
     """
     if getattr(model, "aux_logits", False):
-        model.aux_logits = False
+        # setattr: nn.Module types its attributes as tensors or modules, not flags.
+        setattr(model, "aux_logits", False)  # noqa: B010
         for name in ("aux1", "aux2", "AuxLogits"):
             if hasattr(model, name):
                 setattr(model, name, None)
