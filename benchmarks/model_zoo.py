@@ -41,6 +41,8 @@ HF_FAMILIES = ["hf:bert", "hf:distilbert", "hf:roberta", "hf:vit"]
 IMAGE_SIZES = [64, 96, 128, 160, 224, 299]  # tried in order; the first that runs is used
 FIXED_SIZE = {"vit_": 224, "maxvit_t": 224, "swin": 224}  # models built for one input size
 SEQ_LEN = {"base": 32, "tiny": 8}
+# Fine-tune batch of the HF tasks: ViT-base's backward over 197 tokens at 16 rows passes the cap.
+HF_BATCH = {"hf:vit": 8}
 TOLERANCE = 1e-3  # ONNX Runtime vs PyTorch: max |diff| relative to max |PyTorch output|
 TOLERANCE_ACT8 = 5e-2  # with 8-bit activations rounding may flip a step in either runtime
 MAX_PARAMS = 150e6
@@ -65,6 +67,9 @@ CAUSES = {
             "`torch.backends.mha.set_fastpath_enabled(False)`), outside this change's files. "
             "The earlier failure at `apply` (the hidden width cut) is fixed: `conv_proj`'s "
             "group is no longer prunable.",
+    "hf:vit": "Over the memory cap in `search`: ViT-base's fine-tune (teacher, student, Adam "
+              "state, and the backward over 197 tokens of 12 layers) after the inventory the "
+              "search builds again.",
     "hf:": "Beyond the time limit on this 2-core machine (base-size models; the inventory's "
            "pruning checks trace the model once per broken attention group, and the search "
            "builds its own inventory again).",
@@ -179,8 +184,8 @@ def hf_task(family: str, size: str = "base") -> Any:
                 r["labels"] = y
     return Task(
         name=family, model=model, example_input=x,
-        train_loader=DataLoader(rows[:SYNTHETIC_TRAIN], batch_size=16, shuffle=True,
-                                generator=gen),
+        train_loader=DataLoader(rows[:SYNTHETIC_TRAIN], batch_size=HF_BATCH.get(family, 16),
+                                shuffle=True, generator=gen),
         val_loader=DataLoader(rows[SYNTHETIC_TRAIN:], batch_size=16),
         metric=_agreement(copy.deepcopy(model)), metric_name="agreement", output="logits",
         baseline_metric=1.0, info={"weights": "random", "inputs": "synthetic", "size": size},
@@ -446,6 +451,7 @@ def render(result: dict[str, Any]) -> str:
         f"Face text models {SEQ_LEN['base']} token ids with an attention mask, HF ViT 224.",
         "",
         f"Settings: {json.dumps(settings)}",
+        *[f"\n{note}" for note in result.get("notes", [])],
         "",
         f"**Goal** (≥ {GOAL_SHARE:.0%} of torchvision classification models and every "
         f"Hugging Face family pass every stage): **{'met' if met else 'missed'}**: "
@@ -466,7 +472,8 @@ def render(result: dict[str, Any]) -> str:
         )
     failed = [r for r in rows if not passed(r)]
     causes = [(r["model"], text) for r in failed for key, text in CAUSES.items()
-              if r["model"].startswith(key) and (key != "hf:" or "timeout" in (r["error"] or ""))]
+              if r["model"].startswith(key) and (key != "hf:" or "timeout" in (r["error"] or ""))
+              and (key != "hf:vit" or "memory" in (r["error"] or ""))]
     if causes:
         lines += ["", "Why they failed:", ""] + [f"- {m}: {text}" for m, text in causes]
     if result.get("skipped"):
