@@ -370,15 +370,17 @@ def pruning_groups(
 def unprunable_linear_groups(
     model: nn.Module, example_input: ModelInput, group_of: dict[str, str]
 ) -> set[str]:
-    """Linear-led pruning groups whose pruning breaks the model's forward.
+    """Pruning groups with a Linear member whose pruning breaks the model's forward.
 
     Torch-Pruning couples channels through adds and matmuls but not through reshapes into
-    attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``), so
-    such a group looks prunable and every pruned model fails. On a copy, every Linear-led
-    group loses its first channel and the model runs once; only when that fails are the
-    groups tried one at a time (in module order, on a fresh copy after each failure), and
-    those after which the forward fails are returned. Conv-led groups are not checked:
-    Torch-Pruning follows convolutional graphs fully, and their check would cost a trace.
+    attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``) or a
+    hidden width fixed in the forward (torchvision ViT's patch embedding, a conv whose group
+    holds the residual stream's Linear layers), so such a group looks prunable and every
+    pruned model fails. On a copy, every such group loses its first channel and the model
+    runs once; only when that fails are the groups tried one at a time (in module order, on
+    a fresh copy after each failure), and those after which the forward fails are returned.
+    Groups of convs alone are not checked: Torch-Pruning follows convolutional graphs fully,
+    and their check would cost a trace.
 
     >>> from autocompress.models import DigitsCNN
     >>> x = torch.zeros(1, 1, 8, 8)
@@ -386,8 +388,8 @@ def unprunable_linear_groups(
     set()
     """
     order = {n: i for i, n in enumerate(compressible_modules(model))}
-    pending = sorted({g for g in group_of.values()
-                      if isinstance(model.get_submodule(g), nn.Linear)}, key=order.__getitem__)
+    pending = sorted({g for fqn, g in group_of.items()
+                      if isinstance(model.get_submodule(fqn), nn.Linear)}, key=order.__getitem__)
     if not pending or _prunes_cleanly(model, example_input, pending) is None:
         return set()
     broken: set[str] = set()
@@ -405,6 +407,18 @@ def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[s
     """Prune one channel of each group in ``leaders`` on a copy; None if the forward still
     runs, else the index of the group after which it failed (``stop_early``: run after each
     group) or 0 (one run after all of them)."""
+    import gc
+
+    failed = _prune_and_run(model, example_input, leaders, stop_early)
+    # The copy and its dependency graph reference each other: without a collection now,
+    # each try would hold a whole model copy until the next cyclic collection.
+    gc.collect()
+    return failed
+
+
+def _prune_and_run(model: nn.Module, example_input: ModelInput, leaders: list[str],
+                   stop_early: bool) -> int | None:
+    """:func:`_prunes_cleanly` without the collection of its copy."""
     import copy
 
     import torch_pruning as tp
@@ -412,8 +426,10 @@ def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[s
     trial = copy.deepcopy(model).eval()
     graph = dependency_graph(trial, example_input)
     for i, name in enumerate(leaders):
-        group = graph.get_pruning_group(trial.get_submodule(name), tp.prune_linear_out_channels,
-                                        [0])
+        leader = trial.get_submodule(name)
+        prune = (tp.prune_linear_out_channels if isinstance(leader, nn.Linear)
+                 else tp.prune_conv_out_channels)
+        group = graph.get_pruning_group(leader, prune, [0])
         if graph.check_pruning_group(group):  # a one-channel member has nothing to lose
             group.prune()
         if stop_early and not _runs(trial, example_input):

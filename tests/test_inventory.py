@@ -70,3 +70,43 @@ def test_a_graph_torch_pruning_cannot_trace_leaves_every_layer_unprunable():
     assert len(inv) > 10 and not any(layer.prunable for layer in inv)
     # the MACs are still counted: every layer computes, and the layers are part of the model
     assert all(layer.macs > 0 for layer in inv) and sum(layer.macs for layer in inv) <= inv.total_macs
+
+
+def test_a_conv_whose_group_holds_a_fixed_hidden_width_is_not_prunable():
+    """torchvision's ViT reshapes its patch embedding to ``hidden_dim`` in the forward, so
+    the group of ``conv_proj`` (the residual stream, with Linear members) cannot lose channels."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                            hidden_dim=32, mlp_dim=64).eval()
+    inv = build_inventory(vit, torch.zeros(1, 3, 32, 32))
+    assert not inv["conv_proj"].prunable
+    assert not inv["encoder.layers.encoder_layer_0.mlp.3"].prunable
+    assert inv["encoder.layers.encoder_layer_0.mlp.0"].prunable  # the MLP's hidden units
+
+
+def test_the_pruning_checks_leave_no_model_copy_behind():
+    """Each check prunes a copy whose dependency graph references it in a cycle; a BERT-base
+    inventory held one copy per check (gigabytes) until the next cyclic collection."""
+    import gc
+
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    from autocompress.inventory import pruning_groups, unprunable_linear_groups
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64)
+    bert = transformers.BertModel(config).eval()
+    x = torch.zeros(1, 8, dtype=torch.long)
+    groups = pruning_groups(bert, x)[0]
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(isinstance(o, nn.Parameter) for o in gc.get_objects())
+        assert unprunable_linear_groups(bert, x, groups)  # the attention's reshaped groups
+        after = sum(isinstance(o, nn.Parameter) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert after == before  # no pruned copy's weights are left waiting for a collection

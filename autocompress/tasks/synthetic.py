@@ -49,6 +49,27 @@ def synthetic_loaders(model: nn.Module, shape: tuple[int, ...]) -> tuple[DataLoa
             DataLoader(val, batch_size=16))
 
 
+def drop_aux_heads(model: nn.Module) -> nn.Module:
+    """Remove the auxiliary classifiers of GoogLeNet and Inception v3 (in place).
+
+    They run only in training mode, where they turn the output into a tuple, and the
+    inventory, traced in eval mode, never sees them: a pruned model's fine-tune would feed
+    them the wrong number of channels. The distillation fine-tune needs only the main output.
+
+    >>> import torchvision
+    >>> net = drop_aux_heads(torchvision.models.googlenet(weights=None, init_weights=False))
+    >>> net.aux1 is None, net.train()(torch.zeros(2, 3, 64, 64)).shape
+    (True, torch.Size([2, 1000]))
+    """
+    if getattr(model, "aux_logits", False):
+        # setattr: nn.Module types its attributes as tensors or modules, not flags.
+        setattr(model, "aux_logits", False)  # noqa: B010
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+    return model
+
+
 def torchvision_task(name: str, checkpoint: str | None = None, image_size: int = 224) -> Task:
     """Any torchvision classification model by name, e.g. ``resnet18`` or ``mobilenet_v2``."""
     import copy
@@ -69,6 +90,7 @@ def torchvision_task(name: str, checkpoint: str | None = None, image_size: int =
     model = torchvision.models.get_model(name, weights=None)
     if checkpoint:
         load_checkpoint(model, checkpoint)
+    drop_aux_heads(model)
     model.eval()
     shape = (3, image_size, image_size)
     train_loader, val_loader = synthetic_loaders(model, shape)
