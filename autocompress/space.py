@@ -512,16 +512,17 @@ class SearchSpace:
     def resolve(self, inventory: LayerInventory) -> ResolvedSpace:
         """Bind the space to a model's layers.
 
-        Raises :class:`SpaceError` when a rule names an FQN the model lacks or
-        matches no layer at all.
+        Raises :class:`SpaceError` when a rule's ``fqn`` names a layer the model lacks or its
+        pattern matches no layer (a rule by ``kind`` or ``output`` alone may match none: a
+        shipped space serves models without Linear layers too).
         """
         rules = self.spec.rules
         for i, rule in enumerate(rules):
             hits = [layer.fqn for layer in inventory
                     if rule.match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs)]
-            if hits:
-                continue
             m = rule.match
+            if hits or m.fqn is None:  # a kind rule of a shared space may fit no layer of a model
+                continue
             if m.fqn is not None and not m.fqn.startswith("re:") and m.fqn not in inventory:
                 close = [n for n in inventory.fqns if n.split(".")[-1] == m.fqn.split(".")[-1]]
                 hint = f" (similar: {', '.join(close[:3])})" if close else ""

@@ -325,7 +325,7 @@ def run_stages(name: str, size: str = "base", progress: Path | None = None,
                                  f"{ref.shape} by {rel:.3g} of its scale (tolerance {tol:g})")
 
     def search() -> None:
-        from autocompress.search import search as run_search
+        from autocompress.engine import search as run_search
 
         state.pop("compressed", None)
         with tempfile.TemporaryDirectory() as out:

@@ -297,3 +297,20 @@ def test_autocompress_apply_reproduces_the_exported_costs(int8_run, tmp_path: Pa
     exported = torch.load(root / "model_best.pt", weights_only=False)
     applied = torch.load(tmp_path / "applied" / "model.pt", weights_only=False)
     assert [p.shape for p in exported.parameters()] == [p.shape for p in applied.parameters()]
+
+
+def test_a_transformer_with_fused_attention_exports_and_agrees():
+    """nn.MultiheadAttention's eval-mode fast path has no ONNX export; the export takes the
+    plain path, which computes the same outputs."""
+    import numpy as np
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from autocompress.runtime.onnx import export_onnx, onnx_agreement
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                              hidden_dim=32, mlp_dim=64).eval()
+    x = torch.randn(2, 3, 32, 32)
+    got, ref = onnx_agreement(model, export_onnx(model, x[:1]), x)
+    assert float(np.abs(got - ref).max()) < 1e-4 * max(1.0, float(np.abs(ref).max()))
+    assert torch.backends.mha.get_fastpath_enabled()  # the global switch is restored

@@ -205,10 +205,34 @@ def test_rules_naming_missing_layers_or_matching_nothing(cnn_inv, tmp_path):
     assert "(similar: features.2)" not in msg or "features.0" in msg
     assert "valid layers: features.0, features.2, classifier.1, classifier.3" in msg
 
-    with pytest.raises(SpaceError, match=r"rule 1 match \{kind: DepthwiseConv2d\} matches no layer"):
-        space("rules:\n  - match: {kind: DepthwiseConv2d}\n    bits: {choices: [8]}").resolve(
+    with pytest.raises(SpaceError, match=r"rule 1 match \{fqn: re:\^decoder\} matches no layer"):
+        space("rules:\n  - match: {fqn: 're:^decoder'}\n    bits: {choices: [8]}").resolve(
             cnn_inv)
+    # a kind rule may fit no layer of this model (a shared space serves many models)
+    assert space("defaults: {bits: {choices: [8, 32]}}\nrules:\n  - match: {kind: "
+                 "DepthwiseConv2d}\n    bits: {choices: [8]}").resolve(cnn_inv).params
     with pytest.raises(SpaceError, match="searches nothing on this model"):
         space("defaults: {bits: null}").resolve(cnn_inv)
     with pytest.raises(SpaceError, match="does not exist; pass a YAML file"):
         SearchSpace.load(tmp_path / "missing.yaml")
+
+
+def test_a_kind_rule_of_a_shared_space_may_match_no_layer_but_a_named_layer_must_exist():
+    """torchvision_cnn.yaml has a Linear rule; a conv-only model (SqueezeNet's head is a conv)
+    still resolves it. A rule naming a layer by fqn that the model lacks stays an error."""
+    import torch
+    from torch import nn
+
+    from autocompress.errors import SpaceError
+    from autocompress.inventory import build_inventory
+    from autocompress.space import SearchSpace
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 10, 1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    inv = build_inventory(model, torch.zeros(1, 3, 16, 16))
+    assert {layer.kind for layer in inv} == {"Conv2d"}
+    resolved = SearchSpace.embedded("torchvision_cnn").resolve(inv)
+    assert resolved.params  # the conv rules still apply
+    named = SearchSpace.from_yaml("rules:\n  - match: {fqn: classifier}\n    bits: {choices: [8]}\n")
+    with pytest.raises(SpaceError, match="names a layer the model lacks"):
+        named.resolve(inv)

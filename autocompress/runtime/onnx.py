@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +64,8 @@ def export_onnx(
         names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
     axes = onnx_dynamic_axes(x) | {name: {0: "batch"} for name in names}
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args:
+    with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args, \
+            _no_attention_fastpath():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
@@ -147,3 +150,19 @@ def run_onnx(
     """
     sess = ort_session(model, threads)
     return sess.run(None, ort_feed(sess, x))[0]
+
+
+@contextlib.contextmanager
+def _no_attention_fastpath() -> Iterator[None]:
+    """PyTorch's fused eval-mode attention (``nn.MultiheadAttention``'s fast path) has no ONNX
+    export; the plain path computes the same outputs and exports."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
