@@ -32,7 +32,7 @@ def default_threads() -> int:
 
     A timing on every core competes with everything else the machine runs (the search's
     own process, other workers, the system) and does not repeat itself, so no latency
-    model can hold there (benchmarks/results/latency_fidelity_retest_2t.md); four threads
+    model can hold there (BENCHMARKS.md, latency-model fidelity); four threads
     is where small-batch CPU inference stops scaling on most machines.
     """
     return max(1, min(4, (os.cpu_count() or 1) - 1))
