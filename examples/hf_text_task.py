@@ -14,7 +14,10 @@ From the repository root (``examples`` must be importable)::
 
     PYTHONPATH=. HF_TEXT_MODEL=/path/to/model HF_TEXT_SENTENCES=my_sentences.txt \\
         autocompress search --task examples.hf_text_task:make_task \\
-        --budget 'latency<=0.6x' --trials 20 --finetune-steps 100 --out results/my-encoder
+        --config examples/search_minilm.yaml --budget 'latency<=0.6x' --out results/mine
+
+``examples/search_minilm.yaml`` sets the fine-tune's ``lr`` to 1e-4 (pretrained weights;
+the default is 1e-3), 100 steps and 20 trials; flags override it.
 
 ``autocompress inspect --task examples.hf_text_task:make_task`` lists its layers first.
 """

@@ -138,3 +138,10 @@ def test_the_hf_text_example_loads_your_sentences_and_inspects(monkeypatch, caps
     monkeypatch.setenv("HF_TEXT_SENTENCES", str(tmp_path / "missing.txt"))
     assert main(["inspect", "--task", "examples.hf_text_task:make_task"]) == 2
     assert "missing.txt does not exist" in capsys.readouterr().err
+
+
+def test_the_minilm_config_example_is_a_valid_search_config() -> None:
+    from autocompress.search.config import SearchConfig
+
+    cfg = SearchConfig.build(REPO / "examples" / "search_minilm.yaml")
+    assert cfg.task == "minilm" and cfg.lr == pytest.approx(1e-4) and cfg.trials == 20

@@ -79,7 +79,7 @@ class MeanPooled(nn.Module):
     ...                               num_attention_heads=2, intermediate_size=16)
     >>> m = MeanPooled(transformers.BertModel(cfg)).eval()
     >>> ids = torch.tensor([[2, 5, 7, 0]]); mask = torch.tensor([[1, 1, 1, 0]])
-    >>> e = m(input_ids=ids, attention_mask=mask)
+    >>> e = m(input_ids=ids, attention_mask=mask).detach()
     >>> e.shape, round(float(e.norm()), 4)
     (torch.Size([1, 8]), 1.0)
     """
@@ -212,7 +212,7 @@ def _reference(model: nn.Module, tokens: dict[str, torch.Tensor], key: str) -> t
     digest = hashlib.sha256(key.encode())
     for t in tokens.values():
         digest.update(t.numpy().tobytes())
-    path = cache_dir() / f"minilm-reference-{digest.hexdigest()[:16]}.pt"
+    path = cache_dir() / f"sentence-embeddings-{digest.hexdigest()[:16]}.pt"
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
