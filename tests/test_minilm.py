@@ -141,7 +141,7 @@ def test_the_hf_text_example_loads_your_sentences_and_inspects(monkeypatch, caps
 
 
 def test_the_minilm_config_example_is_a_valid_search_config() -> None:
-    from autocompress.search.config import SearchConfig
+    from autocompress.engine.config import SearchConfig
 
     cfg = SearchConfig.build(REPO / "examples" / "search_minilm.yaml")
     assert cfg.task == "minilm" and cfg.lr == pytest.approx(1e-4) and cfg.trials == 20
