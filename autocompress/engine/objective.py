@@ -345,14 +345,14 @@ class Objective:
         provenance: dict[str, Any] | None = None,
         screening: Screening | None = None,
         key: str | None = None,
-        judged: Callable[[TrialRecord], None] | None = None,
+        judged: Callable[[TrialRecord, float], None] | None = None,
     ) -> TrialOutcome:
         """Judge and score one candidate (see the module docstring).
 
         ``screening``: its :meth:`screen`, when the caller screened it already; ``key``:
         the trial's name in the judge's correction (default: the provenance's trial);
-        ``judged``: called with the record as judged, before the fine-tune (a Ray trial
-        reports it, since a trial its scheduler stops never returns).
+        ``judged``: called with the record as judged and the Pareto cost, before the
+        fine-tune (a Ray trial reports them, since a trial its scheduler stops never returns).
         """
         t0 = time.perf_counter()
         screened_before = screening.cost_s if screening is not None else 0.0  # part of total_s
@@ -373,7 +373,8 @@ class Objective:
             judged(self.record(self._annotate(policy, costs, None, provenance), costs, verdict,
                                screening, cost_s=screening.cost_s,
                                lut_measure_s=screening.lut_measure_s,
-                               measure_s=timings["measure_s"]))
+                               measure_s=timings["measure_s"]),
+                   self._cost_value(costs))
         if verdict.feasible:
             use_report = report if self.mode == "constrained" else None
             result = compress_and_score(

@@ -240,13 +240,12 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     # and the uniform warm start (the one point run_ray plans).
     marks = {"worker": worker_id(), **({"warm_start": "uniform"} if planned else {})}
 
-    def judged(record: Any) -> None:
+    def judged(record: Any, cost: float) -> None:
         record.extra.update(marks)
         attrs = record.to_attrs()
         common.update({ATTRS: json.dumps(attrs), CONSTRAINTS: json.dumps(attrs["violations"])})
-        if pareto:
-            common[COST] = float(attrs["predicted_latency_ms"] if objective.cost_metric ==
-                                 "latency" else attrs.get(objective.cost_metric) or 0.0)
+        if pareto:  # the objective's own cost value (size_bytes for a size budget, ...)
+            common[COST] = float(cost)
 
     def report(step: int, metric: float) -> bool:
         tune.report({METRIC: float(metric), STEP: int(step), FINAL: 0, **common})

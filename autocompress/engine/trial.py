@@ -142,7 +142,7 @@ def run_trial(
     screening: Screening | None = None,
     policy: CompressionPolicy | None = None,
     trial: Any = None,
-    judged: Callable[[TrialRecord], None] | None = None,
+    judged: Callable[[TrialRecord, float], None] | None = None,
 ) -> TrialOutcome | Repeat:
     """One trial of any backend: the policy for ``drawn``, judged and, if it meets, trained.
 
@@ -150,7 +150,7 @@ def run_trial(
     stop``: intermediate metrics for a pruner or scheduler; ``screening``: the candidate's
     screening when the backend screened it before creating the trial (``policy`` then is
     the policy it screened, used as it is); ``trial``: the backend's trial object;
-    ``judged``: called with the record as judged, before the fine-tune.
+    ``judged``: called with the record as judged and its Pareto cost, before the fine-tune.
     """
     fill = None
     if policy is None:
