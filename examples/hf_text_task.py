@@ -16,8 +16,9 @@ From the repository root (``examples`` must be importable)::
         autocompress search --task examples.hf_text_task:make_task \\
         --config examples/search_minilm.yaml --budget 'latency<=0.6x' --out results/mine
 
-``examples/search_minilm.yaml`` sets the fine-tune's ``lr`` to 1e-4 (pretrained weights;
-the default is 1e-3), 100 steps and 20 trials; flags override it.
+``examples/search_minilm.yaml`` sets 100 fine-tune steps and 20 trials; flags override it.
+The task's ``lr`` is 1e-4 (``sentence_task``'s, for pretrained weights; other tasks'
+default is 1e-3).
 
 ``autocompress inspect --task examples.hf_text_task:make_task`` lists its layers first.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -304,6 +305,19 @@ def test_predictions_are_judged_against_the_tables_own_time_whatever_the_study_m
             again.objective.predict(CompressionPolicy(layers={})).with_latency(0.55 * table_ms))
         # 0.55x is over 0.5x (told with the guard); on the target close enough to be timed
         assert violations["latency"] == pytest.approx(0.1 + MEASURED_GUARD) and not ok
+
+
+def test_the_fine_tune_lr_is_the_tasks_unless_the_search_sets_one(digits_task, tmp_path):
+    task = dataclasses.replace(digits_task, lr=5e-4)  # as a pretrained model's task sets it
+    cfg = SearchConfig(task="digits", budget="macs<=80%", trials=1, finetune_steps=0,
+                       out=str(tmp_path / "a"), export=False)
+    prep = prepare_run(cfg, task)
+    resolved = yaml.safe_load((tmp_path / "a" / "config.resolved.yaml").read_text())
+    assert prep.config.lr == resolved["lr"] == resolved["finetune"]["lr"] == 5e-4
+    assert prep.objective.settings.lr == 5e-4
+    given = cfg.model_copy(update={"lr": 2e-3, "out": str(tmp_path / "b")})
+    assert prepare_run(given, task).config.lr == 2e-3
+    assert digits_task.lr == 1e-3
 
 
 def test_config_file_and_overrides(tmp_path):

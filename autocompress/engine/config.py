@@ -54,7 +54,9 @@ class SearchConfig(BaseModel):
     mode: Mode = "constrained"
     seed: int = 0
     finetune_steps: int = Field(150, ge=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(
+        None, gt=0, description="fine-tune learning rate; default the task's own (Task.lr: "
+        "1e-3, 1e-4 for the pretrained minilm)")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD loss (1 - alpha: CE)")
     report_every: int = Field(50, ge=0, description="fine-tune steps between pruner reports")

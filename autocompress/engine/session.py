@@ -172,7 +172,8 @@ def prepare_run(
         task = load_task(cfg.task, data_dir=cfg.data_dir, checkpoint=cfg.checkpoint)
     target = target0.with_batch(task.target_batch_size)
     inventory = build_inventory(task.model, task.example_input)
-    cfg = cfg.model_copy(update={"task": task.name})
+    # The learning rate is resolved here, so the study records the number that was used.
+    cfg = cfg.model_copy(update={"task": task.name, "lr": cfg.lr or task.lr})
     if space is None:
         # A task without a shipped space gets one derived from its layers, saved for editing.
         space = default_space(task.name, inventory, out=cfg.out_dir)
@@ -183,7 +184,7 @@ def prepare_run(
     out.mkdir(parents=True, exist_ok=True)
 
     settings = FinetuneSettings(
-        steps=cfg.finetune_steps, lr=cfg.lr, temperature=cfg.temperature, alpha=cfg.alpha,
+        steps=cfg.finetune_steps, lr=cfg.lr or task.lr, temperature=cfg.temperature, alpha=cfg.alpha,
         seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
         threads=cfg.threads, distill=cfg.distill, device=cfg.device, precision=cfg.precision,
     )

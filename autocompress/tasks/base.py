@@ -88,6 +88,9 @@ class Task:
     #: replaces it with the task's own.
     distill: str = "auto"
     loss: Callable[[Any, Any, Any], torch.Tensor] | None = None
+    #: The fine-tune's learning rate when the search is given none: pretrained weights
+    #: want a smaller step than a model trained from scratch on a small task.
+    lr: float = 1e-3
 
     def __post_init__(self) -> None:
         self.example_input = inputs.normalize(self.example_input,
@@ -98,6 +101,8 @@ class Task:
             raise TaskError(f"task {self.name!r}: distill={self.distill!r} is not one of "
                             f"{', '.join(DISTILL_CHOICES)}; give one of them, or a loss "
                             "callable (loss=...) for anything else")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise TaskError(f"task {self.name!r}: lr must be a number > 0, got {self.lr!r}")
         if self.loss is not None and not callable(self.loss):
             raise TaskError(f"task {self.name!r}: loss must be a callable (student_out, "
                             f"teacher_out, batch) -> tensor, got {type(self.loss).__name__}")

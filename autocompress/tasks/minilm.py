@@ -278,6 +278,7 @@ def sentence_task(
         target_batch_size=target_batch_size,
         baseline_metric=1.0,
         distill="cosine",
+        lr=1e-4,  # pretrained weights: 1e-3 moves them too far in 100 steps
         info={"train": len(train), "val": len(val), "max_length": max_length},
     )
 
