@@ -9,7 +9,13 @@ ordinary space file (docs/search-space.md), rules first-match-wins:
 3. convs fed by the image (at most 4 input channels) get prune, and bits 8 or 32;
 4. depthwise convs get prune (searched only where one leads its group), bits 8 or 32;
 5. other convs get prune, bits and sparsity;
-6. Linear layers get rank, bits and sparsity (no prune: it cuts units other blocks read).
+6. the query, key and value projections of attention modules (``match: {attention: true}``)
+   get prune, which removes whole heads, and rank, bits and sparsity;
+7. the hidden layers of MLP blocks (a Linear whose output units only the next Linear layers
+   read, one ``fqn`` rule each) get prune, which removes hidden units, and rank, bits and
+   sparsity;
+8. other Linear layers get rank, bits and sparsity (no prune: it would cut the residual
+   stream's features that every block reads).
 
 The ranges are those of the shipped spaces: convs as ``torchvision_cnn``, Linear layers as
 ``linear_layers``. :func:`save_derived_space` writes it to ``<out>/search_space.yaml`` so a
@@ -23,8 +29,8 @@ user can edit it and pass it back with ``--space``.
 >>> space.derived, space.source
 (True, 'derived')
 >>> sorted(n for n in space.resolve(inv).names if n.startswith(("features.2", "classifier")))
-['classifier.1/bits', 'classifier.1/rank', 'classifier.1/sparsity', 'classifier.3/bits', \
-'features.2/bits', 'features.2/prune', 'features.2/sparsity']
+['classifier.1/bits', 'classifier.1/prune', 'classifier.1/rank', 'classifier.1/sparsity', \
+'classifier.3/bits', 'features.2/bits', 'features.2/prune', 'features.2/sparsity']
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ LINEAR_RANK = "{choices: [0.125, 0.25, 0.5, 1.0]}"
 LINEAR_BITS = "{choices: [4, 6, 8, 32]}"
 LINEAR_SPARSITY = "{low: 0.0, high: 0.6, step: 0.1}"
 SAFE_BITS = "{choices: [8, 32]}"
+HEADS_PRUNE = "{choices: [0.0, 0.25, 0.5]}"  # of each attention's heads: 12 heads keep 12, 9 or 6
 
 TINY_SHARE = 0.01  # the smallest layers together below this share of MACs and of weights
 STEM_CHANNELS = 4  # a conv with at most this many input channels reads the image itself
@@ -81,6 +88,29 @@ def tiny_layers(inventory: LayerInventory, share: float = TINY_SHARE) -> list[st
             break
         picked.append(layer.fqn)
     return sorted(picked, key=order.__getitem__)
+
+
+def mlp_hidden_layers(inventory: LayerInventory) -> list[str]:
+    """Linear layers whose output units only other Linear layers read, and that nothing else
+    is pruned with: an MLP block's hidden layers, whose units can go. Attention projections
+    and output layers are not among them.
+
+    >>> import torch
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> mlp_hidden_layers(build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8)))
+    ['net.1', 'net.3']
+    """
+    hidden = []
+    for layer in inventory:
+        if (layer.kind != "Linear" or not layer.prunable or layer.group != layer.fqn
+                or layer.heads or layer.fqn in inventory.outputs):
+            continue
+        readers = [inventory[c] for c in inventory.consumers(layer.fqn)]
+        alone = [m.fqn for m in inventory.group_members(layer.fqn)] == [layer.fqn]
+        if alone and readers and all(r.kind == "Linear" for r in readers):
+            hidden.append(layer.fqn)
+    return hidden
 
 
 def derive_space(inventory: LayerInventory, task_name: str = "this model") -> SearchSpace:
@@ -173,11 +203,35 @@ def derive_space(inventory: LayerInventory, task_name: str = "this model") -> Se
             f"    bits: {CONV_BITS}",
             f"    sparsity: {CONV_SPARSITY}",
         ]
+    if any(inventory[fqn].heads for fqn in inventory.fqns if fqn not in taken):
+        lines += [
+            "  # Attention: the query, key and value projections. prune removes whole heads "
+            "(the same",
+            "  # heads from all three, and their inputs to the output projection); the "
+            "fraction is of",
+            "  # each attention's heads. Rank, bits and sparsity as for other Linear layers.",
+            "  - match: {attention: true}",
+            f"    prune: {HEADS_PRUNE}",
+            f"    rank: {LINEAR_RANK}",
+            f"    bits: {LINEAR_BITS}",
+            f"    sparsity: {LINEAR_SPARSITY}",
+        ]
+    hidden = [fqn for fqn in mlp_hidden_layers(inventory) if fqn not in taken]
+    if hidden and not inventory.pruning_error:
+        lines += [
+            "  # MLP hidden layers: only the next Linear layer reads their units, so prune "
+            "removes hidden",
+            "  # units. Rank, bits and sparsity as for other Linear layers.",
+        ]
+        for fqn in hidden:
+            lines += [f"  - match: {{fqn: {_quote(fqn)}}}", f"    prune: {CONV_PRUNE}",
+                      f"    rank: {LINEAR_RANK}", f"    bits: {LINEAR_BITS}",
+                      f"    sparsity: {LINEAR_SPARSITY}"]
     if "Linear" in kinds:
         lines += [
-            "  # Linear layers: low rank, weight bits, sparsity; no prune, which would cut "
-            "hidden units or",
-            "  # features that other blocks read (add it here if the model tolerates it).",
+            "  # Other Linear layers: low rank, weight bits, sparsity; no prune, which would "
+            "cut the",
+            "  # features that every later block reads (add it here if the model tolerates it).",
             "  - match: {kind: Linear}",
             f"    rank: {LINEAR_RANK}",
             f"    bits: {LINEAR_BITS}",

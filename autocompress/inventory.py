@@ -50,6 +50,14 @@ class LayerInfo:
     group: str | None
     prunable: bool
     in_groups: dict[str, int] = field(default_factory=dict)
+    # The head count of the attention whose query, key or value this layer projects (its
+    # output channels are whole heads), or None; pruning its group removes whole heads.
+    heads: int | None = None
+
+    @property
+    def head_dim(self) -> int | None:
+        """Output channels per attention head, or None for a layer outside attention."""
+        return self.out_channels // self.heads if self.heads else None
 
     @property
     def weight_matrix_shape(self) -> tuple[int, int]:
@@ -149,8 +157,10 @@ class LayerInventory:
         Computed once: an inventory is not changed after :func:`build_inventory`, and cost
         predictions ask for it several times each (budget filling makes ~26 per proposal).
         """
+        # Heads only where set, so the fingerprints of models without attention stay as they were.
         arch = [
             [x.fqn, x.kind, x.in_channels, x.out_channels, list(x.kernel_size), x.groups]
+            + ([x.heads] if x.heads else [])
             for x in self.layers
         ]
         return hashlib.sha256(json.dumps(arch).encode()).hexdigest()
@@ -168,6 +178,60 @@ def layer_kind(module: nn.Module) -> str | None:
     if isinstance(module, nn.Linear):
         return "Linear"
     return None
+
+
+# Where attention modules keep their head count, and the names of their separate query, key
+# and value projections (Hugging Face BERT, RoBERTa, ViT, DistilBERT; LLaMA-style q_proj).
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+HEAD_SIZE_ATTRS = ("all_head_size",)
+QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+
+
+def attention_heads(model: nn.Module) -> dict[str, int]:
+    """FQN of each separate query, key and value projection -> its attention's head count.
+
+    An attention module counts when it holds its head count under one of
+    ``HEAD_COUNT_ATTRS`` and three Linear children named as in ``QKV_NAMES`` with one
+    output width that the heads divide. Fused projections (``nn.MultiheadAttention``'s
+    ``in_proj``, Swin's ``qkv``) and grouped-query attention are not listed: their heads
+    are not whole slices of three equal Linear outputs.
+
+    >>> import transformers
+    >>> cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...                               num_attention_heads=4, intermediate_size=32)
+    >>> heads = attention_heads(transformers.BertModel(cfg))
+    >>> sorted(heads.items())[:2]
+    [('encoder.layer.0.attention.self.key', 4), ('encoder.layer.0.attention.self.query', 4)]
+    """
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():
+        heads = next((v for a in HEAD_COUNT_ATTRS
+                      if isinstance(v := getattr(module, a, None), int) and v > 1), None)
+        if heads is None:
+            continue
+        for names in QKV_NAMES:
+            projs = [getattr(module, n, None) for n in names]
+            widths = {p.out_features for p in projs if isinstance(p, nn.Linear)}
+            if len(widths) == 1 and all(isinstance(p, nn.Linear) for p in projs) \
+                    and widths.pop() % heads == 0:
+                found.update({f"{name}.{n}" if name else n: heads for n in names})
+                break
+    return found
+
+
+def set_head_count(attention: nn.Module, heads: int, head_dim: int) -> None:
+    """Record on an attention module that it now has ``heads`` heads of ``head_dim`` channels.
+
+    Hugging Face attentions reshape by ``-1`` heads, so their forward needs no update;
+    the attributes are set anyway so that the model describes itself truly (its config
+    is left alone: layers now differ in their head counts).
+    """
+    for attr in HEAD_COUNT_ATTRS:
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, heads)
+    for attr in HEAD_SIZE_ATTRS:
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, heads * head_dim)
 
 
 def compressible_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -251,9 +315,10 @@ def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInvento
     name_of = {id(m): n for n, m in modules.items()}
     outputs = tuple(name_of[id(m)] for m in output_layers(model, example_input))
     pruning_error = None
+    heads = attention_heads(model)
     try:
         groups, in_groups = pruning_groups(model, example_input)
-        broken = unprunable_linear_groups(model, example_input, groups)
+        broken = unprunable_linear_groups(model, example_input, groups, heads)
         if broken:
             LOG.info("pruning breaks %s's forward at %s; they are not prunable",
                      type(model).__name__, ", ".join(sorted(broken)))
@@ -291,6 +356,7 @@ def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInvento
                 has_bias=getattr(m, "bias", None) is not None,
                 group=groups.get(name), prunable=name in groups,
                 in_groups=in_groups.get(name, {}),
+                heads=heads.get(name) if groups.get(name) in heads else None,
             )
         )
     return LayerInventory(
@@ -368,7 +434,8 @@ def pruning_groups(
 
 
 def unprunable_linear_groups(
-    model: nn.Module, example_input: ModelInput, group_of: dict[str, str]
+    model: nn.Module, example_input: ModelInput, group_of: dict[str, str],
+    heads: dict[str, int] | None = None,
 ) -> set[str]:
     """Pruning groups with a Linear member whose pruning breaks the model's forward.
 
@@ -376,9 +443,10 @@ def unprunable_linear_groups(
     attention heads (a Hugging Face attention's ``view(batch, seq, -1, head_dim)``) or a
     hidden width fixed in the forward (torchvision ViT's patch embedding, a conv whose group
     holds the residual stream's Linear layers), so such a group looks prunable and every
-    pruned model fails. On a copy, every such group loses its first channel and the model
-    runs once; only when that fails are the groups tried one at a time (in module order, on
-    a fresh copy after each failure), and those after which the forward fails are returned.
+    pruned model fails. On a copy, every such group loses its first channel (a group led by
+    an attention projection in ``heads`` loses its first whole head) and the model runs
+    once; only when that fails are the groups tried one at a time (in module order, on a
+    fresh copy after each failure), and those after which the forward fails are returned.
     Groups of convs alone are not checked: Torch-Pruning follows convolutional graphs fully,
     and their check would cost a trace.
 
@@ -390,11 +458,12 @@ def unprunable_linear_groups(
     order = {n: i for i, n in enumerate(compressible_modules(model))}
     pending = sorted({g for fqn, g in group_of.items()
                       if isinstance(model.get_submodule(fqn), nn.Linear)}, key=order.__getitem__)
-    if not pending or _prunes_cleanly(model, example_input, pending) is None:
+    heads = heads or {}
+    if not pending or _prunes_cleanly(model, example_input, pending, heads) is None:
         return set()
     broken: set[str] = set()
     while pending:
-        failed = _prunes_cleanly(model, example_input, pending, stop_early=True)
+        failed = _prunes_cleanly(model, example_input, pending, heads, stop_early=True)
         if failed is None:
             break
         broken.add(pending[failed])
@@ -403,13 +472,13 @@ def unprunable_linear_groups(
 
 
 def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[str],
-                    stop_early: bool = False) -> int | None:
+                    heads: dict[str, int], stop_early: bool = False) -> int | None:
     """Prune one channel of each group in ``leaders`` on a copy; None if the forward still
     runs, else the index of the group after which it failed (``stop_early``: run after each
     group) or 0 (one run after all of them)."""
     import gc
 
-    failed = _prune_and_run(model, example_input, leaders, stop_early)
+    failed = _prune_and_run(model, example_input, leaders, heads, stop_early)
     # The copy and its dependency graph reference each other: without a collection now,
     # each try would hold a whole model copy until the next cyclic collection.
     gc.collect()
@@ -417,7 +486,7 @@ def _prunes_cleanly(model: nn.Module, example_input: ModelInput, leaders: list[s
 
 
 def _prune_and_run(model: nn.Module, example_input: ModelInput, leaders: list[str],
-                   stop_early: bool) -> int | None:
+                   heads: dict[str, int], stop_early: bool) -> int | None:
     """:func:`_prunes_cleanly` without the collection of its copy."""
     import copy
 
@@ -429,9 +498,13 @@ def _prune_and_run(model: nn.Module, example_input: ModelInput, leaders: list[st
         leader = trial.get_submodule(name)
         prune = (tp.prune_linear_out_channels if isinstance(leader, nn.Linear)
                  else tp.prune_conv_out_channels)
-        group = graph.get_pruning_group(leader, prune, [0])
+        n_heads = heads.get(name)
+        head_dim = int(getattr(leader, "out_features", 1)) // n_heads if n_heads else 1
+        group = graph.get_pruning_group(leader, prune, list(range(head_dim)))
         if graph.check_pruning_group(group):  # a one-channel member has nothing to lose
             group.prune()
+            if n_heads:
+                set_head_count(trial.get_submodule(name.rpartition(".")[0]), n_heads - 1, head_dim)
         if stop_early and not _runs(trial, example_input):
             return i
     if stop_early:

@@ -2,8 +2,9 @@
 
 A space file (docs/search-space.md) has ``defaults`` for every compressible
 layer and ``rules`` matched first-match-wins by ``fqn`` (exact, or
-``"re:<regex>"``), ``kind`` and/or ``output`` (``true``: the layers whose output
-is the model's output, i.e. the logits). A knob that is ``null`` (or absent from the
+``"re:<regex>"``), ``kind``, ``output`` (``true``: the layers whose output
+is the model's output, i.e. the logits) and/or ``attention`` (``true``: an attention's
+query, key and value projections). A knob that is ``null`` (or absent from the
 defaults) is not searched and leaves the layer untouched; a knob absent from a
 rule inherits the default.
 
@@ -53,7 +54,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from autocompress.errors import SpaceError
-from autocompress.inventory import KINDS, LayerInventory
+from autocompress.inventory import KINDS, LayerInfo, LayerInventory
 from autocompress.methods.shapes import lowrank_rank
 from autocompress.policy import ACT_BITS, WEIGHT_BITS, CompressionPolicy, LayerPolicy
 
@@ -166,16 +167,21 @@ class Knobs(BaseModel):
 
 
 class Match(BaseModel):
-    """Which layers a rule applies to: ``fqn`` (exact or ``re:<regex>``), ``kind`` and/or ``output``.
+    """Which layers a rule applies to: ``fqn`` (exact or ``re:<regex>``), ``kind``, ``output``
+    and/or ``attention``.
 
     ``output: true`` matches the layers whose output is the model's output (the
     logits), which is how a generic space keeps the classifier's rank and bits high
-    without naming it; ``output: false`` matches every other layer.
+    without naming it; ``output: false`` matches every other layer. ``attention: true``
+    matches the query, key and value projections of attention modules
+    (``LayerInfo.heads``), whose ``prune`` removes whole heads.
 
     >>> Match(output=True).matches("net.5", "Linear", is_output=True)
     True
     >>> Match(kind="Linear", output=False).matches("net.5", "Linear", is_output=True)
     False
+    >>> Match(attention=True).matches("attn.query", "Linear", is_attention=True)
+    True
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -183,11 +189,13 @@ class Match(BaseModel):
     fqn: str | None = None
     kind: Literal["Conv2d", "DepthwiseConv2d", "Linear"] | None = None
     output: bool | None = None
+    attention: bool | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Match:
-        if self.fqn is None and self.kind is None and self.output is None:
-            raise ValueError("match needs fqn, kind and/or output")
+        if self.fqn is None and self.kind is None and self.output is None \
+                and self.attention is None:
+            raise ValueError("match needs fqn, kind, output and/or attention")
         if self.fqn is not None and self.fqn.startswith("re:"):
             try:
                 re.compile(self.fqn[3:])
@@ -195,10 +203,13 @@ class Match(BaseModel):
                 raise ValueError(f"bad regex {self.fqn[3:]!r} ({exc})") from None
         return self
 
-    def matches(self, fqn: str, kind: str, is_output: bool = False) -> bool:
+    def matches(self, fqn: str, kind: str, is_output: bool = False,
+                is_attention: bool = False) -> bool:
         if self.kind is not None and kind != self.kind:
             return False
         if self.output is not None and is_output != self.output:
+            return False
+        if self.attention is not None and is_attention != self.attention:
             return False
         if self.fqn is None:
             return True
@@ -207,10 +218,16 @@ class Match(BaseModel):
         return fqn == self.fqn
 
     def describe(self) -> str:
-        given = (("fqn", self.fqn), ("kind", self.kind), ("output", self.output))
+        given = (("fqn", self.fqn), ("kind", self.kind), ("output", self.output),
+                 ("attention", self.attention))
         parts = [f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in given
                  if v is not None]
         return "{" + ", ".join(parts) + "}"
+
+
+def _matches(match: Match, layer: LayerInfo, inventory: LayerInventory) -> bool:
+    return match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs,
+                         layer.heads is not None)
 
 
 class Rule(Knobs):
@@ -519,7 +536,7 @@ class SearchSpace:
         rules = self.spec.rules
         for i, rule in enumerate(rules):
             hits = [layer.fqn for layer in inventory
-                    if rule.match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs)]
+                    if _matches(rule.match, layer, inventory)]
             m = rule.match
             if hits or m.fqn is None:  # a kind rule of a shared space may fit no layer of a model
                 continue
@@ -542,7 +559,7 @@ class SearchSpace:
         for layer in inventory:
             idx = next(
                 (i for i, r in enumerate(rules)
-                 if r.match.matches(layer.fqn, layer.kind, layer.fqn in inventory.outputs)), None
+                 if _matches(r.match, layer, inventory)), None
             )
             rule_of[layer.fqn] = idx
             knobs = _merge(self.spec.defaults, rules[idx] if idx is not None else None)

@@ -96,7 +96,8 @@ def test_mobilenet_linear_gets_rank_and_depthwise_keeps_8_bits(mobilenet_inv):
     knobs = _by_layer(resolved)
     assert mobilenet_inv.outputs == ("classifier.3",)
     assert knobs["classifier.3"] == {"bits"}
-    assert knobs["classifier.0"] == {"rank", "bits", "sparsity"}  # the hidden Linear
+    # the hidden Linear of the classifier: only the output layer reads its units
+    assert knobs["classifier.0"] == {"prune", "rank", "bits", "sparsity"}
     depthwise = [x.fqn for x in mobilenet_inv if x.kind == "DepthwiseConv2d"]
     assert depthwise
     for fqn in depthwise:
@@ -109,13 +110,41 @@ def test_mobilenet_linear_gets_rank_and_depthwise_keeps_8_bits(mobilenet_inv):
     assert "features.1.block.1.fc1" not in knobs
 
 
-def test_transformer_stack_gets_rank_on_every_hidden_linear():
+def test_transformer_stack_prunes_mlp_hidden_units_and_ranks_every_linear():
     inv = build_inventory(TinyTransformer(), torch.zeros(1, 8, 16))
     knobs = _by_layer(derive_space(inv, "tiny-transformer").resolve(inv))
     assert knobs.pop("head") == {"bits"}
-    ffn = [fqn for fqn in inv.fqns if fqn.endswith(("linear1", "linear2"))]
-    assert len(ffn) == 4 and set(ffn) <= set(knobs)
+    hidden = [fqn for fqn in inv.fqns if fqn.endswith("linear1")]
+    ffn_out = [fqn for fqn in inv.fqns if fqn.endswith("linear2")]
+    assert len(hidden) == len(ffn_out) == 2
+    # nn.MultiheadAttention's projection is fused (in_proj): no head rule, nothing else prunes
+    assert all(knobs.pop(fqn) == {"prune", "rank", "bits", "sparsity"} for fqn in hidden)
+    assert set(ffn_out) <= set(knobs)
     assert all(k == {"rank", "bits", "sparsity"} for k in knobs.values())
+
+
+def test_hugging_face_attention_gets_head_pruning_on_its_query():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64)
+    inv = build_inventory(transformers.BertModel(config).eval(),
+                          {"input_ids": torch.randint(0, 100, (1, 8))})
+    space = derive_space(inv, "tiny-bert")
+    assert "{attention: true}" in [r.match.describe() for r in space.spec.rules]
+    resolved = space.resolve(inv)
+    knobs = _by_layer(resolved)
+    for i in range(2):
+        attn = f"encoder.layer.{i}.attention.self"
+        # one head decision per attention, asked on the query; key and value follow it
+        assert knobs[f"{attn}.query"] == {"prune", "rank", "bits", "sparsity"}
+        assert knobs[f"{attn}.key"] == knobs[f"{attn}.value"] == {"rank", "bits", "sparsity"}
+        assert set(resolved.params[f"{attn}.query/prune"].distribution.choices) == {0.0, 0.25, 0.5}
+        assert "prune" in knobs[f"encoder.layer.{i}.intermediate.dense"]
+        # the residual stream's layers are not pruned by the derived space
+        assert "prune" not in knobs[f"encoder.layer.{i}.output.dense"]
+    # the YAML the user gets back round-trips to the same parameters
+    again = SearchSpace.from_yaml(space.text).resolve(inv)
+    assert again.names == resolved.names
 
 
 def test_a_tiny_group_leader_keeps_prune_for_its_group():

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from autocompress import inputs
 from autocompress.cli.app import main
+from autocompress.cost.analytic import compressed_shapes
 from autocompress.cost.latency import measure_latency
 from autocompress.cost.target import parse_target
 from autocompress.errors import MethodError, TaskError
@@ -197,8 +198,11 @@ def test_tiny_bert_inventory_latency_and_onnx_agreement() -> None:
     x = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     inv = build_inventory(bert, x)
     assert "encoder.layer.0.intermediate.dense" in inv and inv.total_macs > 0
-    # Pruning a query's channels breaks the reshape into heads: the group is left out.
-    assert not inv["encoder.layer.0.attention.self.query"].prunable
+    # The query, key and value are pruned together by whole heads (single channels would
+    # break the reshape into heads).
+    query = inv["encoder.layer.0.attention.self.query"]
+    assert query.prunable and query.heads == 2 and query.head_dim == 16
+    assert inv["encoder.layer.0.attention.self.value"].group == query.fqn
     assert inv["encoder.layer.0.intermediate.dense"].prunable
     stats = measure_latency(bert, x, parse_target("ort-cpu-1t-b4"), runs=3, warmup=1)
     assert stats.target == "ort-cpu-1t-b4" and stats.median_ms > 0
@@ -213,6 +217,31 @@ def test_tiny_bert_inventory_latency_and_onnx_agreement() -> None:
     assert got.shape == (3, 13, 32) and np.abs(got - ref).max() < 1e-4
     batches = calibration_batches([named, inputs.batched(longer, 5)], named, 4)
     assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 8), (4, 13)]
+
+
+def test_head_pruned_bert_runs_matches_its_cost_model_and_exports() -> None:
+    bert = tiny_bert()
+    x = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    inv = build_inventory(bert, x)
+    attn = "encoder.layer.0.attention.self"
+    policy = CompressionPolicy(layers={f"{attn}.query": LayerPolicy(prune=0.5)})
+    small = apply_policy(bert, policy, x, inv)
+    module = small.get_submodule(attn)
+    # one whole head of 16 channels left in query, key and value; the output projection
+    # lost the inputs of the removed heads, and the module knows its new head count
+    assert [module.get_submodule(n).out_features for n in ("query", "key", "value")] == [16] * 3
+    assert small.get_submodule("encoder.layer.0.attention.output.dense").in_features == 16
+    assert module.num_attention_heads == 1 and module.all_head_size == 16
+    # the cost model's layer shapes are the built model's
+    for shape in compressed_shapes(policy, inv):
+        layer = small.get_submodule(shape.fqn)
+        assert (shape.in_channels, shape.out_channels) == (layer.in_features, layer.out_features)
+    data = export_onnx(small, x)
+    got, ref = onnx_agreement(small, data, x, "last_hidden_state")
+    assert got.shape == (2, 8, 32) and np.abs(got - ref).max() < 1e-4
+    # the kept heads are the kept model's: the outputs moved, but not to garbage
+    full = bert(input_ids=x).last_hidden_state
+    assert torch.nn.functional.cosine_similarity(torch.as_tensor(got), full, dim=-1).mean() > 0.5
 
 
 # ---- a forward that fails on its example input -----------------------------------------

@@ -87,7 +87,8 @@ def test_minilm_inventory_lists_its_linear_layers(task: Task) -> None:
     assert len(inv.fqns) == 36 and all(inv[f].kind == "Linear" for f in inv.fqns)
     assert inv.fqns[0] == "bert.encoder.layer.0.attention.self.query"
     assert inv["bert.encoder.layer.5.intermediate.dense"].prunable
-    assert not inv["bert.encoder.layer.0.attention.self.query"].prunable  # heads' reshape
+    query = inv["bert.encoder.layer.0.attention.self.query"]
+    assert query.prunable and (query.heads, query.head_dim) == (12, 32)  # pruned by whole heads
 
 
 @needs_minilm

@@ -179,7 +179,7 @@ def test_ray_param_space_has_the_same_names(cnn_inv):
          "rule 1 .*unknown kind 'Conv3d'; valid kinds: Conv2d, DepthwiseConv2d, Linear"),
         ("rules:\n  - match: {fqn: 're:(['}\n    bits: {choices: [8]}", "rule 1 .*bad regex"),
         ("rules:\n  - match: {name: x}\n", "rule 1 .*unknown key 'name'; valid keys: fqn"),
-        ("rules:\n  - match: {}\n    bits: {choices: [8]}", "rule 1: match needs fqn, kind and/or output"),
+        ("rules:\n  - match: {}\n    bits: {choices: [8]}", "rule 1: match needs fqn, kind, output and/or attention"),
         ("rules:\n  - match: {fqn: a}\n    bits: {choices: [8]}\n  - bits: {choices: [8]}",
          "rule 2: missing 'match'"),
         ("[1, 2]", "must be a YAML mapping with defaults/rules, got list"),

@@ -21,7 +21,8 @@ def inspect(
         False, "--derived-space",
         help="print the search space derived from these layers (YAML for --space) instead"),
 ) -> None:
-    """List every Conv2d/Linear layer: kind, shapes, MACs, params and pruning group."""
+    """List every Conv2d/Linear layer: kind, shapes, MACs, params and pruning group (with its
+    head count where the group is an attention's query, key and value, pruned by whole heads)."""
     _task, inventory = task_and_inventory(task, data_dir, checkpoint)
     if derived_space:
         from autocompress.derived_space import derive_space
@@ -41,7 +42,8 @@ def inspect(
             "x".join(map(str, layer.kernel_size)) if layer.kind != "Linear" else "",
             "x".join(map(str, layer.output_shape[1:])),
             f"{layer.macs:,}", f"{layer.params:,}",
-            layer.group if layer.prunable else "(not prunable)",
+            (layer.group or "") + (f" ({layer.heads} heads)" if layer.heads else "")
+            if layer.prunable else "(not prunable)",
         )
     console.print(table)
     pct = 100 * sum(layer.macs for layer in inventory) / max(inventory.total_macs, 1)

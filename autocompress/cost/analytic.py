@@ -3,7 +3,8 @@
 Every shape comes from the shared rules in :mod:`autocompress.methods.shapes`,
 so the numbers describe exactly the model ``apply_policy`` builds:
 
-- a layer in pruning group ``g`` keeps ``kept_channels(out_g, ratio_g)`` output channels;
+- a layer in pruning group ``g`` keeps ``group_kept_channels(leader_g, ratio_g)`` output
+  channels (whole heads where ``g`` is an attention's query, key and value);
 - its input shrinks with the groups that feed it: each group ``g`` feeding
   ``n_g`` of its inputs (``LayerInfo.in_groups``) removes
   ``n_g - n_g * kept_g / out_g`` of them (a flatten feeds ``n_g / out_g`` inputs per channel);
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from autocompress.inventory import LayerInfo, LayerInventory
-from autocompress.methods.shapes import group_prune_ratios, kept_channels, lowrank_rank
+from autocompress.methods.shapes import group_kept_channels, group_prune_ratios, lowrank_rank
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 INDEX_BYTES = 4  # sparse storage: one int32 index per kept weight (as methods.apply)
@@ -164,9 +165,7 @@ def compressed_shapes(policy: CompressionPolicy, inventory: LayerInventory) -> l
     [(1, 32, None), (32, 32, None), (512, 128, 16), (128, 10, None)]
     """
     ratios = group_prune_ratios(policy, inventory)
-    kept = {
-        g: kept_channels(inventory[g].out_channels, r) for g, r in ratios.items() if g in inventory
-    }
+    kept = {g: group_kept_channels(inventory[g], r) for g, r in ratios.items() if g in inventory}
     shapes = []
     for info in inventory:
         lp = policy.layers.get(info.fqn) or LayerPolicy()

@@ -3,10 +3,14 @@
 Each coupled group (a residual add, a depthwise conv, a flatten into a Linear)
 loses the same channels in every member; its ratio is the largest ``prune``
 set on any member (:func:`~autocompress.methods.shapes.group_prune_ratios`) and
-the number kept is :func:`~autocompress.methods.shapes.kept_channels` of the
+the number kept is :func:`~autocompress.methods.shapes.group_kept_channels` of the
 group leader's output channels. Channels are ranked by their group L1
 magnitude and removed physically (``Group.prune``), so MACs, parameters and
 measured latency all fall. The model's output layer is never in a group.
+
+A group led by an attention's query, key and value projections (``LayerInfo.heads``)
+loses whole heads: a head's importance is the mean over its channels, as Torch-Pruning's
+``prune_num_heads`` ranks them, and the attention module's head count is updated.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from torch import nn
 
 from autocompress.errors import MethodError
 from autocompress.inputs import ModelInput
-from autocompress.inventory import LayerInventory, dependency_graph
+from autocompress.inventory import LayerInventory, dependency_graph, set_head_count
 from autocompress.methods.registry import register_method
-from autocompress.methods.shapes import group_prune_ratios, kept_channels
+from autocompress.methods.shapes import group_kept_channels, group_prune_ratios
 from autocompress.policy import CompressionPolicy
 
 
@@ -69,7 +73,13 @@ class Prune:
                     f"prune: group leader {group_name!r} is a {type(leader).__name__}, expected "
                     "Conv2d or Linear; was the model changed after its inventory was built?"
                 )
-            keep = kept_channels(n, ratios[group_name])
+            info = inventory[group_name]
+            if n != info.out_channels:
+                raise MethodError(
+                    f"prune: group leader {group_name!r} has {n} output channels, its inventory "
+                    f"{info.out_channels}; was the model changed after its inventory was built?"
+                )
+            keep = group_kept_channels(info, ratios[group_name])
             if keep >= n:
                 continue
             full = graph.get_pruning_group(leader, fn, list(range(n)))
@@ -79,7 +89,7 @@ class Prune:
                     f"prune: Torch-Pruning gave no channel importance for group {group_name!r}; "
                     "it cannot be pruned, set its prune to null"
                 )
-            drop = torch.argsort(scores, stable=True)[: n - keep].sort().values.tolist()
+            drop = _dropped(scores, keep, info.head_dim)
             group = graph.get_pruning_group(leader, fn, drop)
             grouped = [
                 dep.target.name for dep, _ in group
@@ -98,4 +108,24 @@ class Prune:
                     f"lower its prune ratio (given {ratios[group_name]})"
                 )
             group.prune()
+            if info.heads and info.head_dim:
+                attention = model.get_submodule(group_name.rpartition(".")[0])
+                set_head_count(attention, keep // info.head_dim, info.head_dim)
         return model
+
+
+def _dropped(scores: torch.Tensor, keep: int, head_dim: int | None) -> list[int]:
+    """The channels to remove, least important first out: single channels, or whole heads of
+    ``head_dim`` channels ranked by their mean importance.
+
+    >>> _dropped(torch.tensor([3., 1., 2., 5.]), 2, None)
+    [1, 2]
+    >>> _dropped(torch.tensor([3., 1., 2., 5., 0., 1.]), 4, 2)
+    [4, 5]
+    """
+    n = scores.numel()
+    if not head_dim:
+        return torch.argsort(scores, stable=True)[: n - keep].sort().values.tolist()
+    by_head = scores.view(n // head_dim, head_dim).mean(dim=1)
+    heads = torch.argsort(by_head, stable=True)[: (n - keep) // head_dim].sort().values.tolist()
+    return [h * head_dim + i for h in heads for i in range(head_dim)]
