@@ -188,6 +188,11 @@ def test_dict_task_finetunes_exports_and_scores_in_onnx_runtime(dict_task: Task,
     assert len(batches) == 2 and batches[0]["input_ids"].dtype == torch.int64
     int8 = export_int8(result.model, dict_task.example_input, tmp_path / "m.int8.onnx", batches)
     assert 0.0 <= onnx_metric(dict_task, int8, 1) <= 1.0
+    # no convolution: quantised dynamically, the Linear layers' MatMul/Gemm only
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
 # ---- a Hugging Face BertModel built from a config (no download) ------------------------

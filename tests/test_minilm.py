@@ -105,6 +105,28 @@ def test_minilm_onnx_agrees_with_pytorch_on_int64_inputs(task: Task) -> None:
     assert inputs.batch_size(batch) == 8
 
 
+@needs_minilm
+def test_minilm_int8_keeps_its_embeddings_and_its_heads_prune(task: Task, tmp_path: Path) -> None:
+    """A transformer quantises dynamically (static ranges cost it most of its cosine: 0.40),
+    and pruning half the heads of every attention keeps a model that runs and exports."""
+    from autocompress.export import onnx_metric
+    from autocompress.export.int8 import calibration_batches, export_int8
+    from autocompress.inventory import build_inventory
+    from autocompress.methods import apply_policy
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+
+    inv = build_inventory(task.model, task.example_input)
+    queries = [f for f in inv.fqns if inv[f].heads and inv[f].group == f]
+    assert len(queries) == 6
+    policy = CompressionPolicy(layers={f: LayerPolicy(prune=0.5) for f in queries})
+    small = apply_policy(task.model, policy, task.example_input, inv)
+    assert all(small.get_submodule(f).out_features == 6 * 32 for f in queries)
+    assert 0.5 < task.evaluate(small) < 0.999  # heads removed without a fine-tune: lower
+    batches = calibration_batches(task.train_loader, task.example_input, 8, 2)
+    int8 = export_int8(task.model, task.example_input, tmp_path / "m.int8.onnx", batches)
+    assert onnx_metric(task, int8, 1) > 0.98
+
+
 @pytest.mark.slow  # about 100 s on 2 cores: the baseline and the pick are timed at b8 x 64 tokens
 @needs_minilm
 def test_a_one_trial_minilm_search_runs(monkeypatch, capsys, tmp_path: Path) -> None:
