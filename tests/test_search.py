@@ -140,6 +140,9 @@ def test_trials_is_the_total_and_a_rerun_resumes(digits_task, tmp_path):
     with pytest.raises(ConfigError, match="already holds a study made with budget='macs<=60%'.*"
                                           "use a new --out"):
         fast(digits_task, out, budget="macs<=50%", trials=6)
+    # so is another fine-tune precision: its trials' metrics would not compare
+    with pytest.raises(ConfigError, match="made with precision='fp32', not 'bf16'"):
+        fast(digits_task, out, precision="bf16", trials=6)
 
 
 def test_random_candidates_over_the_budget_are_screened_into_one_journal_line(digits_task,

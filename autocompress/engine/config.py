@@ -30,7 +30,7 @@ RESUME_KEYS = (
     "finetune_steps", "lr", "temperature", "alpha", "report_every", "val_samples", "pruner",
     "distill",
     "threads", "fill_budget", "measure",
-    "checkpoint",
+    "checkpoint", "precision",
 )
 
 

@@ -37,7 +37,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.engine.baselines import params_key
-from autocompress.engine.config import RESUME_KEYS
+from autocompress.engine.config import RESUME_KEYS, SearchConfig
 from autocompress.engine.journal import set_user_attrs
 from autocompress.engine.objective import Objective, Screening, TrialOutcome
 from autocompress.engine.record import DONE
@@ -117,11 +117,12 @@ def open_study(
             )
         study.set_user_attr("autocompress", config)
         return study, True
-    diff = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
+    diff = [k for k in RESUME_KEYS if _stored_setting(stored, k) != config.get(k)]
     if diff:
         k = diff[0]
         raise ConfigError(
-            f"{where} already holds a study made with {k}={stored.get(k)!r}, not {config.get(k)!r}; "
+            f"{where} already holds a study made with {k}={_stored_setting(stored, k)!r}, not "
+            f"{config.get(k)!r}; "
             "re-run with the same settings to resume it, or use a new --out for a new search"
         )
     return study, False
@@ -204,6 +205,14 @@ def n_skipped(study: optuna.Study) -> int:
 def n_finished(study: optuna.Study) -> int:
     """Every finished trial, skipped or not (Ray Tune counts its samples this way)."""
     return len(study.get_trials(deepcopy=False, states=DONE))
+
+
+def _stored_setting(stored: dict[str, Any], key: str) -> Any:
+    """A study's stored setting; one a study made before the setting existed counts as its
+    default (a study from before ``precision`` was fp32)."""
+    if key in stored or key not in SearchConfig.model_fields:
+        return stored.get(key)
+    return SearchConfig.model_fields[key].default
 
 
 def record_outcome(trial: optuna.Trial, outcome: TrialOutcome) -> None:
