@@ -22,6 +22,9 @@ from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.space import ResolvedSpace, SearchSpace, default_space
 
 
+LINEAR = {"rank", "bits", "sparsity", "act_bits"}  # the derived knobs of every Linear layer
+
+
 def _by_layer(resolved: ResolvedSpace) -> dict[str, set[str]]:
     """``{fqn: {knob, ...}}`` of the searched parameters."""
     knobs: dict[str, set[str]] = {}
@@ -97,7 +100,7 @@ def test_mobilenet_linear_gets_rank_and_depthwise_keeps_8_bits(mobilenet_inv):
     assert mobilenet_inv.outputs == ("classifier.3",)
     assert knobs["classifier.3"] == {"bits"}
     # the hidden Linear of the classifier: only the output layer reads its units
-    assert knobs["classifier.0"] == {"prune", "rank", "bits", "sparsity"}
+    assert knobs["classifier.0"] == {"prune", *LINEAR}
     depthwise = [x.fqn for x in mobilenet_inv if x.kind == "DepthwiseConv2d"]
     assert depthwise
     for fqn in depthwise:
@@ -118,9 +121,9 @@ def test_transformer_stack_prunes_mlp_hidden_units_and_ranks_every_linear():
     ffn_out = [fqn for fqn in inv.fqns if fqn.endswith("linear2")]
     assert len(hidden) == len(ffn_out) == 2
     # nn.MultiheadAttention's projection is fused (in_proj): no head rule, nothing else prunes
-    assert all(knobs.pop(fqn) == {"prune", "rank", "bits", "sparsity"} for fqn in hidden)
+    assert all(knobs.pop(fqn) == {"prune", *LINEAR} for fqn in hidden)
     assert set(ffn_out) <= set(knobs)
-    assert all(k == {"rank", "bits", "sparsity"} for k in knobs.values())
+    assert all(k == LINEAR for k in knobs.values())
 
 
 def test_hugging_face_attention_gets_head_pruning_on_its_query():
@@ -136,8 +139,8 @@ def test_hugging_face_attention_gets_head_pruning_on_its_query():
     for i in range(2):
         attn = f"encoder.layer.{i}.attention.self"
         # one head decision per attention, asked on the query; key and value follow it
-        assert knobs[f"{attn}.query"] == {"prune", "rank", "bits", "sparsity"}
-        assert knobs[f"{attn}.key"] == knobs[f"{attn}.value"] == {"rank", "bits", "sparsity"}
+        assert knobs[f"{attn}.query"] == {"prune", *LINEAR}
+        assert knobs[f"{attn}.key"] == knobs[f"{attn}.value"] == LINEAR
         assert set(resolved.params[f"{attn}.query/prune"].distribution.choices) == {0.0, 0.25, 0.5}
         assert "prune" in knobs[f"encoder.layer.{i}.intermediate.dense"]
         # the residual stream's layers are not pruned by the derived space
