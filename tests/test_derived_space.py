@@ -21,7 +21,6 @@ from autocompress.errors import SpaceError
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.space import ResolvedSpace, SearchSpace, default_space
 
-
 LINEAR = {"rank", "bits", "sparsity", "act_bits"}  # the derived knobs of every Linear layer
 
 
