@@ -141,3 +141,21 @@ def test_timings_of_two_processes_on_one_host_take_turns(tmp_path, monkeypatch):
     finally:
         holder.wait(timeout=30)
     assert waited > 0.5
+
+
+def test_the_fill_places_proposals_one_spread_under_the_guarded_limit(digits_task, tmp_path):
+    """Aimed at the guarded limit itself, half the proposals would miss when timed: the fill
+    keeps the corrected predictions' spread (robust, from the timings so far) as a margin."""
+    cfg = SearchConfig(task="digits", out=str(tmp_path / "run"), **SETTINGS)
+    objective = prepare_run(cfg, digits_task).objective
+    assert objective.fill
+    params = objective.space.identity_params()
+    _, first = objective.candidate(params)
+    assert first is not None and first["margin"] == 0.0  # no timings yet: no spread known
+    for k, ratio in enumerate([0.9, 1.0, 1.1, 1.0, 0.95, 1.05]):
+        objective.judge.correction.observe(str(k), measured_ratio=ratio, predicted_ratio=1.0)
+    spread = objective.judge.correction.spread
+    assert spread > MEASURED_GUARD
+    policy, info = objective.candidate(params)
+    assert info is not None and info["margin"] == pytest.approx(spread, abs=1e-4)
+    assert objective.screen(policy).judgment.constraints["latency"] <= -spread + 1e-9

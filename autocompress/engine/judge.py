@@ -11,7 +11,9 @@ as infeasible and never fine-tuned.
 Predictions do two things only: they screen candidates before anything is built, and they
 place proposals (budget filling). They never decide feasibility once a measurement exists.
 They are corrected from measurements in one place, :class:`Correction`: the median of
-measured over predicted speed ratios of the candidates timed so far.
+measured over predicted speed ratios of the candidates timed so far. What is left after
+the correction, its spread, is how far under the guarded limit the fill places proposals:
+aimed at the limit itself, half of them would miss when timed.
 
 One margin, :data:`MEASURED_GUARD`: a latency must sit that far under its limit to meet
 it, since two timings of one model repeat only to a few percent. Screening lets a
@@ -102,6 +104,25 @@ class Correction:
         if n > PRIOR_TIMINGS:  # a median of three or more stands on its own
             return float(math.exp(log_median))
         return float(math.exp(log_median * n / (n + PRIOR_TIMINGS)))
+
+    @property
+    def spread(self) -> float:
+        """How far one corrected prediction is off, as a fraction: the robust standard
+        deviation (1.4826 x the median absolute deviation) of the logs of the ratios around
+        their median; 0 until :data:`PRIOR_TIMINGS` + 1 timings give a spread to estimate.
+
+        >>> c = Correction()
+        >>> for k, r in enumerate([1.00, 1.10, 1.05, 0.95, 1.05]):
+        ...     c.observe(str(k), measured_ratio=r, predicted_ratio=1.0)
+        >>> round(c.spread, 3)
+        0.071
+        """
+        n = len(self.ratios)
+        if n <= PRIOR_TIMINGS:
+            return 0.0
+        logs = [math.log(r) for r in self.ratios.values()]
+        mid = statistics.median(logs)
+        return float(math.exp(1.4826 * statistics.median(abs(x - mid) for x in logs)) - 1.0)
 
     def observe(self, key: str, measured_ratio: float, predicted_ratio: float) -> None:
         """Learn from one timed candidate (both ratios to the uncompressed model)."""

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from autocompress.cost import Budget, Costs, analytic_costs
 from autocompress.device import resolve_device, teacher_on
 from autocompress.engine.baselines import params_key
-from autocompress.engine.judge import Judge, Judgment, MeasureFn
+from autocompress.engine.judge import LATENCY, Judge, Judgment, MeasureFn
 from autocompress.engine.record import COST_KEYS, TrialRecord
 from autocompress.evaluate import FinetuneSettings, Report, compress_and_score, val_subset
 from autocompress.inventory import LayerInventory
@@ -291,12 +291,15 @@ class Objective:
             if is_new is not None:
                 def new_params(p: dict[str, Any]) -> bool:
                     return is_new(self.space.policy_from_params(p))
-            # The constraints already carry the guard, so the fill aims at them being <= 0.
+            # The constraints already carry the guard; the fill aims one spread of the
+            # corrected predictions under it, so most proposals meet the budget when timed.
+            margin = self.judge.correction.spread
             filled = fill_to_budget(self.space, params, self._screen_fill,
                                     is_new=new_params, rng=rng, corner=self.fill_corner(),
-                                    margins={})
+                                    margins={LATENCY: margin} if margin else {})
             if filled is not None:
-                info = {**filled.summary(), "fill_s": round(time.perf_counter() - t0, 6)}
+                info = {**filled.summary(), "margin": round(margin, 4),
+                        "fill_s": round(time.perf_counter() - t0, 6)}
                 return self.space.policy_from_params(filled.params), info
         return self.space.policy_from_params(params), None
 
