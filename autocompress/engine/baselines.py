@@ -68,6 +68,54 @@ def _bisect_first_true(n: int, pred: Callable[[int], bool]) -> int | None:
 
 
 # ---------------------------------------------------------------- uniform
+# The uniform settings a warm start may quantise to: float, 8-bit weights, 8-bit weights and
+# inputs. Eight bits barely move a trained model, and 8/8 lets ONNX Runtime run integer
+# kernels; anything lower, and rank and sparsity, are left to the search.
+WARM_QUANTISATION: tuple[dict[str, int], ...] = ({}, {"bits": 8}, {"bits": 8, "act_bits": 8})
+
+
+def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | None:
+    """The uniform setting a person would try first: quantised to 8 bits where that helps,
+    then pruned as little as meets the budget.
+
+    Of the :data:`WARM_QUANTISATION` settings, the one that meets the budget with the
+    smallest uniform prune ratio (by bisection); ties go to the less quantised. When none
+    meets it, the first of :func:`uniform_candidates` (rank and sparsity may then be needed).
+
+    >>> import torch
+    >>> from autocompress.derived_space import derive_space
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> sp = derive_space(inv).resolve(inv)
+    >>> def pruned_half(p):
+    ...     return all(v >= 0.5 for k, v in p.items() if k.endswith("/prune"))
+    >>> def int8_or_pruned(p):  # a target where 8-bit inputs make the layers fast
+    ...     return pruned_half(p) or all(v == 8 for k, v in p.items() if k.endswith("act_bits"))
+    >>> plain = warm_start_candidate(sp, pruned_half)
+    >>> plain["net.1/prune"], plain["net.1/bits"], plain["net.1/act_bits"]
+    (0.5, 32, 32)
+    >>> quantised = warm_start_candidate(sp, int8_or_pruned)
+    >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
+    (0.0, 8, 8)
+    """
+    prune_levels = _union_levels(space, "prune")
+    best: tuple[int, Params] | None = None
+    for quantisation in WARM_QUANTISATION:
+        def params_for(i: int | None, q: dict[str, int] = quantisation) -> Params:
+            return space.uniform_params(prune=None if i is None else prune_levels[i], **q)
+
+        if prune_levels:
+            first = _bisect_first_true(len(prune_levels), lambda i: feasible(params_for(i)))
+        else:
+            first = 0 if feasible(params_for(None)) else None
+        if first is not None and (best is None or first < best[0]):
+            best = (first, params_for(first if prune_levels else None))
+    if best is not None:
+        return best[1]
+    return next(uniform_candidates(space, feasible), None)
+
+
 def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
     """Values of ``knob`` over all layers, least compressing first (as the layers order them)."""
     params = [p for p in space.params.values() if p.knob == knob]

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
-from autocompress.engine.baselines import uniform_candidates
+from autocompress.engine.baselines import warm_start_candidate
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.judge import PolicyTimer
 from autocompress.engine.objective import Objective
@@ -425,18 +425,19 @@ WARM_STARTED = ("tpe", "nsga2")
 
 def warm_start_params(cfg: SearchConfig, objective: Objective,
                       resolved: ResolvedSpace) -> dict[str, Any] | None:
-    """The first trial of a sampled search (``tpe``, ``nsga2``): the uniform baseline's first.
+    """The first trial of a sampled search (``tpe``, ``nsga2``): a uniform policy.
 
     A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
-    first population), many of them far from the budget's edge. The least
-    compressing uniform policy predicted to meet the budget costs one bisection
-    on predicted costs and no fine-tune, and is the point a person would try
-    first; starting there, the search's best is never below it. None for other
-    strategies, ``warm_start: none``, or a budget no uniform policy meets.
+    first population), many of them far from the budget's edge. The uniform policy
+    a person would try first, quantised to 8 bits where that helps and then pruned as
+    little as meets the budget (:func:`~autocompress.engine.baselines.warm_start_candidate`),
+    costs a few bisections on predicted costs and no fine-tune; starting there, the
+    search's best is never below it. None for other strategies, ``warm_start: none``, or
+    a budget no uniform policy meets.
     """
     if cfg.warm_start != "uniform" or cfg.strategy not in WARM_STARTED:
         return None
-    return next(uniform_candidates(resolved, objective.feasible_params), None)
+    return warm_start_candidate(resolved, objective.feasible_params)
 
 
 def _fmt(v: float | None) -> str:
