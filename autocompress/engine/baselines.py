@@ -1,9 +1,11 @@
 """Baseline strategies that the search must beat, run through the same objective and budget.
 
-- ``uniform``: one setting for every layer. For each combination of the
-  non-prune knobs (bits, rank fraction, sparsity, act bits; least compressing
-  first), the smallest uniform prune ratio that meets the budget is found by
-  bisection on the predicted cost; each such point is one trial.
+- ``uniform``: one setting for every layer. First the setting a person would try first
+  (8-bit weights, and inputs, where that lets less pruning meet the budget; the warm start
+  of the sampled searches); then, for each combination of the non-prune knobs (bits, rank
+  fraction, sparsity, act bits; least compressing first), the smallest uniform prune ratio
+  that meets the budget, found by bisection on the predicted cost; each such point is one
+  trial.
 - ``greedy``: per-layer sensitivity, allocated under the budget, as AIMET's
   greedy compression-ratio selection does. Each knob of each layer is set
   alone to each of its values and the model is scored without fine-tuning;
@@ -80,7 +82,8 @@ def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | N
 
     Of the :data:`WARM_QUANTISATION` settings, the one that meets the budget with the
     smallest uniform prune ratio (by bisection); ties go to the less quantised. When none
-    meets it, the first of :func:`uniform_candidates` (rank and sparsity may then be needed).
+    meets it, the next of :func:`uniform_candidates` (rank and sparsity may then be needed),
+    which yields this candidate first.
 
     >>> import torch
     >>> from autocompress.derived_space import derive_space
@@ -99,6 +102,11 @@ def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | N
     >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
     (0.0, 8, 8)
     """
+    return next(uniform_candidates(space, feasible), None)
+
+
+def _least_pruned_quantisation(space: ResolvedSpace, feasible: Feasible) -> Params | None:
+    """:func:`warm_start_candidate` among the :data:`WARM_QUANTISATION` settings only."""
     prune_levels = _union_levels(space, "prune")
     best: tuple[int, Params] | None = None
     for quantisation in WARM_QUANTISATION:
@@ -111,9 +119,7 @@ def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | N
             first = 0 if feasible(params_for(None)) else None
         if first is not None and (best is None or first < best[0]):
             best = (first, params_for(first if prune_levels else None))
-    if best is not None:
-        return best[1]
-    return next(uniform_candidates(space, feasible), None)
+    return None if best is None else best[1]
 
 
 def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
@@ -126,7 +132,8 @@ def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
 
 
 def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
-    """Uniform settings that meet the budget, least compressing first (lazy).
+    """Uniform settings that meet the budget (lazy): first the one a person would try first
+    (:func:`warm_start_candidate`), then the others, least compressing first.
 
     Pass 0 yields, per combination of the other knobs, the smallest feasible
     uniform prune ratio (by bisection); pass ``k`` yields the ratio ``k``
@@ -159,6 +166,10 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
 
     seen: set[str] = set()  # policies yielded (distinct parameters can make the same one)
     start: dict[tuple[int, ...], int] = {}
+    warm = _least_pruned_quantisation(space, feasible)
+    if warm is not None:
+        seen.add(_params_digest(space, warm))
+        yield warm
     for combo in combos:
         if prune_levels:
             def pred(i: int, c: tuple[int, ...] = combo) -> bool:
