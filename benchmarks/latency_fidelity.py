@@ -223,15 +223,17 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def rescore(saved: dict[str, Any]) -> str:
-    """Markdown: the saved rows scored again under the table's rule for graph-changing policies.
+    """Markdown: the saved rows scored again under each rule for graph-changing policies.
 
     Needs no new measurement: each row holds its measured latency and speed ratio, the
-    table's layer sum for the policy, and the table's whole-model fit. ``proportional``
-    (the table's rule) is ``model_ms * layers / layers_ms``; policies that leave the graph
-    as it is get the uncompressed model's time.
+    table's layer sum for the policy, and the table's whole-model fit. ``activations``
+    (the table's rule) is ``layers + remainder * activation_share``; ``proportional`` (the
+    rule before it) is ``model_ms * layers / layers_ms``; policies that leave the graph as
+    it is get the uncompressed model's time.
     """
+    from autocompress.cost.analytic import compressed_shapes
     from autocompress.cost.fidelity import scores
-    from autocompress.cost.lut import changes_structure
+    from autocompress.cost.lut import activation_share, changes_structure
     from autocompress.inventory import build_inventory
     from autocompress.policy import CompressionPolicy, LayerPolicy
     from autocompress.tasks import load_task
@@ -245,15 +247,20 @@ def rescore(saved: dict[str, Any]) -> str:
             inventories[r["task"]] = build_inventory(task.model, task.example_input)
         inv, fit = inventories[r["task"]], r["remainder"]
         m1, l1 = fit["model_ms"], fit["layers_ms"]
-        rules = {"proportional": (m1 / l1, 0.0)}  # ms = scale * layers + fixed
-        for name, (scale, fixed) in rules.items():
+        for name in ("activations", "proportional"):
             pred = []
             for x in r["rows"]:
                 policy = CompressionPolicy(layers={k: LayerPolicy(**v)
                                                    for k, v in x["layers"].items()})
                 lay = x["lut_layers_ms"]
-                ms = max(scale * lay + fixed, 0.5 * lay) if changes_structure(policy, inv) else m1
-                pred.append(ms)
+                if not changes_structure(policy, inv):
+                    pred.append(m1)
+                    continue
+                if name == "proportional":
+                    rest = (m1 / l1 - 1.0) * lay
+                else:
+                    rest = (m1 - l1) * activation_share(compressed_shapes(policy, inv), inv)
+                pred.append(lay + max(rest, -0.5 * lay))
             ms_s = scores(pred, [x["measured_ms"] for x in r["rows"]])
             rel = scores([p / m1 for p in pred], [x["measured_ratio"] for x in r["rows"]])
             lines.append(f"| {r['task']} | {r['target']} | {name} | {ms_s['kendall_tau']:.3f} "

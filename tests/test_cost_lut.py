@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autocompress.cost import LatencyLUT, compressed_shapes, parse_target
+from autocompress.cost.lut import activation_share
 from autocompress.cost.lut_store import layer_key
 from autocompress.cost.timing import layer_module
 from autocompress.errors import InputFileError, TargetError
@@ -103,12 +104,18 @@ def test_weight_bits_and_sparsity_share_the_float_entry_but_act8_is_measured(cnn
     assert lut.entries[key]["runs"] > 0
     # the prediction is what was measured for the QDQ layer, speed-up or not
     assert pred.layers_ms["features.2"] == lut.entries[key]["ms"]
-    # 8-bit inputs change the graph: the prediction is the uncompressed model's time scaled
-    # by the layers' sum, with the QDQ layer's own entry
+    # 8-bit inputs change the graph: the prediction is the layers' sum, with the QDQ layer's
+    # own entry, plus the remainder, which is not scaled: the layers write what they wrote
     fit = lut.whole_model_fit(inv, None, X)
     layers = sum(pred.layers_ms.values())
-    assert pred.latency_ms == pytest.approx(max(
-        fit["model_ms"] * layers / fit["layers_ms"], 0.5 * layers))
+    assert pred.latency_ms == pytest.approx(layers + max(fit["remainder_ms"], -0.5 * layers))
+    # pruned channels shrink the remainder with the activations the layers write
+    pruned = CompressionPolicy(layers={"features.2": LayerPolicy(prune=0.5)})
+    share = activation_share(compressed_shapes(pruned, inv), inv)
+    assert 0 < share < 1
+    assert lut.predict_breakdown(pruned, inv, model, X).remainder_ms == pytest.approx(
+        max(fit["remainder_ms"] * share, -0.5 * sum(lut.predict_breakdown(
+            pruned, inv).layers_ms.values())))
 
 
 def test_ort_layer_module_exports_qdq(cnn):
@@ -209,9 +216,9 @@ def test_validate_scores_given_policies_absolute_and_relative(cnn, tmp_path):
         assert scores["within_10pct"] == pytest.approx(
             100 * sum(e <= 0.10 for e in errors) / len(errors)), name
     # the digits space prunes at most 75% of channels: every model keeps a measurable share
-    assert all(0.05 < r["measured_ratio"] < 2.0 for r in report.rows)
-    # the retest measured every policy a second time, in a pass of its own (no upper bound on
-    # its ratio: on a loaded 2-core machine a 6-run retest of a small model once read 2.1x)
+    # (no upper bound: on a loaded 2-core machine 6 runs of a small model read over 2x)
+    assert all(r["measured_ratio"] > 0.05 for r in report.rows)
+    # the retest measured every policy a second time, in a pass of its own
     assert seen[-1] == (6, 6)
     assert all(r["retest_measured_ms"] > 0 and r["retest_ratio"] > 0.05 for r in report.rows)
     first = [r["measured_ms"] for r in report.rows]
