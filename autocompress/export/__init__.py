@@ -162,6 +162,10 @@ def export_results(
     summary.onnx_max_abs_diff = export_checked_onnx(model, task, out / FILES["model_onnx"])
     summary.files["model_onnx"] = FILES["model_onnx"]
     int8_path: Path | None = None
+    if not needs_int8(policy) and any(lp.act_bits == 8 for lp in policy.layers.values()):
+        summary.notes.append(
+            f"no {FILES['model_int8_onnx']}: every layer with 8-bit weights has 8-bit inputs, "
+            f"so {FILES['model_onnx']} already runs them as integer kernels")
     if needs_int8(policy):
         int8_path = out / FILES["model_int8_onnx"]
         batches = calibration_batches(
