@@ -8,6 +8,7 @@ and measured; Kendall tau, MAPE and the share within +-10% are reported.
     .venv/bin/python benchmarks/latency_fidelity.py --n 10 --tasks digits --targets ort
     .venv/bin/python benchmarks/latency_fidelity.py --rescore --out benchmarks/results/NAME
     .venv/bin/python benchmarks/latency_fidelity.py --retest --targets ort   # test-retest too
+    .venv/bin/python benchmarks/latency_fidelity.py --rescore-runs results/a results/b  # searches
 
 Writes ``benchmarks/results/latency_fidelity.md`` and ``.json``. Run it on a quiet
 machine: the load average at the start and the end of each row is recorded, and
@@ -270,6 +271,59 @@ def rescore(saved: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rescore_runs(runs: list[Path]) -> str:
+    """Markdown: each rule scored on the candidates searches timed on their target.
+
+    A search run (``autocompress search --out RUN``) keeps every timed candidate's policy
+    and measured speed ratio in its study, and its latency table in ``RUN/latency_lut.json``;
+    each policy is predicted again from that table (frozen: nothing is timed) under both
+    rules. Runs of one task and target are pooled.
+    """
+    import optuna
+    import yaml
+
+    from autocompress.cost import LatencyLUT, parse_target
+    from autocompress.cost.fidelity import scores
+    from autocompress.cost.lut import activation_share, shapes_change_structure
+    from autocompress.engine.storage import storage_for
+    from autocompress.inventory import build_inventory
+    from autocompress.policy import CompressionPolicy
+    from autocompress.tasks import load_task
+
+    pooled: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for run in runs:
+        cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
+        task = load_task(cfg["task"], data_dir=cfg.get("data_dir"))
+        inv = build_inventory(task.model, task.example_input)
+        lut = LatencyLUT(run / "latency_lut.json", parse_target(cfg["target"]), frozen=True)
+        fit = lut.whole_model_fit(inv, task.model, task.example_input)
+        m1, l1 = fit["model_ms"], fit["layers_ms"]
+        study = optuna.load_study(study_name=cfg["study_name"],
+                                  storage=storage_for(run, cfg.get("storage")))
+        cell = pooled.setdefault((cfg["task"], cfg["target"]),
+                                 {"measured": [], "activations": [], "proportional": []})
+        for t in study.trials:
+            a = t.user_attrs
+            if a.get("latency_basis") != "measured" or not a.get("measured_ratio"):
+                continue
+            policy = CompressionPolicy.model_validate(a["policy"])
+            shapes = lut.runtime_shapes(policy, inv)
+            lay = sum(lut._shapes_ms(shapes, inv).values())
+            changed = shapes_change_structure(shapes, inv)
+            for name, rest in (("proportional", (m1 / l1 - 1.0) * lay),
+                               ("activations", (m1 - l1) * activation_share(shapes, inv))):
+                cell[name].append((lay + max(rest, -0.5 * lay) if changed else m1) / m1)
+            cell["measured"].append(float(a["measured_ratio"]))
+    lines = ["| task | target | timed candidates | rule | tau | MAPE | within 10% |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for (task_name, target), cell in pooled.items():
+        for name in ("activations", "proportional"):
+            s = scores(cell[name], cell["measured"])
+            lines.append(f"| {task_name} | {target} | {len(cell['measured'])} | {name} "
+                         f"| {s['kendall_tau']:.3f} | {s['mape']:.1f} | {s['within_10pct']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=TASKS)
@@ -297,8 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", action="store_true",
                         help="score the saved rows of --out again under each prediction rule "
                         "(no measurement); writes <out>_rescore.md")
+    parser.add_argument("--rescore-runs", nargs="+", type=Path, metavar="RUN",
+                        help="score each rule on the candidates these search runs timed on "
+                        "their target (their own tables, nothing timed); prints markdown")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.rescore_runs:
+        print(rescore_runs(args.rescore_runs))
+        return 0
     if args.rescore:
         text = rescore(json.loads(args.out.with_suffix(".json").read_text()))
         args.out.with_name(args.out.name + "_rescore.md").write_text(text)

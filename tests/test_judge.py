@@ -159,3 +159,25 @@ def test_the_fill_places_proposals_one_spread_under_the_guarded_limit(digits_tas
     policy, info = objective.candidate(params)
     assert info is not None and info["margin"] == pytest.approx(spread, abs=1e-4)
     assert objective.screen(policy).judgment.constraints["latency"] <= -spread + 1e-9
+
+
+def test_the_fidelity_benchmark_rescores_a_searchs_timed_candidates(digits_task, tmp_path):
+    """``latency_fidelity.py --rescore-runs``: each prediction rule against what a search
+    timed, from the run's own table (frozen) and study."""
+    import importlib.util
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    search(digits_task, out=out, **SETTINGS)
+    _, trials = _trials(out)
+    timed = [t for t in trials if t.user_attrs["latency_basis"] == "measured"]
+    assert timed
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_fidelity.py"
+    spec = importlib.util.spec_from_file_location("latency_fidelity", path)
+    assert spec is not None and spec.loader is not None
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    rows = [line for line in fidelity.rescore_runs([out]).splitlines()
+            if line.startswith("| digits |")]
+    assert [row.split("|")[4].strip() for row in rows] == ["activations", "proportional"]
+    assert all(row.split("|")[3].strip() == str(len(timed)) for row in rows)
