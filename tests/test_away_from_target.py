@@ -115,6 +115,38 @@ def test_search_on_the_table_judges_by_prediction_and_verify_measures_on_the_tar
     assert verified["trials"][str(after["best_trial"])]["meets"]
 
 
+def test_verify_times_the_next_best_when_the_pick_misses(profiled, digits_mlp_task,
+                                                         monkeypatch):
+    """The pick dominates trials that are not on the front; when it misses on the target,
+    the next best is timed in its turn, so the new pick is always one that met."""
+    from autocompress.engine.judge import PolicyTimer
+    from autocompress.export.results import trial_policy
+    from autocompress.export.verify import verify_run
+    from autocompress.pareto import pick_best
+
+    root, space, table = profiled
+    out = root / "run-misses"
+    done = cli(["search", "--task", "digits-mlp", "--space", str(space), "--target", TARGET,
+                "--budget", "latency<=0.8x", "--trials", "4", "--finetune-steps", "10",
+                "--lut", str(table), "--out", str(out)], root)
+    assert done.returncode == 0, done.stderr
+    study = load_run_study(out)
+    first = pick_best(study)
+    assert first is not None
+    slow = trial_policy(first, study).to_dict()["layers"]
+
+    def timed(self, policy):  # the target, as it answers: the first pick runs 10x slower
+        return (10.0, 1.0) if policy.to_dict()["layers"] == slow else (0.5, 1.0)
+
+    monkeypatch.setattr(PolicyTimer, "__call__", timed)
+    summary = verify_run(out, task=digits_mlp_task)
+    verified = load_run_study(out).user_attrs[VERIFIED_ATTR]["trials"]
+    assert verified[str(first.number)]["meets"] is False
+    # another feasible trial took its place: it was timed, and it met
+    assert summary.best_trial is not None and summary.best_trial != first.number
+    assert verified[str(summary.best_trial)]["meets"] is True
+
+
 def test_a_missing_table_is_one_error_line(profiled):
     root, _, _ = profiled
     done = cli(["search", "--task", "digits-mlp", "--lut", str(root / "nope.json"),
