@@ -112,7 +112,7 @@ def measure_files(paths: dict[str, str], threads: int, batch: int, rounds: int,
             feed = {inp.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         else:
             if task is None:
-                raise ValueError(f"{path}: inputs {[i.name for i in ins]} need --task to be fed")
+                raise ValueError(f"{path}: inputs {[i.name for i in ins]} need --feed-task to be fed")
             if example is None:
                 from autocompress.tasks import load_task
 
