@@ -391,7 +391,8 @@ def tables(rows: list[dict[str, Any]]) -> str:
 
     # Accuracy points and cosine points do not pool: the tasks with another metric are left
     # out (minilm's tally seed by seed is in the goals).
-    pairs = pooled(df[~df["task"].isin(OTHER_METRIC)], order)
+    accuracy_rows = df[~df["task"].isin(OTHER_METRIC)]
+    pairs = pooled(accuracy_rows, order) if not accuracy_rows.empty else pd.DataFrame()
     if not pairs.empty:
         out += ["### Pooled over settings: searched against each baseline, seed by seed", "",
                 "One pair per task, budget and seed both ran (settings no strategy reached "
