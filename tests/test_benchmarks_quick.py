@@ -158,3 +158,64 @@ def test_overhead_leaves_out_the_time_a_killed_run_was_down() -> None:
     ov = _bench().controller_overhead(study)
     assert ov["trials_s"] == pytest.approx(4.0)  # 2 s + 2 s: the down time is left out
     assert ov["controller_overhead_share"] == pytest.approx(1.0 / 4.0)
+
+
+
+def test_minilm_goals_cosine_floor_and_seed_by_seed() -> None:
+    """minilm's goals: tpe's cosine >= 0.97 at 0.6x on every seed, and above uniform and random
+    seed by seed (a baseline whose pick missed the budget re-measured loses)."""
+    sq = _bench()
+    m = {"task": "minilm", "budget": "latency<=0.6x", "target": "ort-cpu-1t-b8", "lr": 1e-4,
+         "baseline_accuracy": 1.0}
+    rows = [_row(**m, seed=0, accuracy=0.975), _row(**m, seed=1, accuracy=0.98),
+            _row(**m, strategy="uniform", seed=0, accuracy=0.96),
+            _row(**m, strategy="uniform", seed=1, accuracy=0.99),
+            _row(**m, strategy="random", seed=0, accuracy=0.99, meets_budget=False),
+            _row(**m, strategy="random", seed=1, accuracy=0.97)]
+    md = sq.tables(rows)
+    setting = "4 trials x 10 steps, ort-cpu-1t-b8, lr 0.0001"
+    assert (f"- minilm latency<=0.6x ({setting}): tpe's metric >= 0.97 on every seed, measured "
+            "speedup in brackets: seed 0 0.9750 (2.00x), seed 1 0.9800 (2.00x): **met**") in md
+    assert "uniform 1-0-1 over seeds 0, 1; random 2-0-0 over seeds 0, 1: **MISSED**" in md
+    rows[3]["accuracy"] = 0.95
+    rows[0]["meets_budget"] = False
+    md = sq.tables(rows)
+    assert "seed 0 missed the budget, seed 1 0.9800 (2.00x): **MISSED**" in md
+    # both missed on seed 0 against random: a tie, not a win
+    assert "uniform 1-0-1 over seeds 0, 1; random 1-1-0 over seeds 0, 1: **MISSED**" in md
+    # rows without an lr (the digits ones) keep their setting label
+    assert "| 4 trials x 10 steps, ort-cpu-1t-b64 |" in sq.tables([_row()])
+
+
+def test_measure_feeds_named_integer_inputs(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph fed token ids and a mask by name gets the task's own example input repeated to
+    the batch (int64); one float input gets the standard-normal data it always had."""
+    import torch
+
+    import autocompress.tasks
+    from autocompress.runtime.onnx import export_onnx
+
+    sq = _bench()
+
+    class Tok(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return (self.emb(input_ids) * attention_mask[..., None]).mean(1)
+
+    x = {"input_ids": torch.zeros(1, 5, dtype=torch.long),
+         "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    export_onnx(Tok(), x, tmp_path / "tok.onnx")
+    export_onnx(torch.nn.Linear(4, 2), torch.zeros(1, 4), tmp_path / "lin.onnx")
+    assert sq.measure_files({"baseline": str(tmp_path / "lin.onnx")}, 1, 3, 1)["latency_ms"][
+        "baseline"] > 0
+    with pytest.raises(ValueError, match="need --feed-task"):
+        sq.measure_files({"baseline": str(tmp_path / "tok.onnx")}, 1, 3, 1)
+    monkeypatch.setattr(autocompress.tasks, "load_task",
+                        lambda name: type("T", (), {"example_input": x})())
+    lat = sq.measure_files({"baseline": str(tmp_path / "tok.onnx"),
+                            "best": str(tmp_path / "tok.onnx")}, 1, 3, 2, task="toy")
+    assert lat["batch"] == 3 and lat["speedup_paired"]["best"] > 0
