@@ -43,6 +43,17 @@ def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def search_on_table(profiled: tuple[Path, Path, Path], out: Path,
+                    trials: int) -> subprocess.CompletedProcess:
+    """``autocompress search --lut`` on the profiled table, ``latency<=0.8x``; it must succeed."""
+    root, space, table = profiled
+    done = cli(["search", "--task", "digits-mlp", "--space", str(space), "--target", TARGET,
+                "--budget", "latency<=0.8x", "--trials", str(trials), "--finetune-steps", "10",
+                "--lut", str(table), "--out", str(out)], root)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.fixture(scope="module")
 def profiled(digits_mlp_task, tmp_path_factory):
     """A table of every layer shape of the space, as the deployment machine would write it,
@@ -83,12 +94,9 @@ def test_the_profiled_table_holds_every_shape_the_space_can_make(profiled, digit
 
 
 def test_search_on_the_table_judges_by_prediction_and_verify_measures_on_the_target(profiled):
-    root, space, table = profiled
+    root, _, table = profiled
     out = root / "run"
-    done = cli(["search", "--task", "digits-mlp", "--space", str(space), "--target", TARGET,
-                "--budget", "latency<=0.8x", "--trials", "3", "--finetune-steps", "10",
-                "--lut", str(table), "--out", str(out)], root)
-    assert done.returncode == 0, done.stderr
+    done = search_on_table(profiled, out, trials=3)
     assert "measured on another machine (the deployment CPU)" in done.stderr
     assert "not measured here" in done.stdout
     study = load_run_study(out)
@@ -124,12 +132,8 @@ def test_verify_times_the_next_best_when_the_pick_misses(profiled, digits_mlp_ta
     from autocompress.export.verify import verify_run
     from autocompress.pareto import pick_best
 
-    root, space, table = profiled
-    out = root / "run-misses"
-    done = cli(["search", "--task", "digits-mlp", "--space", str(space), "--target", TARGET,
-                "--budget", "latency<=0.8x", "--trials", "4", "--finetune-steps", "10",
-                "--lut", str(table), "--out", str(out)], root)
-    assert done.returncode == 0, done.stderr
+    out = profiled[0] / "run-misses"
+    search_on_table(profiled, out, trials=4)
     study = load_run_study(out)
     first = pick_best(study)
     assert first is not None
@@ -148,7 +152,7 @@ def test_verify_times_the_next_best_when_the_pick_misses(profiled, digits_mlp_ta
 
 
 def test_a_missing_table_is_one_error_line(profiled):
-    root, _, _ = profiled
+    root, _, table = profiled
     done = cli(["search", "--task", "digits-mlp", "--lut", str(root / "nope.json"),
                 "--out", str(root / "x")], root)
     assert done.returncode == 2
