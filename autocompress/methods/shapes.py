@@ -45,26 +45,15 @@ def kept_channels(n: int, prune: float | None, multiple: int = CHANNEL_MULTIPLE)
     return keep
 
 
-def kept_heads(heads: int, prune: float | None) -> int:
-    """Attention heads left after removing the fraction ``prune`` of ``heads`` (at least one).
-
-    >>> kept_heads(12, 0.25), kept_heads(12, 0.5), kept_heads(4, 0.3), kept_heads(2, 0.9)
-    (9, 6, 3, 1)
-    """
-    if not prune:
-        return heads
-    return max(1, heads - int(math.floor(prune * heads + 1e-9)))
-
-
 def group_kept_channels(leader: LayerInfo, prune: float | None) -> int:
     """Output channels a pruning group keeps, counted on its leader ``leader``.
 
-    A group led by an attention's query, key or value projection loses whole heads
-    (:func:`kept_heads` of them, each ``head_dim`` channels); any other group loses
-    channels (:func:`kept_channels`).
+    A group led by an attention's query, key or value projection loses whole heads, each
+    ``head_dim`` channels (:func:`kept_channels` of the heads, with no multiple to keep: at
+    least one head stays); any other group loses channels (:func:`kept_channels`).
     """
     if leader.heads and leader.head_dim:
-        return kept_heads(leader.heads, prune) * leader.head_dim
+        return kept_channels(leader.heads, prune, multiple=1) * leader.head_dim
     return kept_channels(leader.out_channels, prune)
 
 
