@@ -62,6 +62,9 @@ SAFE_BITS = "{choices: [8, 32]}"
 # at a cosine of 0.993 before any fine-tune. Where it does not pay (small layers, where the
 # quantise/dequantise pair costs more than it saves) the latency table measures that.
 LINEAR_ACT_BITS = "{choices: [8, 32]}"
+# The knob lines every Linear rule holds (attention, MLP hidden layers, the rest).
+LINEAR_KNOBS = (f"    rank: {LINEAR_RANK}", f"    bits: {LINEAR_BITS}",
+                f"    sparsity: {LINEAR_SPARSITY}", f"    act_bits: {LINEAR_ACT_BITS}")
 HEADS_PRUNE = "{choices: [0.0, 0.25, 0.5]}"  # of each attention's heads: 12 heads keep 12, 9 or 6
 
 TINY_SHARE = 0.01  # the smallest layers together below this share of MACs and of weights
@@ -218,10 +221,7 @@ def derive_space(inventory: LayerInventory, task_name: str = "this model") -> Se
             "  # each attention's heads. The other knobs as for other Linear layers.",
             "  - match: {attention: true}",
             f"    prune: {HEADS_PRUNE}",
-            f"    rank: {LINEAR_RANK}",
-            f"    bits: {LINEAR_BITS}",
-            f"    sparsity: {LINEAR_SPARSITY}",
-            f"    act_bits: {LINEAR_ACT_BITS}",
+            *LINEAR_KNOBS,
         ]
     hidden = [fqn for fqn in mlp_hidden_layers(inventory) if fqn not in taken]
     if hidden and not inventory.pruning_error:
@@ -232,8 +232,7 @@ def derive_space(inventory: LayerInventory, task_name: str = "this model") -> Se
         ]
         for fqn in hidden:
             lines += [f"  - match: {{fqn: {_quote(fqn)}}}", f"    prune: {CONV_PRUNE}",
-                      f"    rank: {LINEAR_RANK}", f"    bits: {LINEAR_BITS}",
-                      f"    sparsity: {LINEAR_SPARSITY}", f"    act_bits: {LINEAR_ACT_BITS}"]
+                      *LINEAR_KNOBS]
     if "Linear" in kinds:
         lines += [
             "  # Other Linear layers: low rank, weight bits, sparsity, 8-bit inputs (with 8-bit "
@@ -241,10 +240,7 @@ def derive_space(inventory: LayerInventory, task_name: str = "this model") -> Se
             "  # integer matmul in ONNX Runtime); no prune, which would cut the",
             "  # features that every later block reads (add it here if the model tolerates it).",
             "  - match: {kind: Linear}",
-            f"    rank: {LINEAR_RANK}",
-            f"    bits: {LINEAR_BITS}",
-            f"    sparsity: {LINEAR_SPARSITY}",
-            f"    act_bits: {LINEAR_ACT_BITS}",
+            *LINEAR_KNOBS,
         ]
     space = SearchSpace.from_yaml("\n".join(lines) + "\n", source="derived")
     return dataclasses.replace(space, derived=True)
