@@ -76,14 +76,14 @@ def _bisect_first_true(n: int, pred: Callable[[int], bool]) -> int | None:
 WARM_QUANTISATION: tuple[dict[str, int], ...] = ({}, {"bits": 8}, {"bits": 8, "act_bits": 8})
 
 
-def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | None:
+def quantised_uniform_start(space: ResolvedSpace, feasible: Feasible) -> Params | None:
     """The uniform setting a person would try first: quantised to 8 bits where that helps,
-    then pruned as little as meets the budget.
+    then pruned as little as meets the budget; :func:`uniform_candidates` yields it first,
+    and the sampled searches start from it.
 
     Of the :data:`WARM_QUANTISATION` settings, the one that meets the budget with the
-    smallest uniform prune ratio (by bisection); ties go to the less quantised. When none
-    meets it, the next of :func:`uniform_candidates` (rank and sparsity may then be needed),
-    which yields this candidate first.
+    smallest uniform prune ratio (by bisection); ties go to the less quantised. None when
+    none meets it (rank and sparsity may then be needed).
 
     >>> import torch
     >>> from autocompress.derived_space import derive_space
@@ -95,18 +95,13 @@ def warm_start_candidate(space: ResolvedSpace, feasible: Feasible) -> Params | N
     ...     return all(v >= 0.5 for k, v in p.items() if k.endswith("/prune"))
     >>> def int8_or_pruned(p):  # a target where 8-bit inputs make the layers fast
     ...     return pruned_half(p) or all(v == 8 for k, v in p.items() if k.endswith("act_bits"))
-    >>> plain = warm_start_candidate(sp, pruned_half)
+    >>> plain = quantised_uniform_start(sp, pruned_half)
     >>> plain["net.1/prune"], plain["net.1/bits"], plain["net.1/act_bits"]
     (0.5, 32, 32)
-    >>> quantised = warm_start_candidate(sp, int8_or_pruned)
+    >>> quantised = quantised_uniform_start(sp, int8_or_pruned)
     >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
     (0.0, 8, 8)
     """
-    return next(uniform_candidates(space, feasible), None)
-
-
-def _least_pruned_quantisation(space: ResolvedSpace, feasible: Feasible) -> Params | None:
-    """:func:`warm_start_candidate` among the :data:`WARM_QUANTISATION` settings only."""
     prune_levels = _union_levels(space, "prune")
     best: tuple[int, Params] | None = None
     for quantisation in WARM_QUANTISATION:
@@ -133,7 +128,7 @@ def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
 
 def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
     """Uniform settings that meet the budget (lazy): first the one a person would try first
-    (:func:`warm_start_candidate`), then the others, least compressing first.
+    (:func:`quantised_uniform_start`), then the others, least compressing first.
 
     Pass 0 yields, per combination of the other knobs, the smallest feasible
     uniform prune ratio (by bisection); pass ``k`` yields the ratio ``k``
@@ -166,7 +161,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
 
     seen: set[str] = set()  # policies yielded (distinct parameters can make the same one)
     start: dict[tuple[int, ...], int] = {}
-    warm = _least_pruned_quantisation(space, feasible)
+    warm = quantised_uniform_start(space, feasible)
     if warm is not None:
         seen.add(_params_digest(space, warm))
         yield warm

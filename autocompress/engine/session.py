@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
-from autocompress.engine.baselines import warm_start_candidate
+from autocompress.engine.baselines import uniform_candidates
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.judge import PolicyTimer
 from autocompress.engine.objective import Objective
@@ -173,7 +173,8 @@ def prepare_run(
     target = target0.with_batch(task.target_batch_size)
     inventory = build_inventory(task.model, task.example_input)
     # The learning rate is resolved here, so the study records the number that was used.
-    cfg = cfg.model_copy(update={"task": task.name, "lr": cfg.lr or task.lr})
+    lr = cfg.lr or task.lr
+    cfg = cfg.model_copy(update={"task": task.name, "lr": lr})
     if space is None:
         # A task without a shipped space gets one derived from its layers, saved for editing.
         space = default_space(task.name, inventory, out=cfg.out_dir)
@@ -184,7 +185,7 @@ def prepare_run(
     out.mkdir(parents=True, exist_ok=True)
 
     settings = FinetuneSettings(
-        steps=cfg.finetune_steps, lr=cfg.lr or task.lr, temperature=cfg.temperature, alpha=cfg.alpha,
+        steps=cfg.finetune_steps, lr=lr, temperature=cfg.temperature, alpha=cfg.alpha,
         seed=cfg.seed, report_every=cfg.report_every, val_samples=cfg.val_samples,
         threads=cfg.threads, distill=cfg.distill, device=cfg.device, precision=cfg.precision,
     )
@@ -430,14 +431,14 @@ def warm_start_params(cfg: SearchConfig, objective: Objective,
     A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
     first population), many of them far from the budget's edge. The uniform policy
     a person would try first, quantised to 8 bits where that helps and then pruned as
-    little as meets the budget (:func:`~autocompress.engine.baselines.warm_start_candidate`),
-    costs a few bisections on predicted costs and no fine-tune; starting there, the
-    search's best is never below it. None for other strategies, ``warm_start: none``, or
-    a budget no uniform policy meets.
+    little as meets the budget: the uniform baseline's first candidate
+    (:func:`~autocompress.engine.baselines.uniform_candidates`). It costs a few bisections
+    on predicted costs and no fine-tune; starting there, the search's best is never below
+    it. None for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start != "uniform" or cfg.strategy not in WARM_STARTED:
         return None
-    return warm_start_candidate(resolved, objective.feasible_params)
+    return next(uniform_candidates(resolved, objective.feasible_params), None)
 
 
 def _fmt(v: float | None) -> str:
