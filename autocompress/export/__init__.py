@@ -36,6 +36,7 @@ from autocompress.export.results import (
 )
 from autocompress.export.summary import ExportSummary
 from autocompress.inventory import LayerInventory, build_inventory
+from autocompress.methods.quantize import QUANT_BITS
 from autocompress.pareto import (
     as_number,
     budget_baseline_ms,
@@ -162,7 +163,8 @@ def export_results(
     summary.onnx_max_abs_diff = export_checked_onnx(model, task, out / FILES["model_onnx"])
     summary.files["model_onnx"] = FILES["model_onnx"]
     int8_path: Path | None = None
-    if not needs_int8(policy) and any(lp.act_bits == 8 for lp in policy.layers.values()):
+    quantised = any(lp.bits in QUANT_BITS for lp in policy.layers.values())
+    if quantised and not needs_int8(policy):
         summary.notes.append(
             f"no {FILES['model_int8_onnx']}: every layer with 8-bit weights has 8-bit inputs, "
             f"so {FILES['model_onnx']} already runs them as integer kernels")
