@@ -292,6 +292,26 @@ def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def train_mode(model: nn.Module) -> nn.Module:
+    """Put ``model`` in the mode the fine-tune trains it in: eval, but batch norms in train mode.
+
+    The fine-tune distils the teacher's eval-mode function into the student. Dropout (and
+    attention dropout, which Hugging Face keys on the attention module's own mode) would make
+    a student that already matches the teacher pay a loss and drift: a 30-step fine-tune of
+    the unchanged all-MiniLM-L6-v2 fell from cosine 1.0 to 0.985. Batch norms must re-estimate
+    their statistics for the channels that pruning left.
+
+    >>> m = train_mode(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2)))
+    >>> [layer.training for layer in m]
+    [False, False, True]
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+    return model
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -342,7 +362,7 @@ def finetune(
     check_precision(precision, dev)
     torch.manual_seed(seed)
     teacher.eval()
-    student.train()
+    train_mode(student)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     # fp16 gradients underflow without loss scaling; bf16 has float32's range.
@@ -382,7 +402,7 @@ def finetune(
         if report is not None and report_every > 0 and step % report_every == 0 and step < steps:
             assert eval_fn is not None
             metric = float(eval_fn(student))
-            student.train()
+            train_mode(student)
             reports.append((step, metric))
             if report(step, metric):
                 stopped = True
@@ -400,6 +420,18 @@ def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
     }
     return policy.model_copy(update={"layers": {f: lp for f, lp in layers.items()
                                                 if not lp.is_empty()}})
+
+
+def changes_structure(policy: CompressionPolicy) -> bool:
+    """True when the policy prunes, factorises or sparsifies any layer (what a fine-tune recovers).
+
+    >>> from autocompress.policy import CompressionPolicy
+    >>> changes_structure(CompressionPolicy(layers={"fc": {"bits": 8, "act_bits": 8}}))
+    False
+    >>> changes_structure(CompressionPolicy(layers={"fc": {"prune": 0.25, "bits": 8}}))
+    True
+    """
+    return bool(structural_policy(policy).layers)
 
 
 def quantizes(policy: CompressionPolicy) -> bool:
@@ -502,7 +534,9 @@ def _compress_and_score(
         return evaluate(quantized(copy.deepcopy(model)), task, loader, device)
 
     result = FinetuneResult(0, False, 0.0, None, [])
-    if settings.steps > 0 and task.train_loader is not None:
+    # Quantisation is applied after the fine-tune, so a policy that only quantises leaves the
+    # fine-tune nothing to recover: it would train the teacher's own weights.
+    if settings.steps > 0 and task.train_loader is not None and changes_structure(policy):
         masks = weight_masks(student) if any(lp.sparsity for lp in policy.layers.values()) else None
         result = finetune(
             student, teacher, task.train_loader, settings.steps, lr=settings.lr,
