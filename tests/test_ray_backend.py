@@ -88,15 +88,16 @@ def test_ray_runs_the_trials_into_the_study(ray_run):
 
 def test_ray_starts_from_the_uniform_warm_start(ray_run, digits_task, tmp_path):
     """As with Optuna alone, the first trial is the uniform policy at the budget's edge."""
-    from autocompress.engine.session import prepare_run, warm_start_params
+    from autocompress.engine.session import prepare_run, warm_starts
 
     cfg = _cfg(tmp_path / "fresh")
     prep = prepare_run(cfg, digits_task, warm_start=False)
-    expected = warm_start_params(cfg, prep.objective, prep.space)
-    assert expected is not None
+    starts = warm_starts(cfg, prep.objective)
+    assert starts and starts[0][1] == "uniform"
     first = min(ray_run.study.trials, key=lambda t: t.number)
-    assert first.params == pytest.approx(expected)
+    assert first.params == pytest.approx(starts[0][0])
     assert first.user_attrs["feasible"] is True
+    assert first.user_attrs["warm_start"] == "uniform"
 
 
 def test_asha_stops_a_trial_early(ray_run):

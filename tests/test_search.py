@@ -183,6 +183,27 @@ def test_a_sampled_search_starts_from_the_uniform_policy_at_the_budget(digits_ta
     assert not any("warm_start" in t.user_attrs for t in load(tmp_path / "random").trials)
 
 
+def test_the_refined_start_gives_the_budgets_room_to_the_layers_hurt_most(digits_task, tmp_path):
+    """Under size<=10% the uniform start (8 bits, pruned) leaves room that one layer can take
+    back: the second trial is that start with the moves that gained, a level each, unfilled."""
+    fast(digits_task, tmp_path / "refined", strategy="tpe", budget="size<=10%", trials=2)
+    first, second = load(tmp_path / "refined").trials[:2]
+    assert first.user_attrs["warm_start"] == "uniform"
+    assert second.user_attrs["warm_start"] == "refined" and second.user_attrs["feasible"]
+    assert "fill" not in second.user_attrs["policy"]["provenance"]
+    space = SearchSpace.embedded("digits").resolve(
+        build_inventory(digits_task.model, digits_task.example_input))
+    given_back = [k for k in first.params if second.params[k] != first.params[k]]
+    assert given_back
+    for name in given_back:  # one level less compressed, never more
+        levels = space.params[name].levels()
+        assert levels.index(second.params[name]) == levels.index(first.params[name]) - 1
+    fast(digits_task, tmp_path / "uniform", strategy="tpe", budget="size<=10%", trials=2,
+         warm_start="uniform")
+    assert [t.user_attrs.get("warm_start") for t in load(tmp_path / "uniform").trials[:2]] == [
+        "uniform", None]
+
+
 def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
     """What a kill -9 leaves behind: a RUNNING trial whose process is gone."""
     out = tmp_path / "run"

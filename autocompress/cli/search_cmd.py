@@ -33,8 +33,9 @@ def search(
     mode: str = typer.Option(None, "--mode", help="constrained|pareto (default: constrained)"),
     seed: int = typer.Option(None, "--seed", help="(default: 0)"),
     warm_start: str = typer.Option(
-        None, "--warm-start", help="uniform|none: tpe/nsga2 start from the least-compressing "
-        "uniform policy predicted to meet the budget (default: uniform)"),
+        None, "--warm-start", help="refined|uniform|none: tpe/nsga2 start from the "
+        "least-compressing uniform policy predicted to meet the budget; refined: then from it "
+        "with the budget's room given to the layers it hurts most (default: refined)"),
     fill_budget: bool = typer.Option(
         None, "--fill-budget/--no-fill-budget", help="tpe, constrained: move each proposal to "
         "the budget's edge before it is trained (default: fill)"),

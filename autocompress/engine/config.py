@@ -65,10 +65,11 @@ class SearchConfig(BaseModel):
         "on class scores and MSE on other outputs), kl, mse or cosine (embeddings)")
     val_samples: int | None = Field(512, ge=1, description="fixed validation subset size")
     pruner: Literal["median", "none"] = "median"
-    warm_start: Literal["uniform", "none"] = Field(
-        "uniform", description="tpe/nsga2: the first trial is one setting for every layer, "
+    warm_start: Literal["refined", "uniform", "none"] = Field(
+        "refined", description="tpe/nsga2: the first trial is one setting for every layer, "
         "8-bit weights (and inputs) where that helps, then the least uniform pruning predicted "
-        "to meet the budget (none: the sampler's own first draws)")
+        "to meet the budget; refined: the second gives the budget's room left to the layers "
+        "that setting hurts most (autocompress.engine.refine); none: the sampler's own draws")
     fill_budget: bool = Field(
         True, description="tpe in constrained mode: move each proposal to the budget's edge "
         "before it is trained (see autocompress.engine.fill); false: train proposals as drawn")

@@ -154,7 +154,7 @@ class Objective:
         self.fill = fill
         # Parameter dicts evaluated as they are even when filling (the uniform warm start:
         # a planned point, already at the budget's edge, that the search must not move).
-        self.planned: set[tuple[tuple[str, Any], ...]] = set()
+        self.planned: dict[tuple[tuple[str, Any], ...], str] = {}  # -> its warm start's kind
         self._fill_corner: tuple[tuple[float, int], dict[str, Any]] | None = None
         # params_key -> (feasible, constraints) the fill predicted, at (correction, latency_fn)
         self._screened: dict[tuple[tuple[str, Any], ...], tuple[bool, dict[str, float]]] = {}
@@ -294,7 +294,7 @@ class Objective:
             # The constraints already carry the guard; the fill aims one spread of the
             # corrected predictions under it, so most proposals meet the budget when timed.
             margin = self.judge.correction.spread
-            filled = fill_to_budget(self.space, params, self._screen_fill,
+            filled = fill_to_budget(self.space, params, self.screen_fill,
                                     is_new=new_params, rng=rng, corner=self.fill_corner(),
                                     margins={LATENCY: margin} if margin else {})
             if filled is not None:
@@ -318,7 +318,7 @@ class Objective:
             hit = self._screened[key] = (s.feasible, dict(s.constraints))
         return hit[0], dict(hit[1])
 
-    def _screen_fill(self, params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
+    def screen_fill(self, params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
         """What the fill calls a point within budget: every constraint met by prediction
         (screening's tolerance is for timing a candidate, not for placing one)."""
         _, constraints = self._screen_params(params)

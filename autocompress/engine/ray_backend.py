@@ -235,10 +235,11 @@ def ray_trainable(config: dict[str, Any], kit: TrialKit) -> None:
     proposals = Proposals(objective, taken)
     pareto = objective.mode != "constrained"
     common: dict[str, Any] = {}
-    planned = params_key(params) in objective.planned
+    start = objective.planned.get(params_key(params))
+    planned = start is not None
     # What the Optuna backends write on a trial besides its record: the process that ran it,
-    # and the uniform warm start (the one point run_ray plans).
-    marks = {"worker": worker_id(), **({"warm_start": "uniform"} if planned else {})}
+    # and which warm start it is (the points run_ray plans).
+    marks = {"worker": worker_id(), **({"warm_start": start} if planned else {})}
 
     def judged(record: Any, cost: float) -> None:
         record.extra.update(marks)
@@ -548,7 +549,7 @@ def run_ray(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from autocompress.engine.optuna_backend import make_sampler, n_finished
-    from autocompress.engine.session import finish_run, prepare_run, warm_start_params
+    from autocompress.engine.session import finish_run, prepare_run, warm_starts
 
     t_start = time.perf_counter()
     say = log or LOG.warning
@@ -567,10 +568,11 @@ def run_ray(
             "give --device cuda (or auto) with it, or --gpus-per-trial 0")
     prep = prepare_run(cfg, task, log=say, warm_start=False)
     cfg, study, objective = prep.config, prep.study, prep.objective
-    first = warm_start_params(cfg, objective, prep.space) if prep.created else None
-    if first is not None:  # OptunaSearch's own study is in memory: the point goes to Tune
-        points_to_evaluate = [first, *(points_to_evaluate or [])]
-        objective.planned.add(params_key(first))  # evaluated as it is, never filled
+    starts = warm_starts(cfg, objective, progress) if prep.created else []
+    if starts:  # OptunaSearch's own study is in memory: the points go to Tune
+        points_to_evaluate = [*(p for p, _ in starts), *(points_to_evaluate or [])]
+        for params, kind in starts:  # evaluated as they are, never filled
+            objective.planned[params_key(params)] = kind
     out = prep.out
     stored = dict(study.user_attrs.get("autocompress") or {})
     if prep.created or "backend" not in stored:  # the export's provenance reads it

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from autocompress.engine.optuna_backend import (
     quiet_optuna,
 )
 from autocompress.engine.storage import STUDY_FILE, redact_url, storage_for
-from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
+from autocompress.evaluate import FinetuneSettings, compress_and_score, evaluate, val_subset
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.pareto import BUDGET_BASELINE_ATTR
 from autocompress.policy import CompressionPolicy
@@ -150,8 +150,8 @@ def prepare_run(
     replaces ``cfg.seed`` for the sampler only (see
     :func:`autocompress.engine.workers.worker_seed`). ``progress`` shows a
     spinner on stderr during the slow steps. ``warm_start``: queue
-    :func:`warm_start_params` in a study this call creates (Ray Tune passes it
-    as a point to evaluate instead).
+    :func:`warm_starts` in a study this call creates (Ray Tune passes them
+    as points to evaluate instead).
 
     >>> prep = prepare_run(SearchConfig.build(None, {"task": "digits",  # doctest: +SKIP
     ...                    "budget": "macs<=50%", "out": "results/digits"}))
@@ -270,9 +270,9 @@ def prepare_run(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     with _status(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, budget, say)
-    first = warm_start_params(cfg, objective, resolved) if created and warm_start else None
-    if first is not None:
-        study.enqueue_trial(first, user_attrs={"warm_start": "uniform"})
+    if created and warm_start:
+        for params, kind in warm_starts(cfg, objective, progress):
+            study.enqueue_trial(params, user_attrs={"warm_start": kind})
     return PreparedRun(cfg, task, inventory, resolved, budget, target, study, created,
                        objective, lut, where, reachable)
 
@@ -424,21 +424,44 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
 WARM_STARTED = ("tpe", "nsga2")
 
 
-def warm_start_params(cfg: SearchConfig, objective: Objective,
-                      resolved: ResolvedSpace) -> dict[str, Any] | None:
-    """The first trial of a sampled search (``tpe``, ``nsga2``): a uniform policy.
+def warm_starts(cfg: SearchConfig, objective: Objective,
+                progress: bool = False) -> list[tuple[dict[str, Any], str]]:
+    """The first trials of a sampled search (``tpe``, ``nsga2``), each with its kind.
 
     A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
-    first population), many of them far from the budget's edge. The uniform policy
-    a person would try first, quantised to 8 bits where that helps and then pruned as
+    first population), many of them far from the budget's edge. ``uniform``: the uniform
+    policy a person would try first, quantised to 8 bits where that helps and then pruned as
     little as meets the budget: the uniform baseline's first candidate
     (:func:`~autocompress.engine.baselines.uniform_candidates`). It costs a few bisections
     on predicted costs and no fine-tune; starting there, the search's best is never below
-    it. None for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
+    it. ``refined`` (``warm_start: refined``, the default): that policy with the budget's room
+    left given back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`;
+    one score without a fine-tune per layer whose move fits). Empty for other strategies,
+    ``warm_start: none``, or a budget no uniform policy meets.
     """
-    if cfg.warm_start != "uniform" or cfg.strategy not in WARM_STARTED:
-        return None
-    return next(uniform_candidates(resolved, objective.feasible_params), None)
+    if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
+        return []
+    space = objective.space
+    first = next(uniform_candidates(space, objective.feasible_params), None)
+    if first is None:
+        return []
+    out = [(first, "uniform")]
+    if cfg.warm_start == "refined":
+        from autocompress.engine.refine import spend_slack
+
+        untrained = replace(objective.settings, steps=0)
+
+        def score(params: dict[str, Any]) -> float:
+            return compress_and_score(objective.task, space.policy_from_params(params), untrained,
+                                      objective.inventory, objective.teacher,
+                                      objective.val_loader).metric
+
+        with _status(progress, "refining the warm start: scoring each layer given back ..."):
+            refined = spend_slack(space, first, objective.screen_fill, score,
+                                  objective.higher_is_better)
+        if refined is not None:
+            out.append((refined[0], "refined"))
+    return out
 
 
 def _fmt(v: float | None) -> str:

@@ -1,0 +1,111 @@
+"""Refining the uniform warm start: its slack spent on the layers its compression hurts most.
+
+The uniform warm start (:func:`~autocompress.engine.baselines.quantised_uniform_start`) often
+meets the budget with room to spare: 8-bit weights and inputs on every Linear layer of
+all-MiniLM-L6-v2 run at 0.41x its latency, under a budget of 0.6x. A uniform setting cannot use
+that room; a sampler's first draws rarely find it among 150 knobs. As mixed-precision
+allocators do (AIMET's and Model Optimizer's per-layer sensitivities), each layer is given back
+one level of each of its compressed knobs alone, the model is scored without a fine-tune, and
+the layers whose scores gain most per unit of budget are given back while the budget holds.
+The result is the sampled search's second planned trial.
+
+Pure given its scores: a resumed run does not compute it again (the study holds the trial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from autocompress.space import ResolvedSpace
+
+Params = dict[str, Any]
+# The budget's constraints of a parameter dict: ``(within budget, {constraint: excess})``,
+# excess <= 0 where it holds (Objective._screen_fill).
+Screen = Callable[[Params], tuple[bool, dict[str, float]]]
+
+
+def layer_moves(space: ResolvedSpace, start: Params) -> dict[str, Params]:
+    """``{layer: params}``: per layer, each of its compressed knobs one level less compressed.
+
+    >>> import torch
+    >>> from autocompress.derived_space import derive_space
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> sp = derive_space(inv).resolve(inv)
+    >>> moves = layer_moves(sp, sp.uniform_params(prune=0.0, bits=8, act_bits=8))
+    >>> sorted(moves)
+    ['net.1', 'net.3', 'net.5']
+    >>> moves["net.1"]
+    {'net.1/bits': 32, 'net.1/act_bits': 32}
+    """
+    moves: dict[str, Params] = {}
+    for name, spec in space.params.items():
+        levels = spec.levels()
+        i = levels.index(spec.snap(start[name]))
+        if i > 0:
+            moves.setdefault(name.rsplit("/", 1)[0], {})[name] = levels[i - 1]
+    return moves
+
+
+def spend_slack(
+    space: ResolvedSpace,
+    start: Params,
+    screen: Screen,
+    score: Callable[[Params], float],
+    higher_is_better: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Params, list[str]] | None:
+    """``start`` with layers given back a level while ``screen`` holds, and which ones; None when
+    no layer's move fits the budget or gains.
+
+    Only moves that fit the budget alone are scored (``score``: the metric without a
+    fine-tune), so a start at the budget's edge costs predictions only. Moves are taken by
+    gain per unit of the tightest constraint they use, best first, each while the budget
+    still holds with the ones taken before.
+
+    >>> import torch
+    >>> from autocompress.derived_space import derive_space
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> sp = derive_space(inv).resolve(inv)
+    >>> start = sp.uniform_params(prune=0.0, bits=8, act_bits=8)
+    >>> def one_float_layer(p):  # a budget with room for one layer at float
+    ...     floats = sum(v == 32 for k, v in p.items() if k.endswith("/bits"))
+    ...     return floats <= 1, {"size": floats - 1.0}
+    >>> def score(p):  # net.3 loses more to 8 bits than net.1
+    ...     return 0.9 + 0.05 * (p["net.1/bits"] == 32) + 0.08 * (p["net.3/bits"] == 32)
+    >>> refined, given_back = spend_slack(sp, start, one_float_layer, score)
+    >>> given_back, refined["net.3/bits"], refined["net.1/bits"]
+    (['net.3'], 32, 8)
+    """
+    ok, base_constraints = screen(start)
+    if not ok:
+        return None
+    used0 = max(base_constraints.values(), default=0.0)
+    fitting: list[tuple[str, Params, float]] = []
+    for layer, move in layer_moves(space, start).items():
+        fits, constraints = screen({**start, **move})
+        if fits:
+            fitting.append((layer, move, max(constraints.values(), default=0.0) - used0))
+    if not fitting:
+        return None
+    base = score(start)
+    ranked: list[tuple[float, str, Params]] = []
+    for i, (layer, move, used) in enumerate(fitting):
+        metric = score({**start, **move})
+        gain = metric - base if higher_is_better else base - metric
+        if gain > 0:
+            # A move that uses none of the budget (or frees some) goes first.
+            ranked.append((gain / used if used > 1e-12 else float("inf"), layer, move))
+        if progress:
+            progress(i + 1, len(fitting))
+    ranked.sort(key=lambda r: (-r[0], r[1]))
+    current, taken = dict(start), list[str]()
+    for _, layer, move in ranked:
+        candidate = {**current, **move}
+        if screen(candidate)[0]:
+            current, taken = candidate, [*taken, layer]
+    return (current, taken) if taken else None
