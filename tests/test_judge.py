@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from autocompress.cost.timing import LOCK_ENV, timing_lock
 from autocompress.engine import SearchConfig, search
-from autocompress.engine.judge import MEASURED_GUARD, PREDICTION_TOLERANCE
+from autocompress.engine.judge import MEASURED_GUARD, PREDICTION_TOLERANCE, PRIOR_SPREAD
 from autocompress.engine.session import prepare_run
 
 SETTINGS = dict(budget="latency<=0.8x", target="torch-1t-b8", trials=4, finetune_steps=10,
@@ -151,7 +151,7 @@ def test_the_fill_places_proposals_one_spread_under_the_guarded_limit(digits_tas
     assert objective.fill
     params = objective.space.identity_params()
     _, first = objective.candidate(params)
-    assert first is not None and first["margin"] == 0.0  # no timings yet: no spread known
+    assert first is not None and first["margin"] == PRIOR_SPREAD  # no timings yet: the prior
     for k, ratio in enumerate([0.9, 1.0, 1.1, 1.0, 0.95, 1.05]):
         objective.judge.correction.observe(str(k), measured_ratio=ratio, predicted_ratio=1.0)
     spread = objective.judge.correction.spread

@@ -324,6 +324,14 @@ class Objective:
         _, constraints = self._screen_params(params)
         return all(v <= 0 for v in constraints.values()), constraints
 
+    def screen_placed(self, params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
+        """:meth:`screen_fill` with the latency clause one spread of the corrected predictions
+        under its limit, where the fill aims: so a point placed by prediction mostly meets
+        the budget when timed (the refined warm start)."""
+        ok, constraints = self.screen_fill(params)
+        margin = self.judge.correction.spread
+        return ok and constraints.get(LATENCY, -1.0) <= -margin, constraints
+
     def screen(self, policy: CompressionPolicy) -> Screening:
         """Predict a candidate's costs and screen it: nothing is built or fine-tuned.
 

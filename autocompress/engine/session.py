@@ -457,7 +457,7 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
                                       objective.val_loader).metric
 
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
-            refined = spend_slack(space, first, objective.screen_fill, score,
+            refined = spend_slack(space, first, objective.screen_placed, score,
                                   objective.higher_is_better)
         if refined is not None:
             out.append((refined[0], "refined"))
