@@ -145,6 +145,9 @@ def test_export_writes_every_file_and_key(int8_run):
     assert data["best_trial"] == 0  # prune 0.5 / 8 bits beats prune 0.75 / 4 bits
     assert data["measured_latency_ms"] > 0 and data["baseline_latency_ms"] > 0
     assert data["speedup"] == pytest.approx(data["baseline_latency_ms"] / data["measured_latency_ms"])
+    # an int8 file slower than model_best.onnx on the target is said so, and only then
+    slower = any("runs slower than model_best.onnx" in n for n in data["notes"])
+    assert slower == (data["speedup_int8"] < data["speedup"])
     # policies/: one per feasible COMPLETE trial (both are on the front too)
     assert sorted(p.name for p in (root / "policies").iterdir()) == ["trial_0.json", "trial_1.json"]
 

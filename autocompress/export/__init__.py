@@ -201,6 +201,14 @@ def export_results(
         if "int8" in lat:
             summary.speedup_int8 = paired["int8"]
             summary.measured_latency_int8_ms = base_ms / paired["int8"]
+            if summary.speedup_int8 < summary.speedup:
+                # Re-quantising a graph whose 8-bit inputs already run as integer kernels
+                # can cost more than it saves (MiniLM with one 8-bit-weight layer left:
+                # 134 ms against 63 ms). The user must not take the int8 file for the faster one.
+                summary.notes.append(
+                    f"{FILES['model_int8_onnx']} runs slower than {FILES['model_onnx']} on "
+                    f"{tgt.name} ({summary.speedup_int8:.2f}x against {summary.speedup:.2f}x "
+                    f"the uncompressed model): deploy {FILES['model_onnx']}")
         latency, base_latency = best_ms, base_ms
     else:
         summary.meets_budget_basis = "predicted"
