@@ -9,7 +9,13 @@ one level of each of its compressed knobs alone, the model is scored without a f
 the layers whose scores gain most per unit of budget are given back while the budget holds.
 The result is the sampled search's second planned trial.
 
-Pure given its scores: a resumed run does not compute it again (the study holds the trial).
+On the target the packed point is then timed, and the last layers given back are taken
+away again until it meets the budget (:func:`walk_back`): predictions place it, a
+measurement decides, as for every candidate. Away from the target it is packed one spread
+of the corrected predictions under the limit instead.
+
+Pure given its scores and timings: a resumed run does not compute it again (the study
+holds the trial).
 """
 
 from __future__ import annotations
@@ -109,3 +115,32 @@ def spend_slack(
         if screen(candidate)[0]:
             current, taken = candidate, [*taken, layer]
     return (current, taken) if taken else None
+
+
+def walk_back(space: ResolvedSpace, start: Params, given_back: list[str],
+              meets: Callable[[Params], bool]) -> tuple[Params, list[str]] | None:
+    """The longest prefix of ``given_back`` (layers, in the order :func:`spend_slack` took
+    them) whose moves on ``start`` ``meets`` accepts, trying the longest first; None when
+    not even the first layer's move does.
+
+    >>> import torch
+    >>> from autocompress.derived_space import derive_space
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> sp = derive_space(inv).resolve(inv)
+    >>> start = sp.uniform_params(prune=0.0, bits=8, act_bits=8)
+    >>> def one_float_layer(p):  # what a timing allows
+    ...     return sum(v == 32 for k, v in p.items() if k.endswith("/bits")) <= 1
+    >>> params, kept = walk_back(sp, start, ["net.3", "net.1"], one_float_layer)
+    >>> kept, params["net.3/bits"], params["net.1/bits"]
+    (['net.3'], 32, 8)
+    """
+    moves = layer_moves(space, start)
+    for k in range(len(given_back), 0, -1):
+        params = dict(start)
+        for layer in given_back[:k]:
+            params.update(moves[layer])
+        if meets(params):
+            return params, given_back[:k]
+    return None

@@ -436,8 +436,9 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     on predicted costs and no fine-tune; starting there, the search's best is never below
     it. ``refined`` (``warm_start: refined``, the default): that policy with the budget's room
     left given back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`;
-    one score without a fine-tune per layer whose move fits). Empty for other strategies,
-    ``warm_start: none``, or a budget no uniform policy meets.
+    one score without a fine-tune per layer whose move fits), on the target timed and walked
+    back until it meets the budget (:func:`~autocompress.engine.refine.walk_back`). Empty for
+    other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
         return []
@@ -447,7 +448,7 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
         return []
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
-        from autocompress.engine.refine import spend_slack
+        from autocompress.engine.refine import spend_slack, walk_back
 
         untrained = replace(objective.settings, steps=0)
 
@@ -456,9 +457,19 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
                                       objective.inventory, objective.teacher,
                                       objective.val_loader).metric
 
+        judge = objective.judge
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
-            refined = spend_slack(space, first, objective.screen_placed, score,
-                                  objective.higher_is_better)
+            # On the target a timing decides where it lands; elsewhere the fill's margin.
+            refined = spend_slack(space, first, objective.screen_fill if judge.measures
+                                  else objective.screen_placed, score, objective.higher_is_better)
+        measure = judge.measure if judge.measures else None
+        if refined is not None and measure is not None:
+            def timed(params: dict[str, Any]) -> bool:
+                policy = space.policy_from_params(params)
+                return judge.judge_measured(objective.predict(policy), *measure(policy)).feasible
+
+            with _status(progress, "timing the refined warm start on the target ..."):
+                refined = walk_back(space, first, refined[1], timed)
         if refined is not None:
             out.append((refined[0], "refined"))
     return out
