@@ -102,8 +102,27 @@ def quantised_uniform_start(space: ResolvedSpace, feasible: Feasible) -> Params 
     >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
     (0.0, 8, 8)
     """
+    return next(uniform_starts(space, feasible), None)
+
+
+def uniform_starts(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
+    """:func:`quantised_uniform_start`, then the same quantisation one uniform prune level
+    further at a time (lazy): where a timing on the target says the start misses the budget,
+    the next one to time.
+
+    >>> import torch
+    >>> from autocompress.derived_space import derive_space
+    >>> from autocompress.inventory import build_inventory
+    >>> from autocompress.models import DigitsMLP
+    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
+    >>> sp = derive_space(inv).resolve(inv)
+    >>> def pruned_quarter(p):
+    ...     return all(v >= 0.25 for k, v in p.items() if k.endswith("/prune"))
+    >>> [p["net.1/prune"] for p in itertools.islice(uniform_starts(sp, pruned_quarter), 3)]
+    [0.3, 0.4, 0.5]
+    """
     prune_levels = _union_levels(space, "prune")
-    best: tuple[int, Params] | None = None
+    best: tuple[int, dict[str, int]] | None = None
     for quantisation in WARM_QUANTISATION:
         def params_for(i: int | None, q: dict[str, int] = quantisation) -> Params:
             return space.uniform_params(prune=None if i is None else prune_levels[i], **q)
@@ -113,8 +132,19 @@ def quantised_uniform_start(space: ResolvedSpace, feasible: Feasible) -> Params 
         else:
             first = 0 if feasible(params_for(None)) else None
         if first is not None and (best is None or first < best[0]):
-            best = (first, params_for(first if prune_levels else None))
-    return None if best is None else best[1]
+            best = (first, quantisation)
+    if best is None:
+        return
+    first, quantisation = best
+    if not prune_levels:
+        yield space.uniform_params(**quantisation)
+        return
+    seen = set()  # union levels can snap to the same levels of every layer
+    for i in range(first, len(prune_levels)):
+        params = space.uniform_params(prune=prune_levels[i], **quantisation)
+        if params_key(params) not in seen:
+            seen.add(params_key(params))
+            yield params
 
 
 def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:

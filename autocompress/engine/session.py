@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
 from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
-from autocompress.engine.baselines import uniform_candidates
+from autocompress.engine.baselines import uniform_starts
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.judge import PolicyTimer
 from autocompress.engine.objective import Objective
@@ -424,6 +424,10 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
 WARM_STARTED = ("tpe", "nsga2")
 
 
+# Uniform starts timed at most before the warm start is taken as it is (MiniLM: ~15 s each).
+MAX_START_TIMINGS = 4
+
+
 def warm_starts(cfg: SearchConfig, objective: Objective,
                 progress: bool = False) -> list[tuple[dict[str, Any], str]]:
     """The first trials of a sampled search (``tpe``, ``nsga2``), each with its kind.
@@ -432,20 +436,39 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     first population), many of them far from the budget's edge. ``uniform``: the uniform
     policy a person would try first, quantised to 8 bits where that helps and then pruned as
     little as meets the budget: the uniform baseline's first candidate
-    (:func:`~autocompress.engine.baselines.uniform_candidates`). It costs a few bisections
-    on predicted costs and no fine-tune; starting there, the search's best is never below
-    it. ``refined`` (``warm_start: refined``, the default): that policy with the budget's room
-    left given back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`;
-    one score without a fine-tune per layer whose move fits), on the target timed and walked
-    back until it meets the budget (:func:`~autocompress.engine.refine.walk_back`). Empty for
-    other strategies, ``warm_start: none``, or a budget no uniform policy meets.
+    (:func:`~autocompress.engine.baselines.uniform_candidates`), found by bisection on predicted
+    costs. On the target it is timed, and pruned a uniform level further while the timing
+    misses (:func:`~autocompress.engine.baselines.uniform_starts`, at most
+    :data:`MAX_START_TIMINGS` timings): a start that misses is never fine-tuned, and the
+    search's best is never below the start. ``refined`` (``warm_start: refined``, the
+    default): that policy with the budget's room left given back to the layers it hurts most
+    (:func:`~autocompress.engine.refine.spend_slack`; one score without a fine-tune per layer
+    whose move fits), on the target timed and walked back until it meets the budget
+    (:func:`~autocompress.engine.refine.walk_back`). Empty for other strategies,
+    ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
         return []
-    space = objective.space
-    first = next(uniform_candidates(space, objective.feasible_params), None)
+    space, judge = objective.space, objective.judge
+    measure = judge.measure if judge.measures else None
+
+    def timed(params: dict[str, Any]) -> bool:
+        assert measure is not None
+        policy = space.policy_from_params(params)
+        return judge.judge_measured(objective.predict(policy), *measure(policy)).feasible
+
+    starts = uniform_starts(space, objective.feasible_params)
+    first = next(starts, None)
     if first is None:
         return []
+    if measure is not None:
+        with _status(progress, "timing the uniform warm start on the target ..."):
+            tried = 1
+            while not timed(first) and tried < MAX_START_TIMINGS:
+                nxt = next(starts, None)
+                if nxt is None:
+                    break
+                first, tried = nxt, tried + 1
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
         from autocompress.engine.refine import spend_slack, walk_back
@@ -457,17 +480,11 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
                                       objective.inventory, objective.teacher,
                                       objective.val_loader).metric
 
-        judge = objective.judge
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
             # On the target a timing decides where it lands; elsewhere the fill's margin.
-            refined = spend_slack(space, first, objective.screen_fill if judge.measures
+            refined = spend_slack(space, first, objective.screen_fill if measure
                                   else objective.screen_placed, score, objective.higher_is_better)
-        measure = judge.measure if judge.measures else None
         if refined is not None and measure is not None:
-            def timed(params: dict[str, Any]) -> bool:
-                policy = space.policy_from_params(params)
-                return judge.judge_measured(objective.predict(policy), *measure(policy)).feasible
-
             with _status(progress, "timing the refined warm start on the target ..."):
                 refined = walk_back(space, first, refined[1], timed)
         if refined is not None:
