@@ -151,6 +151,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "| LUT build (base) | LUT entries / s | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|",
     ]
+    dates = sorted({r["date"] for r in results if "date" in r})
+    if len(dates) > 1:
+        lines[2] += f" Rows measured at {', '.join(dates)} (merged runs)."
     for r in results:
         diag = diagnostics(r)
         lines.append(
@@ -346,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30,
                         help="timed runs of each policy's model and of its reference, split "
                         "into 10 alternating blocks")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --out's JSON for other tasks and targets (each "
+                        "row carries the date it was measured)")
     parser.add_argument("--table", action="store_true",
                         help="only re-render the markdown from the JSON of --out")
     parser.add_argument("--rescore", action="store_true",
@@ -390,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                                        sampler=args.sampler, retest=args.retest,
                                        runs=args.runs))
                 r = results[-1]
+                r["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 print(f"{task} {r['target']}: LUT {r['lut']} MACs {r['macs']} "
                       f"base build {r['lut_base_build_s']:.0f}s", file=sys.stderr)
     cpu = cpu_description()
@@ -401,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         "sampler": args.sampler, "runs": args.runs,
         "quiet_wait_s": args.quiet_wait, "quiet_budget_s": args.quiet_budget,
     }
+    saved_json = args.out.with_suffix(".json")
+    if args.merge and saved_json.is_file():
+        saved = json.loads(saved_json.read_text())
+        new = {(r["task"], r["target"]) for r in results}
+        kept = [{"date": saved["meta"]["date"], **r} for r in saved["results"]
+                if (r["task"], r["target"]) not in new]
+        results = kept + results
+        meta["wall_s"] += float(saved["meta"].get("wall_s", 0.0))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results},
                                                         indent=1))
