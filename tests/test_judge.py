@@ -181,3 +181,27 @@ def test_the_fidelity_benchmark_rescores_a_searchs_timed_candidates(digits_task,
             if line.startswith("| digits |")]
     assert [row.split("|")[4].strip() for row in rows] == ["activations", "proportional"]
     assert all(row.split("|")[3].strip() == str(len(timed)) for row in rows)
+
+
+def test_a_warm_starts_timing_judges_its_trial_once():
+    """A warm start placed by a timing is judged on that timing (a second one's noise could
+    undo it); the remembered timing serves one trial, later ones are timed again."""
+    from autocompress.cost import Costs, parse_budget
+    from autocompress.engine.judge import Judge
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+
+    calls = []
+
+    def measure(policy):
+        calls.append(policy)
+        return 1.0, 2.0
+
+    base = Costs(macs=1, bops=1, params=1, size_bytes=1, latency_ms=2.0)
+    judge = Judge(parse_budget("latency<=0.6x"), base, measure)
+    policy = CompressionPolicy(layers={"fc": LayerPolicy(prune=0.5)})
+    judge.remember(policy, 1.5, 2.0)
+    first = judge.time(policy, base, "0", predicted_ratio=0.5)
+    assert (first.measured_ms, first.feasible, calls) == (1.5, False, [])
+    again = judge.time(policy, base, "1", predicted_ratio=0.5)
+    assert (again.measured_ms, again.feasible, len(calls)) == (1.0, True, 1)
+    assert sorted(judge.correction.ratios) == ["0", "1"]  # both taught the correction

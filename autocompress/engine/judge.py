@@ -174,6 +174,15 @@ class Judge:
         self.reference = reference
         self.measure = measure
         self.correction = Correction()
+        # Timings taken before a trial existed (the warm starts' placement), by policy digest.
+        self._timed: dict[str, tuple[float, float]] = {}
+
+    def remember(self, policy: CompressionPolicy, measured_ms: float, baseline_ms: float) -> None:
+        """Keep a timing of ``policy`` for its trial's :meth:`time`: a warm start placed by a
+        timing is judged on that timing, not on a second one whose noise can undo it."""
+        from autocompress.engine.taken import policy_digest
+
+        self._timed[policy_digest(policy.to_dict())] = (measured_ms, baseline_ms)
 
     @property
     def measures(self) -> bool:
@@ -236,7 +245,10 @@ class Judge:
         ratio for it; ``key``: the trial's name in the correction.
         """
         assert self.measure is not None
-        measured_ms, baseline_ms = self.measure(policy)
+        from autocompress.engine.taken import policy_digest
+
+        known = self._timed.pop(policy_digest(policy.to_dict()), None)
+        measured_ms, baseline_ms = known if known is not None else self.measure(policy)
         verdict = self.judge_measured(costs, measured_ms, baseline_ms)
         if predicted_ratio is not None and verdict.measured_ratio is not None:
             self.correction.observe(key, verdict.measured_ratio, predicted_ratio)

@@ -455,7 +455,9 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     def timed(params: dict[str, Any]) -> bool:
         assert measure is not None
         policy = space.policy_from_params(params)
-        return judge.judge_measured(objective.predict(policy), *measure(policy)).feasible
+        measured_ms, baseline_ms = measure(policy)
+        judge.remember(policy, measured_ms, baseline_ms)  # its trial is judged on this timing
+        return judge.judge_measured(objective.predict(policy), measured_ms, baseline_ms).feasible
 
     starts = uniform_starts(space, objective.feasible_params)
     first = next(starts, None)
