@@ -76,39 +76,16 @@ def _bisect_first_true(n: int, pred: Callable[[int], bool]) -> int | None:
 WARM_QUANTISATION: tuple[dict[str, int], ...] = ({}, {"bits": 8}, {"bits": 8, "act_bits": 8})
 
 
-def quantised_uniform_start(space: ResolvedSpace, feasible: Feasible) -> Params | None:
-    """The uniform setting a person would try first: quantised to 8 bits where that helps,
-    then pruned as little as meets the budget; :func:`uniform_candidates` yields it first,
-    and the sampled searches start from it.
-
-    Of the :data:`WARM_QUANTISATION` settings, the one that meets the budget with the
-    smallest uniform prune ratio (by bisection); ties go to the less quantised. None when
-    none meets it (rank and sparsity may then be needed).
-
-    >>> import torch
-    >>> from autocompress.derived_space import derive_space
-    >>> from autocompress.inventory import build_inventory
-    >>> from autocompress.models import DigitsMLP
-    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
-    >>> sp = derive_space(inv).resolve(inv)
-    >>> def pruned_half(p):
-    ...     return all(v >= 0.5 for k, v in p.items() if k.endswith("/prune"))
-    >>> def int8_or_pruned(p):  # a target where 8-bit inputs make the layers fast
-    ...     return pruned_half(p) or all(v == 8 for k, v in p.items() if k.endswith("act_bits"))
-    >>> plain = quantised_uniform_start(sp, pruned_half)
-    >>> plain["net.1/prune"], plain["net.1/bits"], plain["net.1/act_bits"]
-    (0.5, 32, 32)
-    >>> quantised = quantised_uniform_start(sp, int8_or_pruned)
-    >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
-    (0.0, 8, 8)
-    """
-    return next(uniform_starts(space, feasible), None)
-
-
 def uniform_starts(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
-    """:func:`quantised_uniform_start`, then the same quantisation one uniform prune level
-    further at a time (lazy): where a timing on the target says the start misses the budget,
-    the next one to time.
+    """The uniform setting a person would try first, then the same setting pruned one uniform
+    level further at a time (lazy): where a timing on the target says one misses the budget,
+    the next to time. :func:`uniform_candidates` yields the first first, and the sampled
+    searches start from it.
+
+    The first is quantised to 8 bits where that helps, then pruned as little as meets the
+    budget: of the :data:`WARM_QUANTISATION` settings, the one that meets ``feasible`` with
+    the smallest uniform prune ratio (by bisection); ties go to the less quantised. Nothing
+    when none meets it (rank and sparsity may then be needed).
 
     >>> import torch
     >>> from autocompress.derived_space import derive_space
@@ -118,8 +95,13 @@ def uniform_starts(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]
     >>> sp = derive_space(inv).resolve(inv)
     >>> def pruned_quarter(p):
     ...     return all(v >= 0.25 for k, v in p.items() if k.endswith("/prune"))
-    >>> [p["net.1/prune"] for p in itertools.islice(uniform_starts(sp, pruned_quarter), 3)]
-    [0.3, 0.4, 0.5]
+    >>> def int8_or_pruned(p):  # a target where 8-bit inputs make the layers fast
+    ...     return pruned_quarter(p) or all(v == 8 for k, v in p.items() if k.endswith("act_bits"))
+    >>> [(p["net.1/prune"], p["net.1/bits"]) for p in uniform_starts(sp, pruned_quarter)]
+    [(0.3, 32), (0.4, 32), (0.5, 32)]
+    >>> quantised = next(uniform_starts(sp, int8_or_pruned))
+    >>> quantised["net.1/prune"], quantised["net.1/bits"], quantised["net.1/act_bits"]
+    (0.0, 8, 8)
     """
     prune_levels = _union_levels(space, "prune")
     best: tuple[int, dict[str, int]] | None = None
@@ -158,7 +140,7 @@ def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
 
 def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
     """Uniform settings that meet the budget (lazy): first the one a person would try first
-    (:func:`quantised_uniform_start`), then the others, least compressing first.
+    (the first of :func:`uniform_starts`), then the others, least compressing first.
 
     Pass 0 yields, per combination of the other knobs, the smallest feasible
     uniform prune ratio (by bisection); pass ``k`` yields the ratio ``k``
@@ -191,7 +173,7 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
 
     seen: set[str] = set()  # policies yielded (distinct parameters can make the same one)
     start: dict[tuple[int, ...], int] = {}
-    warm = quantised_uniform_start(space, feasible)
+    warm = next(uniform_starts(space, feasible), None)
     if warm is not None:
         seen.add(_params_digest(space, warm))
         yield warm

@@ -1,6 +1,6 @@
 """Refining the uniform warm start: its slack spent on the layers its compression hurts most.
 
-The uniform warm start (:func:`~autocompress.engine.baselines.quantised_uniform_start`) often
+The uniform warm start (:func:`~autocompress.engine.baselines.uniform_starts`) often
 meets the budget with room to spare: 8-bit weights and inputs on every Linear layer of
 all-MiniLM-L6-v2 run at 0.41x its latency, under a budget of 0.6x. A uniform setting cannot use
 that room; a sampler's first draws rarely find it among 150 knobs. As mixed-precision
@@ -56,43 +56,38 @@ def layer_moves(space: ResolvedSpace, start: Params) -> dict[str, Params]:
 
 
 def spend_slack(
-    space: ResolvedSpace,
     start: Params,
+    moves: dict[str, Params],
     screen: Screen,
     score: Callable[[Params], float],
     higher_is_better: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Params, list[str]] | None:
-    """``start`` with layers given back a level while ``screen`` holds, and which ones; None when
-    no layer's move fits the budget or gains.
+    """``start`` with layers given back a level (their ``moves``, :func:`layer_moves`) while
+    ``screen`` holds, and which ones in the order taken; None when no layer's move fits the
+    budget or gains.
 
     Only moves that fit the budget alone are scored (``score``: the metric without a
     fine-tune), so a start at the budget's edge costs predictions only. Moves are taken by
     gain per unit of the tightest constraint they use, best first, each while the budget
     still holds with the ones taken before.
 
-    >>> import torch
-    >>> from autocompress.derived_space import derive_space
-    >>> from autocompress.inventory import build_inventory
-    >>> from autocompress.models import DigitsMLP
-    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
-    >>> sp = derive_space(inv).resolve(inv)
-    >>> start = sp.uniform_params(prune=0.0, bits=8, act_bits=8)
+    >>> start = {"a/bits": 8, "b/bits": 8}
+    >>> moves = {layer: {f"{layer}/bits": 32} for layer in "ab"}
     >>> def one_float_layer(p):  # a budget with room for one layer at float
-    ...     floats = sum(v == 32 for k, v in p.items() if k.endswith("/bits"))
+    ...     floats = sum(v == 32 for v in p.values())
     ...     return floats <= 1, {"size": floats - 1.0}
-    >>> def score(p):  # net.3 loses more to 8 bits than net.1
-    ...     return 0.9 + 0.05 * (p["net.1/bits"] == 32) + 0.08 * (p["net.3/bits"] == 32)
-    >>> refined, given_back = spend_slack(sp, start, one_float_layer, score)
-    >>> given_back, refined["net.3/bits"], refined["net.1/bits"]
-    (['net.3'], 32, 8)
+    >>> def score(p):  # b loses more to 8 bits than a
+    ...     return 0.9 + 0.05 * (p["a/bits"] == 32) + 0.08 * (p["b/bits"] == 32)
+    >>> spend_slack(start, moves, one_float_layer, score)
+    ({'a/bits': 8, 'b/bits': 32}, ['b'])
     """
     ok, base_constraints = screen(start)
     if not ok:
         return None
     used0 = max(base_constraints.values(), default=0.0)
     fitting: list[tuple[str, Params, float]] = []
-    for layer, move in layer_moves(space, start).items():
+    for layer, move in moves.items():
         fits, constraints = screen({**start, **move})
         if fits:
             fitting.append((layer, move, max(constraints.values(), default=0.0) - used0))
@@ -117,26 +112,19 @@ def spend_slack(
     return (current, taken) if taken else None
 
 
-def walk_back(space: ResolvedSpace, start: Params, given_back: list[str],
+def walk_back(start: Params, moves: dict[str, Params], given_back: list[str],
               meets: Callable[[Params], bool]) -> tuple[Params, list[str]] | None:
     """The longest prefix of ``given_back`` (layers, in the order :func:`spend_slack` took
-    them) whose moves on ``start`` ``meets`` accepts, trying the longest first; None when
-    not even the first layer's move does.
+    them) whose ``moves`` (:func:`layer_moves`) on ``start`` ``meets`` accepts, trying the
+    longest first; None when not even the first layer's move does.
 
-    >>> import torch
-    >>> from autocompress.derived_space import derive_space
-    >>> from autocompress.inventory import build_inventory
-    >>> from autocompress.models import DigitsMLP
-    >>> inv = build_inventory(DigitsMLP(), torch.zeros(1, 1, 8, 8))
-    >>> sp = derive_space(inv).resolve(inv)
-    >>> start = sp.uniform_params(prune=0.0, bits=8, act_bits=8)
+    >>> start = {"a/bits": 8, "b/bits": 8, "c/bits": 8}
+    >>> moves = {layer: {f"{layer}/bits": 32} for layer in "abc"}
     >>> def one_float_layer(p):  # what a timing allows
-    ...     return sum(v == 32 for k, v in p.items() if k.endswith("/bits")) <= 1
-    >>> params, kept = walk_back(sp, start, ["net.3", "net.1"], one_float_layer)
-    >>> kept, params["net.3/bits"], params["net.1/bits"]
-    (['net.3'], 32, 8)
+    ...     return sum(v == 32 for v in p.values()) <= 1
+    >>> walk_back(start, moves, ["c", "a"], one_float_layer)
+    ({'a/bits': 8, 'b/bits': 8, 'c/bits': 32}, ['c'])
     """
-    moves = layer_moves(space, start)
     for k in range(len(given_back), 0, -1):
         params = dict(start)
         for layer in given_back[:k]:

@@ -479,7 +479,7 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
                 first, tried = nxt, tried + 1
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
-        from autocompress.engine.refine import spend_slack, walk_back
+        from autocompress.engine.refine import layer_moves, spend_slack, walk_back
 
         untrained = replace(objective.settings, steps=0)
 
@@ -490,11 +490,12 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
 
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
             # On the target a timing decides where it lands; elsewhere the fill's margin.
-            refined = spend_slack(space, first, objective.screen_fill if measure
+            moves = layer_moves(space, first)
+            refined = spend_slack(first, moves, objective.screen_fill if measure
                                   else objective.screen_placed, score, objective.higher_is_better)
         if refined is not None and measure is not None:
             with _status(progress, "timing the refined warm start on the target ..."):
-                refined = walk_back(space, first, refined[1], timed)
+                refined = walk_back(first, moves, refined[1], timed)
         if refined is not None:
             out.append((refined[0], "refined"))
     return out
