@@ -283,7 +283,9 @@ def test_latency_budget_uses_the_latency_table(digits_task, tmp_path, monkeypatc
     # An empty shared table, so filling proposals has new layer shapes to time whatever ran before.
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2)
+    # The uniform start alone, so the second trial is a filled proposal (a refined start is not).
+    fast(digits_task, out, budget="latency<=0.8x", target="torch-1t-b8", trials=2,
+         warm_start="uniform")
     study = load(out)
     assert (out / "latency_lut.json").is_file()
     # the table's one-off timings while a proposal was filled to the budget are recorded on its
