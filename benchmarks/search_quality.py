@@ -290,7 +290,7 @@ def run_row(task: str, budget: str, strategy: str, seed: int, trials: int, steps
                    speedup_paired=lat["speedup_paired"]["best"],
                    measured_latency_int8_ms=ms.get("int8"))
         # The budget decided on the fresh measurement (and the exact analytic size), by the
-        # paired ratio, as the search judges: under load the two files' lowest medians came
+        # paired ratio (both files timed in the same round): under load their lowest medians came
         # from different moments (a pick read 0.91x by them, 1.84x paired).
         from autocompress.tasks import load_task
 
@@ -365,7 +365,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 "`model_best.int8.onnx` where bits <= 8) against the uncompressed model, "
                 "alternating rounds, lowest median of each kept; ms per batch; `metric` x100 "
                 "as above. `meets` is judged on `speedup_paired` (the median over rounds of "
-                "the ratio within a round), as the search judges its own timings.", "",
+                "the ratio within a round; both files timed in the same round).", "",
                 sp.to_markdown(index=False, floatfmt=".3f"), ""]
 
     mean_speed = df.groupby([*groups, "strategy"], sort=False)["speedup"].mean().unstack(

@@ -247,7 +247,7 @@ class Judge:
         assert self.measure is not None
         from autocompress.engine.taken import policy_digest
 
-        known = self._timed.pop(policy_digest(policy.to_dict()), None)
+        known = self._timed.pop(policy_digest(policy.to_dict()), None) if self._timed else None
         measured_ms, baseline_ms = known if known is not None else self.measure(policy)
         verdict = self.judge_measured(costs, measured_ms, baseline_ms)
         if predicted_ratio is not None and verdict.measured_ratio is not None:

@@ -152,8 +152,8 @@ class Objective:
         self.budget_section = budget_section or budget.to_dict(self.budget_baseline)
         self.measure_seconds = measure_seconds or (lambda: 0.0)
         self.fill = fill
-        # Parameter dicts evaluated as they are even when filling (the uniform warm start:
-        # a planned point, already at the budget's edge, that the search must not move).
+        # Parameter dicts evaluated as they are even when filling (the warm starts: planned
+        # points, placed at the budget's edge, that the search must not move).
         self.planned: dict[tuple[tuple[str, Any], ...], str] = {}  # -> its warm start's kind
         self._fill_corner: tuple[tuple[float, int], dict[str, Any]] | None = None
         # params_key -> (feasible, constraints) the fill predicted, at (correction, latency_fn)

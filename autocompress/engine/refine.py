@@ -27,7 +27,7 @@ from autocompress.space import ResolvedSpace
 
 Params = dict[str, Any]
 # The budget's constraints of a parameter dict: ``(within budget, {constraint: excess})``,
-# excess <= 0 where it holds (Objective._screen_fill).
+# excess <= 0 where it holds (Objective.screen_fill).
 Screen = Callable[[Params], tuple[bool, dict[str, float]]]
 
 

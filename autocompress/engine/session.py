@@ -8,6 +8,7 @@ and its judge); :func:`finish_run` picks the best trial and exports the results 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import shutil
@@ -440,8 +441,9 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     little as meets the budget: the uniform baseline's first candidate
     (:func:`~autocompress.engine.baselines.uniform_candidates`), found by bisection on predicted
     costs. On the target it is timed (:data:`PLACEMENT_TIMINGS` times, judged on the slowest),
-    and pruned a uniform level further while the timing misses (:func:`~autocompress.engine.baselines.uniform_starts`, at most
-    :data:`MAX_START_TIMINGS` timings): a start that misses is never fine-tuned, and the
+    and pruned a uniform level further while the timing misses
+    (:func:`~autocompress.engine.baselines.uniform_starts`, at most :data:`MAX_START_TIMINGS`
+    points): a start that misses is never fine-tuned, and the
     search's best is never below the start. ``refined`` (``warm_start: refined``, the
     default): that policy with the budget's room left given back to the layers it hurts most
     (:func:`~autocompress.engine.refine.spend_slack`; one score without a fine-tune per layer
@@ -471,12 +473,10 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
         return []
     if measure is not None:
         with _status(progress, "timing the uniform warm start on the target ..."):
-            tried = 1
-            while not timed(first) and tried < MAX_START_TIMINGS:
-                nxt = next(starts, None)
-                if nxt is None:
+            tried = itertools.islice(itertools.chain([first], starts), MAX_START_TIMINGS)
+            for first in tried:  # the last one tried stands if none meets
+                if timed(first):
                     break
-                first, tried = nxt, tried + 1
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
         from autocompress.engine.refine import layer_moves, spend_slack, walk_back

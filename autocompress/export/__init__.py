@@ -388,7 +388,8 @@ def fresh_latencies(
     alternating rounds (baseline, best, int8, baseline, best, ...); each keeps its round
     with the lowest median, and ``paired[name]`` is the median over rounds of the
     baseline's median over the model's within the round. The ratio is what a budget is
-    judged on, as the search judges it: the two lowest medians can come from different
+    judged on, both sides timed in the same round as the search times a candidate next to
+    the uncompressed model in alternating blocks: the two lowest medians can come from different
     moments of a shared machine (a MiniLM pick read 0.62x by them and 0.55x paired, and
     0.55x in the search's own blocks). The int8 file is timed with ONNX Runtime at the
     target's threads and batch.
