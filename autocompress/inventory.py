@@ -8,10 +8,13 @@ or depthwise convs share one ``group`` (named after its first member).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -388,6 +391,70 @@ def _grouped_conv(module: nn.Module) -> bool:
     )
 
 
+class _RunawayIndices(Exception):
+    """A group's channel indices outgrew every tensor of the forward."""
+
+
+@contextlib.contextmanager
+def _bounded_flatten_mappings(limit: int) -> Iterator[None]:
+    """Make Torch-Pruning's flatten index mapping raise :class:`_RunawayIndices` when it
+    would list more than ``limit`` indices.
+
+    The library infers reshapes from shapes alone. On channels-last windows (Swin's window
+    partitions) its flatten mappings feed each other, so one group's index list multiplies
+    on every pass until memory runs out; the library names Swin among its failures. A
+    channel index list longer than the largest tensor of the forward is wrong whatever the
+    model, so that group is dropped instead.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    cls = index_mapping._FlattenIndexMapping
+    original = cls.__call__
+
+    def bounded(self: Any, idxs: Any) -> Any:
+        if not self.reverse and len(idxs) * self._stride > limit:
+            raise _RunawayIndices
+        return original(self, idxs)
+
+    cls.__call__ = bounded  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__call__ = original  # type: ignore[method-assign]
+
+
+def _bounded_groups(
+    dg: Any, ignored: list[nn.Module], limit: int, name_of: dict[int, str]
+) -> Iterator[Any]:
+    """Torch-Pruning's groups rooted at each Conv2d and Linear, as ``get_all_groups`` yields
+    them, except that a root whose group runs away (:func:`_bounded_flatten_mappings`) is
+    skipped: its layers stay unpruned and every other group is kept."""
+    visited: set[int] = set()
+    runaway: list[str] = []
+    ignored = list(ignored) + list(getattr(dg, "IGNORED_LAYERS_IN_TRACING", []))
+    with _bounded_flatten_mappings(limit):
+        for m in list(dg.module2node):
+            if m in ignored or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            pruner = dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            try:
+                group = dg.get_pruning_group(
+                    m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            except _RunawayIndices:
+                runaway.append(name_of.get(id(m), type(m).__name__))
+                continue
+            outs = [dep.target.module for dep, _ in group
+                    if dg.is_out_channel_pruning_fn(dep.handler)]
+            visited.update(id(o) for o in outs)
+            if not any(o in ignored for o in outs):
+                yield group
+    if runaway:
+        LOG.info("Torch-Pruning cannot follow the reshapes after %d layers (%s, ...); "
+                 "they are not prunable", len(runaway), runaway[0])
+
+
 def pruning_groups(
     model: nn.Module, example_input: ModelInput
 ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
@@ -405,7 +472,9 @@ def pruning_groups(
     group_of: dict[str, str] = {}
     in_groups: dict[str, dict[str, int]] = {}
     order = {n: i for i, n in enumerate(modules)}
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+    largest = max(math.prod(shape) for pair in _shapes(model, example_input, modules).values()
+                  for shape in pair)
+    for group in _bounded_groups(dg, ignored, largest, name_of):
         if any(_grouped_conv(dep.target.module) for dep, _ in group):
             # Group.prune cannot keep a grouped conv's channel groups equal: not prunable
             continue

@@ -110,3 +110,26 @@ def test_the_pruning_checks_leave_no_model_copy_behind():
     finally:
         gc.enable()
     assert after == before  # no pruned copy's weights are left waiting for a collection
+
+
+def test_swin_mlp_hidden_units_prune_although_its_windows_defeat_the_tracer():
+    # Torch-Pruning's flatten mappings run away on Swin's window reshapes (unbounded, the
+    # inventory ran out of memory and no layer was prunable); those groups are now dropped
+    # and the groups it can follow, the MLP hidden units, stay prunable.
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    from autocompress.methods.apply import apply_policy
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                            window_size=[4, 4], num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    inv = build_inventory(model, x)
+    assert inv.pruning_error is None
+    prunable = {layer.fqn for layer in inv.layers if layer.prunable}
+    assert prunable == {"features.1.0.mlp.0", "features.3.0.mlp.0"}
+    policy = CompressionPolicy(layers={"features.1.0.mlp.0": LayerPolicy(prune=0.5)})
+    pruned = apply_policy(model, policy, x, inv)
+    assert pruned.features[1][0].mlp[0].out_features == model.features[1][0].mlp[0].out_features // 2
+    assert pruned(x).shape == (1, 10)
