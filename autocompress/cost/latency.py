@@ -449,12 +449,14 @@ def paired_ratio(
 
 def measure_models_interleaved(
     models: list[nn.Module], example_input: ModelInput, target: Target, runs: int,
-    blocks: int = 10,
+    blocks: int = 10, others: Sequence[Call] = (),
 ) -> list[LatencyStats]:
     """Each model's latency on ``target``, the models timed in alternating blocks.
 
     The batch is ``example_input``'s first sample repeated to the target's batch;
-    each model's train/eval mode is restored afterwards.
+    each model's train/eval mode is restored afterwards. ``others`` (callables that run
+    one inference themselves, such as an ONNX Runtime session of an exported file) are
+    timed in the same rounds, after the models; their statistics follow the models'.
 
     >>> from autocompress.cost.target import parse_target
     >>> a, b = nn.Linear(64, 64), nn.Linear(64, 8)
@@ -467,7 +469,7 @@ def measure_models_interleaved(
     training = [m.training for m in models]
     try:
         with torch_threads(target.threads):
-            calls = [make_runner(m, x, target) for m in models]
+            calls = [make_runner(m, x, target) for m in models] + list(others)
             stats, _ = measure_interleaved(calls, runs=runs, blocks=blocks, target=target.name)
     finally:
         for m, was in zip(models, training, strict=True):

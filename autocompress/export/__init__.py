@@ -12,7 +12,6 @@ afresh on the target, and ``meets_budget`` is decided on that measurement.
 from __future__ import annotations
 
 import math
-import statistics
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -191,16 +190,14 @@ def export_results(
     latency: float | None
     base_latency: float | None
     if measure:
-        lat, paired = fresh_latencies(task, model, tgt, int8_path)
-        # Times are the baseline's lowest median over the paired ratios (see fresh_latencies).
-        base_ms = lat["baseline"].median_ms
-        best_ms = base_ms / paired["best"]
+        lat = fresh_latencies(task, model, tgt, int8_path, summary.baseline_latency_budget_ms)
+        base_ms, best_ms = lat["baseline"].stable_ms, lat["best"].stable_ms
         summary.baseline_latency_ms, summary.measured_latency_ms = base_ms, best_ms
-        summary.speedup = paired["best"]
-        summary.measured_latency_p90_ms = best_ms * lat["best"].p90_ms / lat["best"].median_ms
+        summary.speedup = base_ms / best_ms
+        summary.measured_latency_p90_ms = lat["best"].p90_ms
         if "int8" in lat:
-            summary.speedup_int8 = paired["int8"]
-            summary.measured_latency_int8_ms = base_ms / paired["int8"]
+            summary.measured_latency_int8_ms = lat["int8"].stable_ms
+            summary.speedup_int8 = base_ms / lat["int8"].stable_ms
             if summary.speedup_int8 < summary.speedup:
                 # Re-quantising a graph whose 8-bit inputs already run as integer kernels
                 # can cost more than it saves (MiniLM with one 8-bit-weight layer left:
@@ -374,63 +371,36 @@ def onnx_metric(task: Task, path: Path, threads: int) -> float:
     return value
 
 
-MEASURE_ROUNDS = 2
-
-
 def fresh_latencies(
     task: Task, model: nn.Module, target: Target, int8_path: Path | None,
-    rounds: int = MEASURE_ROUNDS,
-) -> tuple[dict[str, LatencyStats], dict[str, float]]:
-    """Latency stats of the baseline and the best model (and the int8 file), measured now,
-    and each model's paired speed ratio to the baseline.
+    reference_ms: float | None = None,
+) -> dict[str, LatencyStats]:
+    """Latency stats of the baseline and the best model (and the int8 file), measured now.
 
-    Fresh sessions, never the latency table. The models are measured in
-    alternating rounds (baseline, best, int8, baseline, best, ...); each keeps its round
-    with the lowest median, and ``paired[name]`` is the median over rounds of the
-    baseline's median over the model's within the round. The ratio is what a budget is
-    judged on, both sides timed in the same round as the search times a candidate next to
-    the uncompressed model in alternating blocks: the two lowest medians can come from different
-    moments of a shared machine (a MiniLM pick read 0.62x by them and 0.55x paired, and
-    0.55x in the search's own blocks). The int8 file is timed with ONNX Runtime at the
-    target's threads and batch.
+    Fresh sessions, never the latency table. The models are timed in alternating blocks
+    (:func:`~autocompress.cost.latency.measure_models_interleaved`) and each is read as its
+    smallest block median (``stable_ms``), as the search times a candidate next to the
+    uncompressed model (:func:`~autocompress.cost.timing.paired_model_ms`): one estimator,
+    so a pick that met its budget in the search is judged the same way here. ``reference_ms``
+    (the study's baseline) sizes the runs (:func:`~autocompress.cost.timing.runs_for`). The
+    int8 file is timed with ONNX Runtime at the target's threads and batch.
     """
-    from autocompress.cost.latency import (
-        batched,
-        measure_latency,
-        summarize,
-        time_call,
-    )
+    from autocompress.cost.latency import batched, measure_models_interleaved
+    from autocompress.cost.timing import MODEL_BLOCKS, runs_for, timing_lock
     from autocompress.inputs import ort_feed
     from autocompress.runtime.onnx import ort_session
 
-    def int8_stats() -> LatencyStats:
-        assert int8_path is not None
+    others = []
+    if int8_path is not None:
         sess = ort_session(int8_path, target.threads)
         # Every input in its own dtype: token ids stay int64.
         feed = ort_feed(sess, batched(task.example_input, target.require_batch()))
-        times, k = time_call(lambda: sess.run(None, feed))
-        return summarize(times, k, target=f"ort-int8-cpu-{target.threads}t-b{target.batch}")
-
-    jobs = {
-        "baseline": lambda: measure_latency(task.model, task.example_input, target),
-        "best": lambda: measure_latency(model, task.example_input, target),
-    }
-    if int8_path is not None:
-        jobs["int8"] = int8_stats
-    from autocompress.cost.timing import timing_lock
-
-    out: dict[str, LatencyStats] = {}
-    ratios: dict[str, list[float]] = {name: [] for name in jobs if name != "baseline"}
+        others.append(lambda: sess.run(None, feed))
     with timing_lock():
-        for _ in range(max(1, rounds)):
-            medians = {}
-            for name, job in jobs.items():
-                stats = medians[name] = job()
-                if name not in out or stats.median_ms < out[name].median_ms:
-                    out[name] = stats
-            for name in ratios:
-                ratios[name].append(medians["baseline"].median_ms / medians[name].median_ms)
-    return out, {name: float(statistics.median(r)) for name, r in ratios.items()}
+        stats = measure_models_interleaved(
+            [task.model, model], task.example_input, target, runs=runs_for(reference_ms),
+            blocks=MODEL_BLOCKS, others=others)
+    return dict(zip(["baseline", "best", "int8"], stats, strict=False))
 
 
 def _budget_limits(budget: Budget, baseline: Costs) -> dict[str, float]:
