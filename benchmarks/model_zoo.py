@@ -57,10 +57,6 @@ CAUSES = {
                   "rejects a rule that matches no layer. Fix belongs in `autocompress/space.py` "
                   "(derive a space, or skip such a rule of an embedded space), outside this "
                   "change's files.",
-    "swin": "Torch-Pruning's dependency graph (`inventory.pruning_groups`) of Swin at 224 "
-            "pixels grows past the memory cap within two minutes, before the layers' own "
-            "checks start (its shifted windows reshape and roll the hidden stream in every "
-            "block); bounding or skipping that trace is not a small change.",
     "vit_": "In eval mode under no_grad, `nn.MultiheadAttention` takes PyTorch's fused fast "
             "path (`aten::_native_multi_head_attention`), which the TorchScript ONNX exporter "
             "cannot export. Fix belongs in `autocompress/runtime/onnx.py` (export under "
@@ -544,27 +540,33 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {m: round(sizes[m], 1) for m in wanted
                if m in sizes and sizes[m] > args.max_params and not args.models}
     todo = [m for m in wanted if m not in skipped]
-    rows, start = [], time.monotonic()
-    not_run = []
+    rows: list[dict[str, Any]] = []
+    not_run = list(todo)
+    old = json.loads(args.out.with_suffix(".json").read_text()) if args.update else None
+    start = time.monotonic()
+
+    def result() -> dict[str, Any]:
+        fresh = {
+            "settings": {"size": args.size, "max_params_m": args.max_params,
+                         "timeout_s": args.timeout, "budget_s": args.budget_s,
+                         "memory_cap_gb": MEMORY_CAP_GB},
+            "torchvision_total": len([m for m in sizes if not args.models or m in args.models]),
+            "rows": rows, "skipped": skipped, "not_run": not_run,
+        }
+        return merge(old, fresh) if old is not None else fresh
+
     for name in todo:
         if time.monotonic() - start > args.budget_s:
-            not_run.append(name)
-            continue
+            break
         row = run_isolated(name, args.size, args.timeout)
         rows.append(row)
+        not_run.remove(name)
         print(f"{name:28s} {row['reached'] or '-':>10s} {row['failed'] or '':>10s} "
               f"{sum(row['seconds'].values()):6.1f}s {row['peak_rss_mb']:6.0f}MB "
               f"{row['error'] or ''}", flush=True)
-    result = {
-        "settings": {"size": args.size, "max_params_m": args.max_params,
-                     "timeout_s": args.timeout, "budget_s": args.budget_s,
-                     "memory_cap_gb": MEMORY_CAP_GB},
-        "torchvision_total": len([m for m in sizes if not args.models or m in args.models]),
-        "rows": rows, "skipped": skipped, "not_run": not_run,
-    }
-    if args.update:
-        result = merge(json.loads(args.out.with_suffix(".json").read_text()), result)
-    print(write_result(args.out, result, render))
+        if old is not None:  # an update keeps each finished row, so a stopped run loses none
+            write_result(args.out, result(), render)
+    print(write_result(args.out, result(), render))
     return 0
 
 
