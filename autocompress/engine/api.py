@@ -31,9 +31,6 @@ from autocompress.engine.session import (
     prepare_run,
 )
 from autocompress.engine.trial import Repeat
-from autocompress.evaluate import evaluate
-from autocompress.inventory import LayerInventory
-from autocompress.policy import CompressionPolicy
 from autocompress.space import ResolvedSpace
 from autocompress.tasks import Task
 
@@ -120,8 +117,7 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     cfg, study, objective, task = prep.config, prep.study, prep.objective, prep.task
     lut, where, out = prep.lut, prep.where, prep.out
 
-    planner = _planner(cfg, study, objective, prep.space, task, prep.inventory,
-                       objective.val_loader, progress)
+    planner = _planner(cfg, study, objective, prep.space, progress)
     failed = fail_dead_trials(study, requeue=planner is None)
     if failed:
         say(f"resuming: trial(s) {', '.join(map(str, failed))} of a killed run marked FAIL "
@@ -170,9 +166,6 @@ def _planner(
     study: optuna.Study,
     objective: Objective,
     resolved: ResolvedSpace,
-    task: Task,
-    inventory: LayerInventory,
-    val_loader: Any,
     progress: bool,
 ) -> Callable[[], Any] | None:
     """The candidate generator of a baseline strategy (None for sampled strategies)."""
@@ -182,17 +175,11 @@ def _planner(
         return None
     table = study.user_attrs.get("greedy_sensitivity")
     if table is None:
-        from autocompress.methods import apply_policy
-
-        def score(policy: CompressionPolicy) -> float:
-            model = apply_policy(task.model, policy, task.example_input, inventory)
-            return evaluate(model, task, val_loader)
-
         with _status(progress, "greedy: scoring each knob of each layer alone ..."):
-            table = greedy_sensitivity(resolved, score)
+            table = greedy_sensitivity(resolved, objective.untrained_metric)
         study.set_user_attr("greedy_sensitivity", table)
     return lambda: greedy_candidates(resolved, table, objective.feasible_params,
-                                     task.higher_is_better)
+                                     objective.higher_is_better)
 
 
 

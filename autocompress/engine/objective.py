@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -348,6 +348,13 @@ class Objective:
                          lut_measure_s=self.measure_seconds() - measured0,
                          predicted_ratio=self.judge.predicted_ratio(raw),
                          correction=self.judge.correction.factor)
+
+    def untrained_metric(self, policy: CompressionPolicy) -> float:
+        """``policy``'s metric with no fine-tune: applied, quantised and calibrated as a trial
+        builds it, scored on the trial's validation batches. The greedy sensitivities and the
+        refined warm start rank knobs by it."""
+        return compress_and_score(self.task, policy, replace(self.settings, steps=0),
+                                  self.inventory, self.teacher, self.val_loader).metric
 
     def __call__(
         self,

@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from autocompress.engine.optuna_backend import (
     quiet_optuna,
 )
 from autocompress.engine.storage import STUDY_FILE, redact_url, storage_for
-from autocompress.evaluate import FinetuneSettings, compress_and_score, evaluate, val_subset
+from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.pareto import BUDGET_BASELINE_ATTR
 from autocompress.policy import CompressionPolicy
@@ -481,12 +481,8 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     if cfg.warm_start == "refined":
         from autocompress.engine.refine import layer_moves, spend_slack, walk_back
 
-        untrained = replace(objective.settings, steps=0)
-
         def score(params: dict[str, Any]) -> float:
-            return compress_and_score(objective.task, space.policy_from_params(params), untrained,
-                                      objective.inventory, objective.teacher,
-                                      objective.val_loader).metric
+            return objective.untrained_metric(space.policy_from_params(params))
 
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
             # On the target a timing decides where it lands; elsewhere the fill's margin.
