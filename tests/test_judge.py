@@ -205,3 +205,20 @@ def test_a_warm_starts_timing_judges_its_trial_once():
     again = judge.time(policy, base, "1", predicted_ratio=0.5)
     assert (again.measured_ms, again.feasible, len(calls)) == (1.0, True, 1)
     assert sorted(judge.correction.ratios) == ["0", "1"]  # both taught the correction
+
+
+def test_the_uniform_baseline_begins_with_the_start_its_timings_placed(digits_task, tmp_path):
+    """On the target the uniform baseline's first candidate is the uniform start a sampled
+    search gets: timed, and pruned further while it misses (it was the untimed first, which
+    a timing could call a miss and leave the baseline on other knobs)."""
+    out = tmp_path / "run"
+    search(digits_task, out=out, strategy="uniform", **{**SETTINGS, "trials": 2})
+    study, trials = _trials(out)
+    start = study.user_attrs["uniform_start"]
+    assert start is not None and trials[0].params == start
+    assert len({v for k, v in start.items() if k.endswith("/prune")}) == 1  # one setting
+    assert trials[0].user_attrs["latency_basis"] == "measured"
+    search(digits_task, out=out, strategy="uniform", **{**SETTINGS, "trials": 3})  # resumed
+    study, trials = _trials(out)
+    assert study.user_attrs["uniform_start"] == start
+    assert [t.params for t in trials].count(start) == 1

@@ -23,12 +23,14 @@ from autocompress.engine.optuna_backend import fail_dead_trials, n_done, n_finis
 from autocompress.engine.session import (
     LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
+    UNIFORM_START_ATTR,
     Log,
     SearchResult,
     _share_lut,
     _status,
     finish_run,
     prepare_run,
+    uniform_start,
 )
 from autocompress.engine.trial import Repeat
 from autocompress.space import ResolvedSpace
@@ -170,7 +172,12 @@ def _planner(
 ) -> Callable[[], Any] | None:
     """The candidate generator of a baseline strategy (None for sampled strategies)."""
     if cfg.strategy == "uniform":
-        return lambda: uniform_candidates(resolved, objective.feasible_params)
+        # The start a sampled search gets, timed on the target: the baseline's first
+        # candidate, kept with the study so a resumed run does not time it again.
+        if UNIFORM_START_ATTR not in study.user_attrs:
+            study.set_user_attr(UNIFORM_START_ATTR, uniform_start(objective, progress))
+        first = study.user_attrs[UNIFORM_START_ATTR]
+        return lambda: uniform_candidates(resolved, objective.feasible_params, first)
     if cfg.strategy != "greedy":
         return None
     table = study.user_attrs.get("greedy_sensitivity")

@@ -138,9 +138,11 @@ def _union_levels(space: ResolvedSpace, knob: str) -> list[Any]:
     return sorted(values, reverse=knob in ("bits", "rank", "act_bits"))
 
 
-def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]:
+def uniform_candidates(space: ResolvedSpace, feasible: Feasible,
+                       warm: Params | None = None) -> Iterator[Params]:
     """Uniform settings that meet the budget (lazy): first the one a person would try first
-    (the first of :func:`uniform_starts`), then the others, least compressing first.
+    (``warm``, by default the first of :func:`uniform_starts`; a search on the target
+    passes the one its timings placed), then the others, least compressing first.
 
     Pass 0 yields, per combination of the other knobs, the smallest feasible
     uniform prune ratio (by bisection); pass ``k`` yields the ratio ``k``
@@ -173,7 +175,8 @@ def uniform_candidates(space: ResolvedSpace, feasible: Feasible) -> Iterator[Par
 
     seen: set[str] = set()  # policies yielded (distinct parameters can make the same one)
     start: dict[tuple[int, ...], int] = {}
-    warm = next(uniform_starts(space, feasible), None)
+    if warm is None:
+        warm = next(uniform_starts(space, feasible), None)
     if warm is not None:
         seen.add(_params_digest(space, warm))
         yield warm

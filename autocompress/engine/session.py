@@ -423,6 +423,8 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
 
 
 WARM_STARTED = ("tpe", "nsga2")
+# Study attribute: the uniform baseline's first candidate, as its timings placed it.
+UNIFORM_START_ATTR = "uniform_start"
 
 
 # Uniform starts timed at most before the warm start is taken as it is (MiniLM: ~15 s each).
@@ -437,64 +439,77 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
 
     A sampler's first trials are random draws (TPE's startup trials, NSGA-II's
     first population), many of them far from the budget's edge. ``uniform``: the uniform
-    policy a person would try first, quantised to 8 bits where that helps and then pruned as
-    little as meets the budget: the uniform baseline's first candidate
-    (:func:`~autocompress.engine.baselines.uniform_candidates`), found by bisection on predicted
-    costs. On the target it is timed (:data:`PLACEMENT_TIMINGS` times, judged on the slowest),
-    and pruned a uniform level further while the timing misses
-    (:func:`~autocompress.engine.baselines.uniform_starts`, at most :data:`MAX_START_TIMINGS`
-    points): a start that misses is never fine-tuned, and the
-    search's best is never below the start. ``refined`` (``warm_start: refined``, the
-    default): that policy with the budget's room left given back to the layers it hurts most
-    (:func:`~autocompress.engine.refine.spend_slack`; one score without a fine-tune per layer
-    whose move fits), on the target timed and walked back until it meets the budget
-    (:func:`~autocompress.engine.refine.walk_back`). Empty for other strategies,
-    ``warm_start: none``, or a budget no uniform policy meets.
+    policy a person would try first (:func:`uniform_start`), also the uniform baseline's
+    first candidate, so the search's best is never below it. ``refined``
+    (``warm_start: refined``, the default): that policy with the budget's room left given
+    back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`; one
+    score without a fine-tune per layer whose move fits), on the target timed and walked
+    back until it meets the budget (:func:`~autocompress.engine.refine.walk_back`). Empty
+    for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
         return []
-    space, judge = objective.space, objective.judge
-    measure = judge.measure if judge.measures else None
-
-    def timed(params: dict[str, Any]) -> bool:
-        assert measure is not None
-        policy = space.policy_from_params(params)
-        # The slower of two readings: a walk that stops at the first point one timing calls
-        # feasible keeps the point that timed luckiest (MiniLM's refined start read 0.88x its
-        # prediction, then 0.65x the model when its export re-measured it, over a 0.6x budget).
-        measured_ms, baseline_ms = max((measure(policy) for _ in range(PLACEMENT_TIMINGS)),
-                                       key=lambda r: r[0] / r[1])
-        judge.remember(policy, measured_ms, baseline_ms)  # its trial is judged on this timing
-        return judge.judge_measured(objective.predict(policy), measured_ms, baseline_ms).feasible
-
-    starts = uniform_starts(space, objective.feasible_params)
-    first = next(starts, None)
+    first = uniform_start(objective, progress)
     if first is None:
         return []
-    if measure is not None:
-        with _status(progress, "timing the uniform warm start on the target ..."):
-            tried = itertools.islice(itertools.chain([first], starts), MAX_START_TIMINGS)
-            for first in tried:  # the last one tried stands if none meets
-                if timed(first):
-                    break
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
         from autocompress.engine.refine import layer_moves, spend_slack, walk_back
 
         def score(params: dict[str, Any]) -> float:
-            return objective.untrained_metric(space.policy_from_params(params))
+            return objective.untrained_metric(objective.space.policy_from_params(params))
 
+        on_target = objective.judge.measures
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
             # On the target a timing decides where it lands; elsewhere the fill's margin.
-            moves = layer_moves(space, first)
-            refined = spend_slack(first, moves, objective.screen_fill if measure
+            moves = layer_moves(objective.space, first)
+            refined = spend_slack(first, moves, objective.screen_fill if on_target
                                   else objective.screen_placed, score, objective.higher_is_better)
-        if refined is not None and measure is not None:
+        if refined is not None and on_target:
             with _status(progress, "timing the refined warm start on the target ..."):
-                refined = walk_back(first, moves, refined[1], timed)
+                refined = walk_back(first, moves, refined[1],
+                                    lambda params: _timed_meets(objective, params))
         if refined is not None:
             out.append((refined[0], "refined"))
     return out
+
+
+def uniform_start(objective: Objective, progress: bool = False) -> dict[str, Any] | None:
+    """The uniform policy a person would try first: quantised to 8 bits where that helps,
+    then pruned as little as meets the budget, found by bisection on predicted costs
+    (:func:`~autocompress.engine.baselines.uniform_starts`); None when no uniform policy
+    meets it.
+
+    On the target it is timed (:data:`PLACEMENT_TIMINGS` times, judged on the slowest) and
+    pruned a uniform level further while the timing misses (at most
+    :data:`MAX_START_TIMINGS` points), so a start that misses is not what a search or the
+    uniform baseline begins with: one that misses is never fine-tuned.
+    """
+    starts = uniform_starts(objective.space, objective.feasible_params)
+    first = next(starts, None)
+    if first is not None and objective.judge.measures:
+        with _status(progress, "timing the uniform warm start on the target ..."):
+            tried = itertools.islice(itertools.chain([first], starts), MAX_START_TIMINGS)
+            for first in tried:  # the last one tried stands if none meets
+                if _timed_meets(objective, first):
+                    break
+    return first
+
+
+def _timed_meets(objective: Objective, params: dict[str, Any]) -> bool:
+    """Whether ``params``'s policy meets the budget timed on the target, read
+    :data:`PLACEMENT_TIMINGS` times and judged on the slowest; the trial that evaluates the
+    policy is judged on that timing (:meth:`Judge.remember`), not timed again."""
+    judge = objective.judge
+    assert judge.measure is not None, "a placement is timed only on the target"
+    policy = objective.space.policy_from_params(params)
+    # The slower of two readings: a walk that stops at the first point one timing calls
+    # feasible keeps the point that timed luckiest (MiniLM's refined start read 0.88x its
+    # prediction, then 0.65x the model when its export re-measured it, over a 0.6x budget).
+    measured_ms, baseline_ms = max((judge.measure(policy) for _ in range(PLACEMENT_TIMINGS)),
+                                   key=lambda r: r[0] / r[1])
+    judge.remember(policy, measured_ms, baseline_ms)
+    return judge.judge_measured(objective.predict(policy), measured_ms, baseline_ms).feasible
 
 
 def _fmt(v: float | None) -> str:
