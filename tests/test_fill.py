@@ -127,7 +127,9 @@ def test_a_predicted_latency_is_filled_to_the_guard_under_its_limit(digits_task)
     latency, so the numbers are exact)."""
     from autocompress.engine.judge import MEASURED_GUARD
 
-    space, _, screen = _setup(digits_task, "macs<=50%")
+    # 40%: a limit the digits grid has a policy within the guard of (its convs prune in
+    # steps of 16 channels: the nearest policies under 50% sit 17% under it).
+    space, _, screen = _setup(digits_task, "macs<=40%")
 
     def as_latency(params, guard=MEASURED_GUARD):
         _, constraints = screen(params)

@@ -71,7 +71,7 @@ def test_resnet20_residual_groups_prune_together() -> None:
         model, CompressionPolicy(layers={"layer1.1.conv2": LayerPolicy(prune=0.75)}), x, inv
     )
     keep = kept_channels(16, 0.75)
-    assert keep == 8  # 4 rounded up to one block of CHANNEL_MULTIPLE channels
+    assert keep == 8  # 4 rounded up to one block of channel_multiple(16) = 8 channels
     assert [small.get_submodule(f).out_channels for f in stage1] == [keep] * 4
     assert small.layer1[0].conv1.in_channels == keep
     assert small.layer2[0].shortcut[0].in_channels == keep

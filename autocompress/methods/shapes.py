@@ -15,31 +15,44 @@ if TYPE_CHECKING:
     from autocompress.policy import CompressionPolicy
 
 
-# Pruned layers keep a multiple of this many channels (when they have at least two such
-# blocks): 8 fp32 lanes fill one AVX2 register, and ONNX Runtime's NCHWc convolutions work
-# in blocks of 8 on AVX2 CPUs, so a channel count off the multiple falls back to slower
-# kernels and can make a pruned model slower than the unpruned one
-# (benchmarks/channel_alignment.py measures it). Torch-Pruning's ``round_to`` and NNCF's
-# pruning do the same for the same reason.
-CHANNEL_MULTIPLE = 8
+# Pruned layers keep a multiple of the first of these channel counts that they have at least
+# two blocks of. ONNX Runtime's NCHWc kernels work in blocks of 16 channels on AVX-512 CPUs
+# and of 8 on AVX2 ones; off the block a conv is padded to it and the ops after it (pooling)
+# fall back to plain NCHW behind a reorder: on an AVX-512 machine digits' second conv cut
+# from 64 to 56 channels (a multiple of 8) made its max pool 6x slower and the model slower
+# than the unpruned one (benchmarks/channel_alignment.py measures it). A multiple of 16 is
+# aligned on both, and a policy must build the same model on every machine, so the rule
+# does not depend on this CPU. Torch-Pruning's ``round_to``, NNCF's pruning and Model
+# Optimizer's channel divisor do the same for the same reason.
+CHANNEL_MULTIPLES = (16, 8)
 
 
-def kept_channels(n: int, prune: float | None, multiple: int = CHANNEL_MULTIPLE) -> int:
+def channel_multiple(n: int) -> int:
+    """The multiple a pruned layer of ``n`` output channels keeps (1: exact counts).
+
+    >>> channel_multiple(64), channel_multiple(32), channel_multiple(24), channel_multiple(10)
+    (16, 16, 8, 1)
+    """
+    return next((m for m in CHANNEL_MULTIPLES if n >= 2 * m), 1)
+
+
+def kept_channels(n: int, prune: float | None, multiple: int | None = None) -> int:
     """Channels left after removing the fraction ``prune`` of ``n`` (at least one).
 
-    A layer with at least ``2 * multiple`` channels keeps the multiple of
-    ``multiple`` nearest to ``n * (1 - prune)`` (ties keep more; at least
-    ``multiple``), so pruned layers stay on the fast, vectorised kernels;
-    smaller layers keep exactly ``n - floor(prune * n)``.
+    The layer keeps the multiple of ``multiple`` (default :func:`channel_multiple`) nearest
+    to ``n * (1 - prune)`` (ties keep more; at least one multiple), so pruned layers stay on
+    the fast, vectorised kernels; a layer too small for any multiple keeps exactly
+    ``n - floor(prune * n)``.
 
     >>> kept_channels(32, 0.5), kept_channels(10, 0.25), kept_channels(4, 0.99)
     (16, 8, 1)
-    >>> kept_channels(32, 0.1), kept_channels(32, 0.55), kept_channels(64, 0.45), kept_channels(64, 0.99)
-    (32, 16, 40, 8)
+    >>> kept_channels(64, 0.1), kept_channels(64, 0.45), kept_channels(16, 0.75), kept_channels(64, 0.99)
+    (64, 32, 8, 16)
     """
     if not prune:
         return n
     keep = max(1, n - int(math.floor(prune * n + 1e-9)))
+    multiple = channel_multiple(n) if multiple is None else multiple
     if multiple > 1 and n >= 2 * multiple:
         keep = min(n, max(multiple, multiple * math.floor(keep / multiple + 0.5)))
     return keep
