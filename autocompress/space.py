@@ -381,7 +381,7 @@ class ResolvedSpace:
             layers={f: LayerPolicy(**layers[f]) for f in sorted(layers, key=order.__getitem__)},
             model={"inventory_sha256": self.inventory.sha256},
         )
-        return _drop_skipped_ranks(policy, self.inventory)
+        return _drop_skipped_ranks(_canonical_prunes(policy, self.inventory), self.inventory)
 
     def uniform_params(
         self,
@@ -628,6 +628,31 @@ def default_space(
 
     space = derive_space(inventory, task_name)
     return space if out is None else save_derived_space(space, out)
+
+
+def _canonical_prunes(policy: CompressionPolicy, inventory: LayerInventory) -> CompressionPolicy:
+    """Write each prune ratio as the share of its group's channels (or heads) it removes.
+
+    Pruning keeps whole blocks of channels (:func:`~autocompress.methods.shapes.kept_channels`),
+    so neighbouring ratios build one model; written the same, they are one policy to the
+    search (a study does not fine-tune it twice) and to a person reading it. The ratio is
+    rounded up at the sixth decimal, which keeps the same channels.
+    """
+    from autocompress.methods.shapes import group_kept_channels
+
+    layers = dict(policy.layers)
+    for fqn, lp in policy.layers.items():
+        if not lp.prune or fqn not in inventory or inventory[fqn].group is None:
+            continue
+        leader = inventory[inventory[fqn].group]  # type: ignore[index]
+        kept = group_kept_channels(leader, lp.prune)
+        ratio = math.ceil((1 - kept / leader.out_channels) * 1e6) / 1e6
+        lp = lp.model_copy(update={"prune": ratio or None})
+        if lp.model_dump(exclude_none=True):
+            layers[fqn] = lp
+        else:  # a ratio that keeps every channel, and no other knob: the layer is untouched
+            del layers[fqn]
+    return policy.model_copy(update={"layers": layers})
 
 
 def _drop_skipped_ranks(policy: CompressionPolicy, inventory: LayerInventory) -> CompressionPolicy:

@@ -148,8 +148,10 @@ def test_filled_ray_trials_walk_off_policies_other_trials_took(digits_task, tmp_
     from autocompress.engine.taken import policy_digest
 
     proposal = _points(digits_task)[1]  # uniform prune 0.5: filled back to the budget's edge
+    # The uniform start alone, so the three proposals follow it (a refined start would take one
+    # of their trials).
     cfg = _cfg(tmp_path / "run", trials=4, finetune_steps=10, report_every=0, pruner="none",
-               fill_budget=True)
+               fill_budget=True, warm_start="uniform")
     result = run_ray(cfg, task=digits_task, num_cpus=2, max_concurrent=1,
                      points_to_evaluate=[proposal, proposal, proposal])
     trained = [t for t in result.study.trials if t.user_attrs["metric"] is not None]

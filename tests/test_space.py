@@ -124,8 +124,10 @@ def test_policy_values_of_untouched_settings_are_none(cnn_inv):
 def test_uniform_and_smallest_policies(cnn_inv):
     r = SearchSpace.embedded("digits").resolve(cnn_inv)
     u = r.uniform_policy(prune=0.33, bits=5, rank_fraction=0.3)
-    # snapped to each layer's grid: prune step 0.05, bits tie 4/6 -> 6 (less compression)
-    assert u.layers["features.2"].prune == 0.35 and u.layers["features.2"].bits == 6
+    # snapped to each layer's grid: prune step 0.05 (0.35), bits tie 4/6 -> 6 (less
+    # compression); the policy writes the share of channels 0.35 removes: 64 -> 48
+    assert r.uniform_params(prune=0.33)["features.2/prune"] == 0.35
+    assert u.layers["features.2"].prune == 0.25 and u.layers["features.2"].bits == 6
     assert u.layers["features.0"].bits == 8  # its rule allows only 8 or 32
     assert u.layers["classifier.1"].rank == 32  # 0.3 -> nearest choice 0.25 of 128
     small = r.smallest_policy()

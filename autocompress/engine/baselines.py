@@ -121,11 +121,11 @@ def uniform_starts(space: ResolvedSpace, feasible: Feasible) -> Iterator[Params]
     if not prune_levels:
         yield space.uniform_params(**quantisation)
         return
-    seen = set()  # union levels can snap to the same levels of every layer
+    seen = set()  # neighbouring levels can keep the same channel blocks in every layer
     for i in range(first, len(prune_levels)):
         params = space.uniform_params(prune=prune_levels[i], **quantisation)
-        if params_key(params) not in seen:
-            seen.add(params_key(params))
+        if _params_digest(space, params) not in seen:
+            seen.add(_params_digest(space, params))
             yield params
 
 

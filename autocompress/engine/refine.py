@@ -47,11 +47,15 @@ def layer_moves(space: ResolvedSpace, start: Params) -> dict[str, Params]:
     {'net.1/bits': 32, 'net.1/act_bits': 32}
     """
     moves: dict[str, Params] = {}
+    built = space.policy_from_params(start).layers
     for name, spec in space.params.items():
         levels = spec.levels()
-        i = levels.index(spec.snap(start[name]))
-        if i > 0:
-            moves.setdefault(name.rsplit("/", 1)[0], {})[name] = levels[i - 1]
+        # The nearest less compressed level that builds another model: neighbouring prune
+        # ratios can keep the same channel blocks.
+        for level in reversed(levels[:levels.index(spec.snap(start[name]))]):
+            if space.policy_from_params({**start, name: level}).layers != built:
+                moves.setdefault(name.rsplit("/", 1)[0], {})[name] = level
+                break
     return moves
 
 
