@@ -521,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per model")
     parser.add_argument("--budget-s", type=float, default=35 * 60,
                         help="start no new model after this many seconds")
+    parser.add_argument("--memory-cap-gb", type=float, default=MEMORY_CAP_GB,
+                        help="stop a model whose process passes this resident memory")
     parser.add_argument("--size", default="base", choices=["base", "tiny"])
     parser.add_argument("--out", type=Path, default=RESULTS / "model_zoo")
     parser.add_argument("--update", action="store_true",
@@ -549,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = {
             "settings": {"size": args.size, "max_params_m": args.max_params,
                          "timeout_s": args.timeout, "budget_s": args.budget_s,
-                         "memory_cap_gb": MEMORY_CAP_GB},
+                         "memory_cap_gb": args.memory_cap_gb},
             "torchvision_total": len([m for m in sizes if not args.models or m in args.models]),
             "rows": rows, "skipped": skipped, "not_run": not_run,
         }
@@ -558,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in todo:
         if time.monotonic() - start > args.budget_s:
             break
-        row = run_isolated(name, args.size, args.timeout)
+        row = run_isolated(name, args.size, args.timeout, args.memory_cap_gb)
         rows.append(row)
         not_run.remove(name)
         print(f"{name:28s} {row['reached'] or '-':>10s} {row['failed'] or '':>10s} "
