@@ -317,3 +317,20 @@ def test_a_transformer_with_fused_attention_exports_and_agrees():
     got, ref = onnx_agreement(model, export_onnx(model, x[:1]), x)
     assert float(np.abs(got - ref).max()) < 1e-4 * max(1.0, float(np.abs(ref).max()))
     assert torch.backends.mha.get_fastpath_enabled()  # the global switch is restored
+
+
+def test_a_model_the_torchscript_exporter_rejects_is_exported_by_torch_export():
+    """AlexNet below 224 pixels pools a 1x1 map up to 6x6, which the TorchScript exporter
+    refuses; the torch.export-based exporter decomposes it, and ONNX Runtime agrees."""
+    import numpy as np
+    import torchvision
+
+    from autocompress.runtime.onnx import export_onnx, run_onnx
+
+    model = torchvision.models.alexnet(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    data = export_onnx(model, x[:1])
+    got = run_onnx(data, x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert got.shape == (2, 10) and np.abs(got - ref).max() < 1e-4

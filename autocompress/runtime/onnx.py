@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,37 @@ from autocompress.inputs import (
 OPSET = 17
 
 
+# The torch.export-based exporter emits opset 18 or later.
+TORCH_EXPORT_OPSET = 18
+
+
+def _export_with_torch_export(model: nn.Module, args: Any, input_names: list[str],
+                              output_names: list[str], axes: dict[str, Any]) -> bytes | None:
+    """``model`` exported by the newer, torch.export-based exporter, or None when it fails too.
+
+    Only where the TorchScript exporter gave up: the newer one decomposes ops the older one
+    rejects, such as an adaptive pool whose output size does not divide its input (AlexNet
+    below 224 pixels); it is slower, and the older one writes fake-quant ops as the
+    QuantizeLinear/DequantizeLinear pairs the latency table expects.
+    """
+    # The forward takes the inputs as ``*args`` (:func:`positional_forward`), so their
+    # dynamic axes are one tuple in the first place.
+    shapes = (tuple({axis: torch.export.Dim.AUTO for axis in axes.get(name, {})}
+                    for name in input_names),)
+    try:
+        program = torch.onnx.export(model, args, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=shapes,
+                                    opset_version=max(OPSET, TORCH_EXPORT_OPSET), dynamo=True,
+                                    verbose=False)
+        assert program is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            program.save(path)
+            return path.read_bytes()
+    except Exception:  # the caller reports the first exporter's error, the one a user can act on
+        return None
+
+
 def export_onnx(
     model: nn.Module, example_input: ModelInput, path: str | Path | None = None
 ) -> bytes:
@@ -43,7 +76,8 @@ def export_onnx(
     one-line :class:`~autocompress.errors.MethodError`.
 
     Uses the TorchScript exporter: it needs no extra packages and exports
-    fake-quant ops as QuantizeLinear/DequantizeLinear.
+    fake-quant ops as QuantizeLinear/DequantizeLinear. A model it rejects is tried once more
+    with the torch.export-based exporter (:func:`_export_with_torch_export`).
 
     >>> data = export_onnx(nn.Linear(4, 2), torch.zeros(1, 4))
     >>> run_onnx(data, np.zeros((3, 4), np.float32)).shape
@@ -79,12 +113,16 @@ def export_onnx(
                 dynamo=False,
             )
         except Exception as exc:  # the exporter's errors name an op; the user gets one line
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise MethodError(
-                f"{type(model).__name__} cannot be exported to ONNX ({type(exc).__name__}: "
-                f"{first[:300]}); measure it on a torch target (e.g. --target torch) or make "
-                "its forward exportable"
-            ) from exc
+            fallback = _export_with_torch_export(model, args, input_names, names, axes)
+            if fallback is None:
+                first = next((line.strip() for line in str(exc).splitlines() if line.strip()),
+                             "")
+                raise MethodError(
+                    f"{type(model).__name__} cannot be exported to ONNX ({type(exc).__name__}: "
+                    f"{first[:300]}); measure it on a torch target (e.g. --target torch) or "
+                    "make its forward exportable"
+                ) from exc
+            buf = io.BytesIO(fallback)
     data = buf.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
