@@ -316,11 +316,12 @@ def build_inventory(model: nn.Module, example_input: ModelInput) -> LayerInvento
     shapes = _shapes(model, example_input, modules)
     macs, unsupported = count_macs(model, example_input)
     name_of = {id(m): n for n, m in modules.items()}
-    outputs = tuple(name_of[id(m)] for m in output_layers(model, example_input))
+    kept = output_layers(model, example_input)
+    outputs = tuple(name_of[id(m)] for m in kept)
     pruning_error = None
     heads = attention_heads(model)
     try:
-        groups, in_groups = pruning_groups(model, example_input)
+        groups, in_groups = pruning_groups(model, example_input, shapes=shapes, outputs=kept)
         broken = unprunable_linear_groups(model, example_input, groups, heads)
         if broken:
             LOG.info("pruning breaks %s's forward at %s; they are not prunable",
@@ -456,24 +457,34 @@ def _bounded_groups(
 
 
 def pruning_groups(
-    model: nn.Module, example_input: ModelInput
+    model: nn.Module, example_input: ModelInput, *,
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+    outputs: list[nn.Module] | None = None,
 ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Torch-Pruning coupled groups.
 
     Returns ``(group_of, in_groups)``: ``group_of[fqn]`` names the group whose
     pruning removes ``fqn``'s output channels (absent when the layer must keep
     them, like the classifier); ``in_groups[fqn][group]`` counts the input
-    features of ``fqn`` that pruning ``group`` can remove.
+    features of ``fqn`` that pruning ``group`` can remove. ``shapes`` (each layer's input
+    and output shape) and ``outputs`` (:func:`output_layers`) save a forward each when the
+    caller has them.
+
+    >>> from autocompress.models import DigitsCNN
+    >>> group_of, _ = pruning_groups(DigitsCNN(), torch.zeros(1, 1, 8, 8))
+    >>> sorted(set(group_of.values()))
+    ['classifier.1', 'features.0', 'features.2']
     """
     modules = compressible_modules(model)
     name_of = {id(m): n for n, m in modules.items()}
-    ignored = output_layers(model, example_input)
+    ignored = output_layers(model, example_input) if outputs is None else outputs
+    if shapes is None:
+        shapes = _shapes(model, example_input, modules)
     dg = dependency_graph(model, example_input)
     group_of: dict[str, str] = {}
     in_groups: dict[str, dict[str, int]] = {}
     order = {n: i for i, n in enumerate(modules)}
-    largest = max(math.prod(shape) for pair in _shapes(model, example_input, modules).values()
-                  for shape in pair)
+    largest = max(math.prod(shape) for pair in shapes.values() for shape in pair)
     for group in _bounded_groups(dg, ignored, largest, name_of):
         if any(_grouped_conv(dep.target.module) for dep, _ in group):
             # Group.prune cannot keep a grouped conv's channel groups equal: not prunable
