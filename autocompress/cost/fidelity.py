@@ -33,7 +33,7 @@ from autocompress.cost.latency import (
     LatencyStats,
     batched,
     make_runner,
-    paired_ratio,
+    measure_interleaved,
     torch_threads,
 )
 from autocompress.cost.lut import LatencyLUT, activation_fraction, macs_model_ms
@@ -124,8 +124,12 @@ def validate(
     def measure(policy: CompressionPolicy) -> tuple[float, LatencyStats, LatencyStats]:
         small = build_sampled(model, policy, example_input, inventory)
         with timing_lock(), torch_threads(target.threads):
-            return paired_ratio(make_runner(small, x, target), reference, runs=runs,
-                                blocks=MODEL_BLOCKS, target=target.name)
+            # Read as the search reads a candidate (paired_model_ms): each side's smallest
+            # block median, the two timed in alternating blocks.
+            (mine, ref), _ = measure_interleaved([make_runner(small, x, target), reference],
+                                                 runs=runs, blocks=MODEL_BLOCKS,
+                                                 target=target.name)
+        return mine.stable_ms / ref.stable_ms, mine, ref
 
     total = 2 * n if retest else n
     for i, policy in enumerate(policies):

@@ -419,34 +419,6 @@ def measure_interleaved(
     return stats, medians
 
 
-def paired_ratio(
-    call: Call,
-    reference: Call,
-    runs: int = DEFAULT_RUNS,
-    blocks: int = 10,
-    warmup: int = DEFAULT_WARMUP,
-    min_run_ms: float = DEFAULT_MIN_RUN_MS,
-    target: str = "",
-) -> tuple[float, LatencyStats, LatencyStats]:
-    """``call``'s latency relative to ``reference``'s, timed in alternating blocks.
-
-    Returns the median over blocks of (block median of ``call``) / (block median
-    of ``reference``), and the statistics of each side. Both sides of a ratio are
-    timed seconds apart (:func:`measure_interleaved`), so the machine's drift
-    cancels: the ratio is what a relative budget (``latency<=0.5x``) compares.
-
-    >>> ratio, a, b = paired_ratio(lambda: sum(range(20000)), lambda: sum(range(1000)),
-    ...                            runs=6, blocks=3, warmup=1)
-    >>> ratio > 2, a.runs, b.runs, a.blocks
-    (True, 6, 6, 3)
-    """
-    (mine, ref), (m_med, r_med) = measure_interleaved(
-        [call, reference], runs=runs, blocks=blocks, warmup=warmup, min_run_ms=min_run_ms,
-        target=target)
-    ratio = float(np.median([a / b for a, b in zip(m_med, r_med, strict=True)]))
-    return ratio, mine, ref
-
-
 def measure_models_interleaved(
     models: list[nn.Module], example_input: ModelInput, target: Target, runs: int,
     blocks: int = 10, others: Sequence[Call] = (),
