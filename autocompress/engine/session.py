@@ -443,7 +443,8 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     first candidate, so the search's best is never below it. ``refined``
     (``warm_start: refined``, the default): that policy with the budget's room left given
     back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`; one
-    score without a fine-tune per layer whose move fits), on the target timed and walked
+    score without a fine-tune per layer whose move fits, for at most
+    :data:`~autocompress.engine.refine.MAX_SCORED_MOVES` layers), on the target timed and walked
     back until it meets the budget (:func:`~autocompress.engine.refine.walk_back`). Empty
     for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
