@@ -484,17 +484,21 @@ def render(result: dict[str, Any]) -> str:
 
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with ``new``'s rows in place of its rows of the same models (new models are
-    appended; a model run now is no longer "not run"); ``old``'s settings and counts stay.
+    appended; a model run now is no longer "not run" or skipped); ``old``'s settings and
+    counts stay.
 
-    >>> merge({"rows": [{"model": "a", "x": 1}, {"model": "b"}], "not_run": ["c"]},
-    ...       {"rows": [{"model": "a", "x": 2}, {"model": "c"}]})["rows"]
-    [{'model': 'a', 'x': 2}, {'model': 'b'}, {'model': 'c'}]
+    >>> merged = merge({"rows": [{"model": "a", "x": 1}, {"model": "b"}], "not_run": ["c"],
+    ...                 "skipped": {"d": 300.0}},
+    ...                {"rows": [{"model": "a", "x": 2}, {"model": "c"}, {"model": "d"}]})
+    >>> merged["rows"], merged["not_run"], merged["skipped"]
+    ([{'model': 'a', 'x': 2}, {'model': 'b'}, {'model': 'c'}, {'model': 'd'}], [], {})
     """
     fresh = {r["model"]: r for r in new["rows"]}
     rows = [fresh.pop(r["model"], r) for r in old["rows"]]
     rows += list(fresh.values())
     done = {r["model"] for r in rows}
-    return {**old, "rows": rows, "not_run": [m for m in old.get("not_run", []) if m not in done]}
+    return {**old, "rows": rows, "not_run": [m for m in old.get("not_run", []) if m not in done],
+            "skipped": {m: p for m, p in old.get("skipped", {}).items() if m not in done}}
 
 
 def torchvision_params() -> dict[str, float]:
