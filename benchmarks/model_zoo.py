@@ -49,28 +49,6 @@ MAX_PARAMS = 150e6
 TIMEOUT_S = 300.0
 MEMORY_CAP_GB = 6.0
 GOAL_SHARE = 0.95
-# Why a model fails where it does, found by reading its error and the library (the md lists
-# them under the table for the models whose row failed).
-CAUSES = {
-    "squeezenet": "`torchvision_cnn` (the default space of torchvision tasks) has a rule for "
-                  "Linear layers, and SqueezeNet's classifier is a conv: `SearchSpace.resolve` "
-                  "rejects a rule that matches no layer. Fix belongs in `autocompress/space.py` "
-                  "(derive a space, or skip such a rule of an embedded space), outside this "
-                  "change's files.",
-    "vit_": "In eval mode under no_grad, `nn.MultiheadAttention` takes PyTorch's fused fast "
-            "path (`aten::_native_multi_head_attention`), which the TorchScript ONNX exporter "
-            "cannot export. Fix belongs in `autocompress/runtime/onnx.py` (export under "
-            "`torch.backends.mha.set_fastpath_enabled(False)`), outside this change's files. "
-            "The earlier failure at `apply` (the hidden width cut) is fixed: `conv_proj`'s "
-            "group is no longer prunable.",
-    "hf:vit": "Over the memory cap in `search`: ViT-base's fine-tune (teacher, student, Adam "
-              "state, and the backward over 197 tokens of 12 layers) after the inventory the "
-              "search builds again.",
-    "hf:": "Beyond the time limit on this 2-core machine (base-size models; the inventory's "
-           "pruning checks trace the model once per broken attention group, and the search "
-           "builds its own inventory again).",
-}
-
 
 # ---------------------------------------------------------------- tasks
 def _agreement(reference: Any) -> Any:
@@ -466,12 +444,6 @@ def render(result: dict[str, Any]) -> str:
             f"{r['reached'] or '-'} | {r['failed'] or ''} | {err} | " + " | ".join(secs)
             + f" | {r['peak_rss_mb']:.0f} |"
         )
-    failed = [r for r in rows if not passed(r)]
-    causes = [(r["model"], text) for r in failed for key, text in CAUSES.items()
-              if r["model"].startswith(key) and (key != "hf:" or "timeout" in (r["error"] or ""))
-              and (key != "hf:vit" or "memory" in (r["error"] or ""))]
-    if causes:
-        lines += ["", "Why they failed:", ""] + [f"- {m}: {text}" for m, text in causes]
     if result.get("skipped"):
         lines += ["", "Skipped (over the parameter cap of "
                   f"{settings.get('max_params_m', MAX_PARAMS / 1e6):g} M parameters): "
