@@ -87,6 +87,9 @@ def test_search_exports_a_policy_that_apply_reproduces(env, tmp_path):
     r = cli(["search", *FAST, "--trials", "3", "--seed", "1", "--out", str(out)], env, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "best trial" in r.stdout and (out / "best_policy.json").is_file()
+    # stderr is a pipe here, as in a batch job's log: one progress line per trial.
+    lines = [line for line in r.stderr.splitlines() if line.startswith("search ")]
+    assert len(lines) >= 3 and lines[-1].startswith("search 3/3 "), r.stderr
     best = json.loads((out / "best_policy.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     a = cli(["apply", "--task", "digits", "--policy", str(out / "best_policy.json"),

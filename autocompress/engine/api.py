@@ -209,6 +209,8 @@ class _SearchBar:
         self.infeasible = 0
         self._progress: Any = None
         self._task: Any = None
+        self._lines: Any = None
+        self._start = 0.0
 
     def __enter__(self) -> _SearchBar:
         if not self.enabled:
@@ -222,10 +224,15 @@ class _SearchBar:
             TimeElapsedColumn,
         )
 
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            # A batch job's log: a bar draws nothing until the end, so one line per trial.
+            self._lines, self._start = console, time.monotonic()
+            return self
         self._progress = Progress(
             TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-            console=Console(stderr=True), transient=False,
+            console=console, transient=False,
         )
         self._progress.__enter__()
         self._task = self._progress.add_task("search", total=self.total, completed=self.done,
@@ -258,3 +265,7 @@ class _SearchBar:
                 self.best = (outcome.metric, outcome.costs.value(self.objective.cost_metric))
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, info=self._info())
+        elif self._lines is not None and isinstance(outcome, TrialOutcome):
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self._start))
+            self._lines.print(f"search {self.done}/{self.total} {elapsed} {self._info()}",
+                              highlight=False, soft_wrap=True)

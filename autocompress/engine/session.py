@@ -539,7 +539,11 @@ def _share_lut(lut: LatencyLUT) -> None:
 
 
 class _status:
-    """A rich spinner on stderr while a slow step runs (nothing when progress is off)."""
+    """A rich spinner on stderr while a slow step runs (nothing when progress is off).
+
+    On a stderr that is not a terminal (a batch job's log), where a spinner draws nothing,
+    the step's text is written as one line instead.
+    """
 
     def __init__(self, enabled: bool, text: str) -> None:
         self.enabled, self.text, self._cm = enabled, text, None
@@ -548,7 +552,11 @@ class _status:
         if self.enabled:
             from rich.console import Console
 
-            self._cm = Console(stderr=True).status(self.text)  # type: ignore[assignment]
+            console = Console(stderr=True)
+            if not console.is_terminal:
+                console.print(self.text, highlight=False, soft_wrap=True)
+                return
+            self._cm = console.status(self.text)  # type: ignore[assignment]
             self._cm.__enter__()  # type: ignore[attr-defined]
 
     def __exit__(self, *exc: Any) -> None:
