@@ -441,6 +441,24 @@ def _bounded_index_lists(limit: int) -> Iterator[None]:
         Group.add_dep = original_add  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def _index_mappings_frozen(dg: Any) -> Iterator[None]:
+    """Torch-Pruning's index mappings of ``dg`` computed once for the block.
+
+    ``get_pruning_group`` recomputes every reshape's mapping on each call, a third of
+    Swin-T's inventory; on a graph that nothing prunes meanwhile, once is enough.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    update = index_mapping.update_index_mapping
+    update(dg)
+    index_mapping.update_index_mapping = lambda graph: None
+    try:
+        yield
+    finally:
+        index_mapping.update_index_mapping = update
+
+
 def _bounded_groups(
     dg: Any, ignored: list[nn.Module], limit: int, name_of: dict[int, str]
 ) -> Iterator[Any]:
@@ -451,7 +469,7 @@ def _bounded_groups(
     visited: set[int] = set()
     runaway: list[str] = []
     ignored = list(ignored) + list(getattr(dg, "IGNORED_LAYERS_IN_TRACING", []))
-    with _bounded_index_lists(limit):
+    with _bounded_index_lists(limit), _index_mappings_frozen(dg):
         for m in list(dg.module2node):
             if m in ignored or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear)):
                 continue
