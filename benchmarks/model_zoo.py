@@ -348,11 +348,15 @@ def run_isolated(name: str, size: str = "base", timeout_s: float = TIMEOUT_S,
         progress = Path(tmp) / "row.json"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(HERE.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--size", size,
-             "--progress", str(progress)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        # stderr goes to a file: a pipe read only at the end fills with the libraries'
+        # warnings (Torch-Pruning warns on every graph it builds) and blocks the worker.
+        log = Path(tmp) / "stderr.txt"
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--size",
+                 size, "--progress", str(progress)],
+                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+            )
         start, peak, why = time.monotonic(), 0.0, None
         while proc.poll() is None:
             rss = _rss_mb(proc.pid)
@@ -365,7 +369,8 @@ def run_isolated(name: str, size: str = "base", timeout_s: float = TIMEOUT_S,
                 proc.kill()
                 break
             time.sleep(0.2)
-        _, stderr = proc.communicate()
+        proc.wait()
+        stderr = log.read_text(errors="replace")
         row: dict[str, Any] = {"model": name, "size": size, "reached": None, "failed": None,
                                "error": None, "seconds": {}, "peak_rss_mb": 0.0}
         # A process killed in mid-write leaves half a row: the stage is then unknown.
