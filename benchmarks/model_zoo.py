@@ -278,10 +278,10 @@ def run_stages(name: str, size: str = "base", progress: Path | None = None,
                                            state["inventory"])
 
     def export() -> None:
-        from autocompress.runtime.onnx import export_onnx
+        from autocompress.runtime.onnx import export_onnx, onnx_nbytes
 
         state["onnx"] = export_onnx(state["compressed"], state["task"].example_input)
-        row["onnx_mb"] = round(len(state["onnx"]) / 1e6, 1)
+        row["onnx_mb"] = round(onnx_nbytes(state["onnx"]) / 1e6, 1)
 
     def onnx_match() -> None:
         from autocompress.runtime.onnx import onnx_agreement

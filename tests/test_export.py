@@ -334,3 +334,67 @@ def test_a_model_the_torchscript_exporter_rejects_is_exported_by_torch_export():
     with torch.no_grad():
         ref = model(x).numpy()
     assert got.shape == (2, 10) and np.abs(got - ref).max() < 1e-4
+
+
+def test_a_model_past_the_protobuf_limit_keeps_its_weights_beside_the_graph(
+        monkeypatch, tmp_path: Path):
+    """Past protobuf's 2 GiB a graph cannot be bytes; here the limit is lowered so a small
+    model takes that path: one weights file beside the graph, which ONNX Runtime finds, and
+    a temporary export that is removed with its handle."""
+    import gc
+
+    from torch import nn
+
+    import autocompress.runtime.onnx as onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "EXTERNAL_DATA_BYTES", 1000)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = tmp_path / "model_best.onnx"
+    for _ in range(2):  # a second export replaces the weights, it does not append to them
+        exported = onnx_runtime.export_onnx(model, x[:1], path)
+    assert isinstance(exported, onnx_runtime.OnnxFile)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_best.onnx",
+                                                          "model_best.onnx.data"]
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert (tmp_path / "model_best.onnx").stat().st_size < weights / 10
+    assert weights <= onnx_runtime.onnx_nbytes(exported) < 1.2 * weights
+    assert np.abs(run_onnx(path, x.numpy()) - ref).max() < 1e-5
+
+    temporary = onnx_runtime.export_onnx(model, x[:1])
+    assert isinstance(temporary, onnx_runtime.OnnxFile)
+    assert np.abs(run_onnx(temporary, x.numpy()) - ref).max() < 1e-5
+    folder = temporary.path.parent
+    del temporary
+    gc.collect()
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["dynamic", "static"])
+def test_int8_export_of_a_model_past_the_protobuf_limit(monkeypatch, tmp_path: Path, conv):
+    """The int8 file of a model whose float graph needs external data is quantised with its
+    weights kept beside it, statically and dynamically, and ONNX Runtime runs it."""
+    from torch import nn
+
+    import autocompress.runtime.onnx as onnx_runtime
+    from autocompress.export.int8 import export_int8
+
+    monkeypatch.setattr(onnx_runtime, "EXTERNAL_DATA_BYTES", 1000)
+    torch.manual_seed(0)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(16 * 6 * 6, 10)).eval()
+        x = torch.randn(4, 3, 8, 8)
+    else:
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+        x = torch.randn(4, 64)
+    out = export_int8(model, x[:1], tmp_path / "model_best.int8.onnx", [x[:2], x[2:]])
+    got = run_onnx(out, x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert (tmp_path / "model_best.int8.onnx.data").is_file()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()

@@ -25,7 +25,7 @@ from autocompress.cli.common import check_out_folder, task_and_inventory
 from autocompress.errors import MethodError
 from autocompress.methods import apply_policy, model_stats
 from autocompress.policy import CompressionPolicy
-from autocompress.runtime.onnx import export_onnx
+from autocompress.runtime.onnx import OnnxModel, export_onnx
 from autocompress.tasks import Task
 
 # Relative to the largest |output|. With 8-bit activations ONNX Runtime runs the layers as
@@ -49,12 +49,12 @@ def _calibration(task: Task, batches: int) -> list[Any] | None:
     return out or None
 
 
-def onnx_max_abs_diff(model: nn.Module, onnx_bytes: bytes, x: Any,
+def onnx_max_abs_diff(model: nn.Module, onnx_model: OnnxModel, x: Any,
                       output: Any = None) -> tuple[float, float]:
     """``(max |ORT - PyTorch|, max |PyTorch|)`` of the scored output on input ``x``."""
     from autocompress.runtime.onnx import onnx_agreement
 
-    got, ref = onnx_agreement(model, onnx_bytes, x, output)
+    got, ref = onnx_agreement(model, onnx_model, x, output)
     return float(np.abs(got - ref).max()), float(np.abs(ref).max())
 
 
@@ -122,8 +122,8 @@ def apply(
         out.mkdir(parents=True, exist_ok=True)
         torch.save(small, out / "model.pt")
         the_policy.save(out / "policy.json")
-        onnx_bytes = export_onnx(small, the_task.example_input, out / "model.onnx")
-        diff, scale = onnx_max_abs_diff(small, onnx_bytes, the_task.validation_batch(),
+        exported = export_onnx(small, the_task.example_input, out / "model.onnx")
+        diff, scale = onnx_max_abs_diff(small, exported, the_task.validation_batch(),
                                         the_task.output)
         if not math.isfinite(diff):
             raise MethodError("the exported ONNX model gives non-finite outputs in ONNX Runtime")

@@ -267,9 +267,7 @@ def ort_kernel_times_interleaved(
     """
     import tempfile
 
-    import onnxruntime as ort
-
-    from autocompress.runtime.onnx import export_onnx, session_options
+    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         sessions, feeds = [], []
@@ -277,8 +275,7 @@ def ort_kernel_times_interleaved(
             opts = session_options(threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(tmp, f"ort{i}")
-            sess = ort.InferenceSession(export_onnx(model, inputs.take(x, 1)), sess_options=opts,
-                                        providers=["CPUExecutionProvider"])
+            sess = ort_session(export_onnx(model, inputs.take(x, 1)), opts=opts)
             sessions.append(sess)
             feeds.append(inputs.ort_feed(sess, x))
         n = [0] * len(models)  # runs so far; the profiler logs one model_run event per run

@@ -141,19 +141,21 @@ def int8_fusable_layers(model: nn.Module, inventory: LayerInventory, example_inp
     ['features.0', 'classifier.1']
     """
     import onnx
-    import onnxruntime as ort
 
     from autocompress.methods import apply_policy
-    from autocompress.runtime.onnx import export_onnx, session_options
+    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
 
     policy = CompressionPolicy(layers={info.fqn: LayerPolicy(act_bits=8) for info in inventory})
     built = apply_policy(model, policy, example_input, inventory=inventory)
     with tempfile.TemporaryDirectory() as tmp:
         opts = session_options(threads)
         opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        ort.InferenceSession(export_onnx(built, inputs.take(example_input, 1)), sess_options=opts,
-                             providers=["CPUExecutionProvider"])
-        nodes = onnx.load(opts.optimized_model_filepath).graph.node
+        # Only the node names are read; weights go beside the graph, which a model past
+        # protobuf's 2 GiB needs.
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+        ort_session(export_onnx(built, inputs.take(example_input, 1)), opts=opts)
+        nodes = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node
     fused = {path for node in nodes if node.op_type in INT8_KERNELS
              for path in module_paths(node.name)}
     return [fqn for fqn in inventory.fqns if fqn in fused]

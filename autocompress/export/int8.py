@@ -41,7 +41,7 @@ from autocompress.errors import MethodError
 from autocompress.inputs import ModelInput
 from autocompress.methods.quantize import QUANT_BITS, ActFakeQuant
 from autocompress.policy import CompressionPolicy
-from autocompress.runtime.onnx import export_onnx, ort_session
+from autocompress.runtime.onnx import OnnxFile, export_onnx, ort_session
 
 CALIBRATION_BATCHES = 4
 DYNAMIC_OPS = ("MatMul", "Gemm")
@@ -161,11 +161,13 @@ def export_int8(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        export_onnx(strip_fake_quant(model), example_input, fp32)
+        # A graph past protobuf's 2 GiB is quantised with its weights kept beside it.
+        large = isinstance(export_onnx(strip_fake_quant(model), example_input, fp32), OnnxFile)
         prep = Path(tmp) / "prep.onnx"
         try:
             # Shape inference + graph clean-up, as ONNX Runtime's docs advise before quantising.
-            quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+            quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True,
+                              save_as_external_data=large)
             source = prep
         except Exception:  # pre-processing is an optimisation; the raw graph quantises too
             source = fp32
@@ -179,7 +181,8 @@ def export_int8(
             if mode == "dynamic":
                 quantize_dynamic(str(source), str(out), per_channel=True,
                                  weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=list(DYNAMIC_OPS))
+                                 op_types_to_quantize=list(DYNAMIC_OPS),
+                                 use_external_data_format=large)
             else:
                 reference = ort_session(source)
                 feeds = [inputs.ort_feed(reference, b) for b in batches]
@@ -187,6 +190,7 @@ def export_int8(
                     str(source), str(out), BatchReader(feeds),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    use_external_data_format=large,
                 )
         except Exception as exc:
             raise MethodError(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import io
+import dataclasses
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -31,14 +32,79 @@ from autocompress.inputs import (
 
 OPSET = 17
 
+# protobuf caps one serialised message at 2 GiB, so past this many bytes of weights a graph is
+# written as a file with its weights beside it (ONNX external data) instead of as bytes.
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxFile:
+    """An exported graph kept as a file because its weights are too large for one message.
+
+    ``path`` is the graph; its weights lie in external data files in the same folder, which
+    ONNX Runtime finds by themselves. An ``OnnxFile`` from :func:`export_onnx` without a path
+    owns a temporary folder, removed when the object is collected.
+    """
+
+    path: Path
+    folder: tempfile.TemporaryDirectory[str] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+# What export_onnx returns: the serialised graph, or a file with external data.
+OnnxModel = bytes | OnnxFile
+
+
+def onnx_nbytes(model: OnnxModel | str | Path) -> int:
+    """Bytes of an exported graph, its external data files included.
+
+    >>> onnx_nbytes(b"abc")
+    3
+    """
+    if isinstance(model, bytes):
+        return len(model)
+    path = Path(os.fspath(model))
+    if isinstance(model, OnnxFile) and model.folder is not None:
+        return sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file())
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers, each counted once."""
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()
+            if isinstance(t, torch.Tensor)}
+    return sum(seen.values())
+
+
+def _save_with_external_data(source: Path, path: Path) -> None:
+    """Write ``source``'s graph to ``path`` with every weight in one file, ``path.data``.
+
+    The TorchScript exporter writes one file per weight; one file beside the graph is the
+    layout users copy and ONNX tools expect.
+    """
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    # onnx appends to an existing data file, so an older export's weights would stay in it.
+    data.unlink(missing_ok=True)
+    proto = onnx.load(str(source))
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name)
+
 
 # The torch.export-based exporter emits opset 18 or later.
 TORCH_EXPORT_OPSET = 18
 
 
 def _export_with_torch_export(model: nn.Module, args: Any, input_names: list[str],
-                              output_names: list[str], axes: dict[str, Any]) -> bytes | None:
-    """``model`` exported by the newer, torch.export-based exporter, or None when it fails too.
+                              output_names: list[str], axes: dict[str, Any],
+                              path: Path) -> bool:
+    """Export ``model`` to ``path`` with the newer, torch.export-based exporter; False when
+    it fails too.
 
     Only where the TorchScript exporter gave up: the newer one decomposes ops the older one
     rejects, such as an adaptive pool whose output size does not divide its input (AlexNet
@@ -55,24 +121,27 @@ def _export_with_torch_export(model: nn.Module, args: Any, input_names: list[str
                                     opset_version=max(OPSET, TORCH_EXPORT_OPSET), dynamo=True,
                                     verbose=False)
         assert program is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            program.save(path)
-            return path.read_bytes()
+        program.save(path, external_data=weight_bytes(model) > EXTERNAL_DATA_BYTES)
+        return True
     except Exception:  # the caller reports the first exporter's error, the one a user can act on
-        return None
+        return False
 
 
 def export_onnx(
     model: nn.Module, example_input: ModelInput, path: str | Path | None = None
-) -> bytes:
+) -> OnnxModel:
     """Export ``model`` to ONNX with a dynamic batch axis on every input and output.
 
     ``example_input`` is a tensor (ONNX input ``input``), a tuple (``input0``, ``input1``,
     ...) or a dict of named tensors (their names); each keeps its dtype, so token ids stay
-    int64, and an integer input's other axes are dynamic too (a sequence's length). A single output is named ``output``; a dict output (a Hugging Face
-    ``ModelOutput``) keeps its keys; other outputs are ``output0``, ``output1``, ...
-    The file is written to ``path`` if given; a model the exporter cannot export raises a
+    int64, and an integer input's other axes are dynamic too (a sequence's length). A single
+    output is named ``output``; a dict output (a Hugging Face ``ModelOutput``) keeps its keys;
+    other outputs are ``output0``, ``output1``, ...
+
+    Returns the serialised graph, written to ``path`` too if given. A model with more than
+    :data:`EXTERNAL_DATA_BYTES` of weights cannot be one protobuf message: it is returned as
+    an :class:`OnnxFile`, with its weights in ``path.data`` beside the graph (or in a
+    temporary folder when no path is given). A model the exporter cannot export raises a
     one-line :class:`~autocompress.errors.MethodError`.
 
     Uses the TorchScript exporter: it needs no extra packages and exports
@@ -97,7 +166,10 @@ def export_onnx(
         n = len(output_tensors(out))
         names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
     axes = onnx_dynamic_axes(x) | {name: {0: "batch"} for name in names}
-    buf = io.BytesIO()
+    folder = tempfile.TemporaryDirectory(prefix="autocompress-onnx-")
+    # The TorchScript exporter writes external data only when given a file name.
+    raw = Path(folder.name) / "model.onnx"
+    large = weight_bytes(model) > EXTERNAL_DATA_BYTES
     with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args, \
             _no_attention_fastpath():
         warnings.simplefilter("ignore")
@@ -105,7 +177,7 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 args,
-                buf,  # type: ignore[arg-type]  # file-like objects are accepted
+                str(raw),
                 input_names=input_names,
                 output_names=names,
                 dynamic_axes=axes,
@@ -113,8 +185,8 @@ def export_onnx(
                 dynamo=False,
             )
         except Exception as exc:  # the exporter's errors name an op; the user gets one line
-            fallback = _export_with_torch_export(model, args, input_names, names, axes)
-            if fallback is None:
+            if not _export_with_torch_export(model, args, input_names, names, axes, raw):
+                folder.cleanup()
                 first = next((line.strip() for line in str(exc).splitlines() if line.strip()),
                              "")
                 raise MethodError(
@@ -122,12 +194,21 @@ def export_onnx(
                     f"{first[:300]}); measure it on a torch target (e.g. --target torch) or "
                     "make its forward exportable"
                 ) from exc
-            buf = io.BytesIO(fallback)
-    data = buf.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(data)
-    return data
+    if not large:
+        data = raw.read_bytes()
+        folder.cleanup()
+        if path is not None:
+            Path(path).write_bytes(data)
+            # A larger model exported here before left its weights beside the graph.
+            Path(path).with_name(Path(path).name + ".data").unlink(missing_ok=True)
+        return data
+    if path is None:
+        return OnnxFile(raw, folder)
+    _save_with_external_data(raw, Path(path))
+    folder.cleanup()
+    return OnnxFile(Path(path))
 
 
 def session_options(threads: int = 1):
@@ -144,17 +225,18 @@ def session_options(threads: int = 1):
     return opts
 
 
-def ort_session(model: bytes | str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full optimisation."""
+def ort_session(model: OnnxModel | str | Path, threads: int = 1, opts: Any = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full optimisation
+    (``opts`` replaces :func:`session_options`), from bytes or a file."""
     import onnxruntime as ort
 
-    opts = session_options(threads)
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, sess_options=opts or session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def onnx_agreement(
-    model: nn.Module, onnx_model: bytes | str | Path, x: ModelInput, output: OutputSelector = None,
+    model: nn.Module, onnx_model: OnnxModel | str | Path, x: ModelInput, output: OutputSelector = None,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ONNX Runtime's, PyTorch's)`` scored output of ``model`` on ``x`` (any input form).
@@ -179,7 +261,7 @@ def onnx_agreement(
 
 
 def run_onnx(
-    model: bytes | str | Path, x: ModelInput | np.ndarray, threads: int = 1
+    model: OnnxModel | str | Path, x: ModelInput | np.ndarray, threads: int = 1
 ) -> np.ndarray:
     """Run an ONNX model once on ``x`` and return its first output.
 
