@@ -105,11 +105,21 @@ def test_cifar_task_without_data_says_what_to_pass(tmp_path):
         load_task("cifar10-resnet20", data_dir=str(tmp_path))
 
 
-def test_torchvision_task_has_synthetic_inputs_and_agreement_metric():
+def test_torchvision_task_has_synthetic_inputs_and_a_cosine_metric():
+    """The metric is the class scores' cosine to the original model's: 1.0 for the model
+    itself, and below it for a pruned one (top-1 agreement read 1.0 on every trial)."""
+    from autocompress.inventory import build_inventory
+    from autocompress.methods import apply_policy
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+
     task = load_task("torchvision:mobilenet_v3_small")
     assert task.example_input.shape == (1, 3, 224, 224)
-    assert task.metric_name == "agreement"
-    assert task.evaluate() == 1.0  # the model agrees with itself
+    assert task.metric_name == "cosine"
+    assert task.evaluate() == 1.0
+    inventory = build_inventory(task.model, task.example_input)
+    policy = CompressionPolicy(layers={inventory.fqns[0]: LayerPolicy(prune=0.5)})
+    pruned = apply_policy(task.model, policy, task.example_input, inventory)
+    assert 0.0 < task.evaluate(pruned) < 0.999
 
 
 def test_unknown_tasks_are_refused_with_the_grammar():
@@ -172,3 +182,23 @@ def test_digits_task_with_checkpoint(tmp_path, digits_task):
     torch.save(digits_task.model.state_dict(), path)
     task = load_task("digits", checkpoint=str(path))
     assert task.baseline_metric == pytest.approx(digits_task.baseline_metric)
+
+
+def test_torchvision_task_fine_tune_brings_the_scores_back():
+    """A pruned random model's class scores move towards the original's in its fine-tune
+    (batch-norm statistics set on the inputs, cosine distillation); with KL over a nearly
+    uniform softmax and the initial statistics they drifted away with every step (resnet18
+    at 224 pixels: 0.63 untrained, 0.19 after 30 steps). Past a few epochs of the 64
+    synthetic images the student overfits them a little, so later steps need not gain."""
+    from autocompress.evaluate import FinetuneSettings, compress_and_score
+    from autocompress.inventory import build_inventory
+    from autocompress.policy import CompressionPolicy, LayerPolicy
+    from autocompress.tasks.synthetic import torchvision_task
+
+    task = torchvision_task("resnet18", image_size=64)
+    inventory = build_inventory(task.model, task.example_input)
+    policy = CompressionPolicy(layers={f: LayerPolicy(prune=0.3) for f in inventory.fqns[:-1]})
+    scores = [compress_and_score(task, policy, FinetuneSettings(steps=steps), inventory).metric
+              for steps in (0, 20, 60)]
+    assert scores[1] > scores[0] + 0.1
+    assert scores[2] > scores[0] + 0.1

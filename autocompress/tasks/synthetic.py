@@ -1,9 +1,15 @@
 """torchvision classification models with synthetic inputs, for latency work.
 
 Without a checkpoint the weights are random, so accuracy means nothing; the
-metric is the top-1 agreement of the compressed model with the original one
-on synthetic inputs: a label-free metric, so a model without labelled data can still be
-searched for latency.
+metric is the mean cosine similarity of the compressed model's class scores to the original
+model's on synthetic inputs: a label-free metric, so a model without labelled data can still be
+searched for latency. The fine-tune distils the class scores by the same cosine.
+
+Why not top-1 agreement: a random model picks one or two classes for every input, which a
+short fine-tune restores, so agreement read 1.0 on every trial and gave the search nothing to
+rank by. Why not KL over the softmax: a random model's softmax is nearly uniform, so the hard
+labels' cross-entropy dominates the loss and the fine-tune moves the scores away from the
+original's.
 """
 
 from __future__ import annotations
@@ -17,28 +23,41 @@ from autocompress.tasks.base import Task
 
 SYNTHETIC_TRAIN = 64
 SYNTHETIC_VAL = 32
+# Images that set a random model's batch-norm statistics (see calibrate_batch_norm).
+CALIBRATION_IMAGES = 16
 
 
-def agreement_metric(reference: nn.Module):
-    """A metric: share of inputs where ``model`` and ``reference`` pick the same top-1 class."""
+def output_cosine_metric(reference: nn.Module):
+    """A metric: mean cosine similarity of ``model``'s outputs to ``reference``'s, per input.
+
+    >>> net = nn.Linear(4, 3)
+    >>> metric = output_cosine_metric(net)
+    >>> loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8)), batch_size=4)
+    >>> metric(net, loader)
+    1.0
+    >>> metric(nn.Linear(4, 3), loader) < 1.0
+    True
+    """
     reference = reference.eval()
 
     @torch.no_grad()
-    def agreement(model: nn.Module, loader: DataLoader) -> float:
+    def cosine(model: nn.Module, loader: DataLoader) -> float:
         was_training = model.training
         model.eval()
-        same = total = 0
+        total, rows = 0.0, 0
         for inputs, _ in loader:
-            same += int((model(inputs).argmax(1) == reference(inputs).argmax(1)).sum())
-            total += inputs.shape[0]
+            sims = nn.functional.cosine_similarity(model(inputs).flatten(1).float(),
+                                                   reference(inputs).flatten(1).float(), dim=1)
+            total += float(sims.sum())
+            rows += int(sims.numel())
         model.train(was_training)
-        return same / max(total, 1)
+        return round(total / max(rows, 1), 6)
 
-    return agreement
+    return cosine
 
 
 def synthetic_loaders(model: nn.Module, shape: tuple[int, ...]) -> tuple[DataLoader, DataLoader]:
-    """Random inputs labelled by the model's own predictions (for KD fine-tunes and agreement)."""
+    """Random inputs labelled by the model's own top-1 predictions (for KD fine-tunes)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(SYNTHETIC_TRAIN + SYNTHETIC_VAL, *shape, generator=gen)
     with torch.no_grad():
@@ -47,6 +66,37 @@ def synthetic_loaders(model: nn.Module, shape: tuple[int, ...]) -> tuple[DataLoa
     val = TensorDataset(x[SYNTHETIC_TRAIN:], y[SYNTHETIC_TRAIN:])
     return (DataLoader(train, batch_size=16, shuffle=True, generator=gen),
             DataLoader(val, batch_size=16))
+
+
+def calibrate_batch_norm(model: nn.Module, shape: tuple[int, ...],
+                         images: int = CALIBRATION_IMAGES) -> nn.Module:
+    """Set ``model``'s batch-norm running statistics on synthetic inputs (in place; eval mode).
+
+    A random model's statistics are the initial zero mean and unit variance, which its
+    activations do not have, so its eval-mode outputs differ from what a fine-tune in train
+    mode sees: the student's statistics move and its outputs drift from the teacher's with
+    every step. Statistics set on the inputs make it behave as a trained model does.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    >>> bn = calibrate_batch_norm(net, (3, 8, 8))[1]
+    >>> bool(bn.running_var.mean() < 0.9), bn.momentum, net.training
+    (True, 0.1, False)
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every calibration batch
+    gen = torch.Generator().manual_seed(2)
+    model.train()
+    with torch.no_grad():
+        for _ in range(0, images, 8):
+            model(torch.randn(8, *shape, generator=gen))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
 
 
 def drop_aux_heads(model: nn.Module) -> nn.Module:
@@ -88,11 +138,13 @@ def torchvision_task(name: str, checkpoint: str | None = None, image_size: int =
         )
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None)
+    shape = (3, image_size, image_size)
     if checkpoint:
         load_checkpoint(model, checkpoint)
     drop_aux_heads(model)
+    if not checkpoint:
+        calibrate_batch_norm(model, shape)
     model.eval()
-    shape = (3, image_size, image_size)
     train_loader, val_loader = synthetic_loaders(model, shape)
     return Task(
         name=f"torchvision:{name}",
@@ -100,8 +152,9 @@ def torchvision_task(name: str, checkpoint: str | None = None, image_size: int =
         example_input=torch.randn(1, *shape, generator=torch.Generator().manual_seed(1)),
         train_loader=train_loader,
         val_loader=val_loader,
-        metric=agreement_metric(copy.deepcopy(model)),
-        metric_name="agreement",
+        metric=output_cosine_metric(copy.deepcopy(model)),
+        metric_name="cosine",
+        distill="cosine",
         target_batch_size=1,
         baseline_metric=1.0,
         info={"weights": checkpoint or "random", "inputs": "synthetic"},
