@@ -445,7 +445,7 @@ def goals(df: pd.DataFrame, order: list[str]) -> str:
     """
     lines = []
     grouped = df.groupby(["task", "budget", "setting", "strategy"], sort=False)["acc_ok"]
-    mean, spread, met = grouped.mean(), grouped.std().sort_index(), grouped.count()
+    mean, spread, met = grouped.mean(), grouped.std().sort_index(), grouped.count().sort_index()
     for (task, budget, setting), g in mean.groupby(level=[0, 1, 2], sort=False):
         g = g.droplevel([0, 1, 2])
         sd = spread.loc[(task, budget, setting)]
