@@ -379,3 +379,35 @@ def test_latency_table_fills_of_a_baselines_planning_are_recorded(digits_task, t
     fast(digits_task, out, strategy="uniform", budget="latency<=0.9x", target="torch-1t-b6",
          trials=3)  # a resumed run adds its own
     assert load(out).user_attrs["lut_measure_loop_s"] >= study.user_attrs["lut_measure_loop_s"]
+
+
+def test_on_the_target_the_refinement_spends_the_room_the_start_timed(digits_task, tmp_path):
+    """The refined start's screen scales each prediction by the uniform start's timing over
+    its prediction: a start timed well under the limit leaves room even where its prediction
+    is over it (all-MiniLM-L6-v2 at 0.4x: predicted 0.412, timed 0.365, and nothing was
+    given back), and one timed over it leaves none."""
+    from autocompress.engine.baselines import uniform_starts
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.judge import MEASURED_GUARD
+    from autocompress.engine.session import prepare_run
+
+    cfg = SearchConfig.build(None, {
+        "task": "digits", "budget": "latency<=0.6x", "target": "torch-1t-b8", "trials": 1,
+        "finetune_steps": 1, "out": str(tmp_path / "run"), "export": False})
+    objective = prepare_run(cfg, task=digits_task, warm_start=False).objective
+    start = next(uniform_starts(objective.space, objective.feasible_params))
+    policy = objective.space.policy_from_params(start)
+    assert objective.screen_from_timing(start) == objective.screen_fill  # not timed yet
+    predicted = objective.judge.predicted_ratio(objective.predict_raw(policy))
+    baseline_ms = 2.0
+    for timed, fits in ((0.6 * 0.8, True), (0.6 * 1.02, False)):
+        objective.judge.remember(policy, timed * baseline_ms, baseline_ms)
+        ok, constraints = objective.screen_from_timing(start)(start)
+        assert ok is fits
+        assert constraints["latency"] == pytest.approx(timed / 0.6 - 1 + MEASURED_GUARD)
+        # a point one layer from it is scaled alike: its prediction times timed / predicted
+        moved = {**start, next(k for k in start if k.endswith("/prune")): 0.0}
+        raw = objective.judge.predicted_ratio(objective.predict_raw(
+            objective.space.policy_from_params(moved)))
+        assert objective.screen_from_timing(start)(moved)[1]["latency"] == pytest.approx(
+            raw * timed / predicted / 0.6 - 1 + MEASURED_GUARD)

@@ -184,6 +184,13 @@ class Judge:
 
         self._timed[policy_digest(policy.to_dict())] = (measured_ms, baseline_ms)
 
+    def remembered_ratio(self, policy: CompressionPolicy) -> float | None:
+        """The measured speed ratio of a timing :meth:`remember` keeps for ``policy``."""
+        from autocompress.engine.taken import policy_digest
+
+        known = self._timed.get(policy_digest(policy.to_dict()))
+        return known[0] / known[1] if known is not None and known[1] else None
+
     @property
     def measures(self) -> bool:
         """Whether trials are timed on the target (the budget limits latency and we are there)."""

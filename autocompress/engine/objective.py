@@ -332,6 +332,35 @@ class Objective:
         margin = self.judge.correction.spread
         return ok and constraints.get(LATENCY, -1.0) <= -margin, constraints
 
+    def screen_from_timing(
+        self, anchor: dict[str, Any]
+    ) -> Callable[[dict[str, Any]], tuple[bool, dict[str, float]]]:
+        """:meth:`screen_fill` for points near ``anchor``, a point timed on the target: each
+        latency prediction scaled by the anchor's timing over the anchor's prediction.
+
+        The refined warm start gives layers back from a timed uniform start, one level each.
+        The table's error on the start is mostly its neighbours' error too, so the slack the
+        refinement spends is the one the timing showed. (Scaled by the search's correction
+        instead, a start predicted 3% over the limit and timed 9% under it left no room:
+        the correction weighs one timing a third, and every move was screened out.) The
+        refined point is timed in the end (:func:`~autocompress.engine.refine.walk_back`).
+        Without a timing of ``anchor`` this is :meth:`screen_fill`.
+        """
+        policy = self.space.policy_from_params(anchor)
+        timed = self.judge.remembered_ratio(policy)
+        predicted = self.judge.predicted_ratio(self.predict_raw(policy))
+        if timed is None or not predicted:
+            return self.screen_fill
+        scale = timed / predicted
+
+        def screen(params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
+            raw = self.predict_raw(self.space.policy_from_params(params))
+            assert raw.latency_ms is not None
+            _, constraints = self.check(raw.with_latency(raw.latency_ms * scale))
+            return all(v <= 0 for v in constraints.values()), constraints
+
+        return screen
+
     def screen(self, policy: CompressionPolicy) -> Screening:
         """Predict a candidate's costs and screen it: nothing is built or fine-tuned.
 

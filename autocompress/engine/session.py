@@ -444,8 +444,10 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     (``warm_start: refined``, the default): that policy with the budget's room left given
     back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`; one
     score without a fine-tune per layer whose move fits, for at most
-    :data:`~autocompress.engine.refine.MAX_SCORED_MOVES` layers), on the target timed and walked
-    back until it meets the budget (:func:`~autocompress.engine.refine.walk_back`). Empty
+    :data:`~autocompress.engine.refine.MAX_SCORED_MOVES` layers). On the target it spends the
+    room the start's timing left (:meth:`~autocompress.engine.objective.Objective.screen_from_timing`)
+    and is timed and walked back until it meets the budget
+    (:func:`~autocompress.engine.refine.walk_back`). Empty
     for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
@@ -462,9 +464,10 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
 
         on_target = objective.judge.measures
         with _status(progress, "refining the warm start: scoring each layer given back ..."):
-            # On the target a timing decides where it lands; elsewhere the fill's margin.
+            # On the target it spends the room the start's timing left, and a timing decides
+            # where it lands; elsewhere predictions place it, a spread under the limit.
             moves = layer_moves(objective.space, first)
-            refined = spend_slack(first, moves, objective.screen_fill if on_target
+            refined = spend_slack(first, moves, objective.screen_from_timing(first) if on_target
                                   else objective.screen_placed, score, objective.higher_is_better)
         if refined is not None and on_target:
             with _status(progress, "timing the refined warm start on the target ..."):
