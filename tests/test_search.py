@@ -411,3 +411,24 @@ def test_on_the_target_the_refinement_spends_the_room_the_start_timed(digits_tas
             objective.space.policy_from_params(moved)))
         assert objective.screen_from_timing(start)(moved)[1]["latency"] == pytest.approx(
             raw * timed / predicted / 0.6 - 1 + MEASURED_GUARD)
+
+
+def test_progress_in_a_log_is_one_line_per_trial(capsys):
+    """The bar the in-process search and Ray's callback share: where stderr is not a
+    terminal (a batch job's log; here pytest's capture), a line per trial, none for a
+    repeat, and the slow step's text once."""
+    from autocompress.engine.progress import TrialBar, slow_step
+
+    with TrialBar("search (ray)", total=2, done=0, enabled=True) as bar:
+        bar.update(1, "best accuracy 0.9")
+        bar.update(1, "best accuracy 0.9", line=False)
+        bar.update(2, "best accuracy 0.95")
+    with slow_step(True, "timing the uniform warm start ..."):
+        pass
+    with TrialBar("search", total=1, done=0, enabled=False) as quiet:
+        quiet.update(1, "nothing")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 3)[:3:2] for line in lines[:2]] == [["search", "1/2"],
+                                                              ["search", "2/2"]]
+    assert lines[1].endswith("best accuracy 0.95") and len(lines) == 3
+    assert lines[2] == "timing the uniform warm start ..."

@@ -20,6 +20,7 @@ from autocompress.engine.baselines import greedy_candidates, greedy_sensitivity,
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.objective import Objective, TrialOutcome
 from autocompress.engine.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
+from autocompress.engine.progress import TrialBar, slow_step
 from autocompress.engine.session import (
     LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
@@ -27,7 +28,6 @@ from autocompress.engine.session import (
     Log,
     SearchResult,
     _share_lut,
-    _status,
     finish_run,
     prepare_run,
     uniform_start,
@@ -182,7 +182,7 @@ def _planner(
         return None
     table = study.user_attrs.get("greedy_sensitivity")
     if table is None:
-        with _status(progress, "greedy: scoring each knob of each layer alone ..."):
+        with slow_step(progress, "greedy: scoring each knob of each layer alone ..."):
             table = greedy_sensitivity(resolved, objective.untrained_metric)
         study.set_user_attr("greedy_sensitivity", table)
     return lambda: greedy_candidates(resolved, table, objective.feasible_params,
@@ -200,48 +200,19 @@ class _SearchBar:
 
     def __init__(self, enabled: bool, total: int, done: int, objective: Objective,
                  count_skipped: bool = False) -> None:
-        self.enabled = enabled
+        self.bar = TrialBar("search", total, done, enabled)
         self.count_skipped = count_skipped
-        self.total = total
         self.done = done
         self.objective = objective
         self.best: tuple[float, float | None] | None = None
         self.infeasible = 0
-        self._progress: Any = None
-        self._task: Any = None
-        self._lines: Any = None
-        self._start = 0.0
 
     def __enter__(self) -> _SearchBar:
-        if not self.enabled:
-            return self
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            # A batch job's log: a bar draws nothing until the end, so one line per trial.
-            self._lines, self._start = console, time.monotonic()
-            return self
-        self._progress = Progress(
-            TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-            console=console, transient=False,
-        )
-        self._progress.__enter__()
-        self._task = self._progress.add_task("search", total=self.total, completed=self.done,
-                                             info=self._info())
+        self.bar.start(self._info())
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+        self.bar.stop()
 
     def _info(self) -> str:
         obj = self.objective
@@ -263,9 +234,5 @@ class _SearchBar:
                 self.best is None or self.objective.is_better(outcome.metric, self.best[0])
             ):
                 self.best = (outcome.metric, outcome.costs.value(self.objective.cost_metric))
-        if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, info=self._info())
-        elif self._lines is not None and isinstance(outcome, TrialOutcome):
-            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self._start))
-            self._lines.print(f"search {self.done}/{self.total} {elapsed} {self._info()}",
-                              highlight=False, soft_wrap=True)
+        # A log gets a line per evaluated trial, not per repeat of a taken policy.
+        self.bar.update(self.done, self._info(), line=isinstance(outcome, TrialOutcome))

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
 from autocompress.engine.baselines import params_key
+from autocompress.engine.progress import TrialBar
 from autocompress.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -408,7 +409,8 @@ class RaySearchBar(Callback):
     """A Tune callback drawing the search progress bar: trials done, best feasible metric.
 
     The same line ``autocompress search`` shows with the Optuna backend
-    (stderr; nothing when ``enabled`` is False).
+    (:class:`~autocompress.engine.progress.TrialBar`: stderr, a line per trial in a log;
+    nothing when ``enabled`` is False).
     """
 
     def __init__(self, total: int, done: int, metric_name: str, higher_is_better: bool,
@@ -417,31 +419,10 @@ class RaySearchBar(Callback):
         self.metric_name, self.higher_is_better = metric_name, higher_is_better
         self.stopped = self.over = 0
         self.best: tuple[float, float | None] | None = None
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the run config
-        return {**self.__dict__, "bar": None, "task": None}
+        self.bar = TrialBar("search (ray)", total, done, enabled)
 
     def setup(self, *args: Any, **info: Any) -> None:
-        if not self.enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]search (ray)[/]"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("search", total=self.total, completed=self.done,
-                                      info=self.info())
+        self.bar.start(self.info())
 
     def info(self) -> str:
         tail = f" ({self.stopped} stopped by ASHA, {self.over} over budget)"
@@ -464,13 +445,10 @@ class RaySearchBar(Callback):
             if self.best is None or (m > self.best[0] if self.higher_is_better
                                      else m < self.best[0]):
                 self.best = (m, attrs.get("predicted_latency_ms"))
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, info=self.info())
+        self.bar.update(self.done, self.info())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.bar.stop()
 
 
 # ---------------------------------------------------------------- the run

@@ -38,6 +38,7 @@ from autocompress.engine.optuna_backend import (
     open_study,
     quiet_optuna,
 )
+from autocompress.engine.progress import slow_step
 from autocompress.engine.storage import STUDY_FILE, redact_url, storage_for
 from autocompress.evaluate import FinetuneSettings, evaluate, val_subset
 from autocompress.inventory import LayerInventory, build_inventory
@@ -244,7 +245,7 @@ def prepare_run(
                 inventory, task.example_input, float(baseline.latency_ms)):
             say("the cached whole-model latency disagrees with this study's baseline "
                 "measurement by more than 30%; re-measuring it")
-        with _status(progress, f"measuring the latency table on {target.name} ..."):
+        with slow_step(progress, f"measuring the latency table on {target.name} ..."):
             latency_fn(CompressionPolicy(layers={}))  # measures the whole-model remainder once
         lut.save()
         # Predictions are speed ratios to the table's own time of the uncompressed model:
@@ -269,7 +270,7 @@ def prepare_run(
     if not created:  # a resumed run takes up the correction its timings taught
         objective.judge.correction.observe_trials(study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    with _status(progress, "checking the budget against the corners of the space ..."):
+    with slow_step(progress, "checking the budget against the corners of the space ..."):
         reachable = _check_reach(objective, budget, say)
     if created and warm_start:
         for params, kind in warm_starts(cfg, objective, progress):
@@ -316,7 +317,7 @@ def finish_run(
     if cfg.export:
         from autocompress.export import export_results
 
-        with _status(progress, "exporting the best model and the report ..."):
+        with slow_step(progress, "exporting the best model and the report ..."):
             # Away from the target nothing is timed: the summary says its basis is predicted.
             summary = export_results(study, prep.task, out, target=prep.target,
                                      budget=prep.budget, lut_path=lut_path,
@@ -463,14 +464,14 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
             return objective.untrained_metric(objective.space.policy_from_params(params))
 
         on_target = objective.judge.measures
-        with _status(progress, "refining the warm start: scoring each layer given back ..."):
+        with slow_step(progress, "refining the warm start: scoring each layer given back ..."):
             # On the target it spends the room the start's timing left, and a timing decides
             # where it lands; elsewhere predictions place it, a spread under the limit.
             moves = layer_moves(objective.space, first)
             refined = spend_slack(first, moves, objective.screen_from_timing(first) if on_target
                                   else objective.screen_placed, score, objective.higher_is_better)
         if refined is not None and on_target:
-            with _status(progress, "timing the refined warm start on the target ..."):
+            with slow_step(progress, "timing the refined warm start on the target ..."):
                 refined = walk_back(first, moves, refined[1],
                                     lambda params: _timed_meets(objective, params))
         if refined is not None:
@@ -492,7 +493,7 @@ def uniform_start(objective: Objective, progress: bool = False) -> dict[str, Any
     starts = uniform_starts(objective.space, objective.feasible_params)
     first = next(starts, None)
     if first is not None and objective.judge.measures:
-        with _status(progress, "timing the uniform warm start on the target ..."):
+        with slow_step(progress, "timing the uniform warm start on the target ..."):
             tried = itertools.islice(itertools.chain([first], starts), MAX_START_TIMINGS)
             for first in tried:  # the last one tried stands if none meets
                 if _timed_meets(objective, first):
@@ -539,31 +540,3 @@ def _share_lut(lut: LatencyLUT) -> None:
         lut.save(default_lut_path())
     except (OSError, ValueError) as exc:  # a cache is an optimisation; never fail a run for it
         LOG.info("could not update the shared latency table: %s", exc)
-
-
-class _status:
-    """A rich spinner on stderr while a slow step runs (nothing when progress is off).
-
-    On a stderr that is not a terminal (a batch job's log), where a spinner draws nothing,
-    the step's text is written as one line instead.
-    """
-
-    def __init__(self, enabled: bool, text: str) -> None:
-        self.enabled, self.text, self._cm = enabled, text, None
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            from rich.console import Console
-
-            console = Console(stderr=True)
-            if not console.is_terminal:
-                console.print(self.text, highlight=False, soft_wrap=True)
-                return
-            self._cm = console.status(self.text)  # type: ignore[assignment]
-            self._cm.__enter__()  # type: ignore[attr-defined]
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
-
-
