@@ -117,6 +117,8 @@ def line_point(space: ResolvedSpace, params: Params, t: float,
 # model even where the budget's costs stay the same (a pruning level may round to the
 # channels of the one before).
 VALUE_KNOBS = ("bits", "sparsity")
+# The budget's constraints of a parameter dict: ``(within budget, {constraint: excess})``,
+# excess <= 0 where it holds (Objective.screen_fill).
 Screen = Callable[[Params], tuple[bool, dict[str, float]]]
 IsNew = Callable[[Params], bool]
 

@@ -22,14 +22,9 @@ holds the trial).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from autocompress.engine.fill import Params, Screen
 from autocompress.space import ResolvedSpace
-
-Params = dict[str, Any]
-# The budget's constraints of a parameter dict: ``(within budget, {constraint: excess})``,
-# excess <= 0 where it holds (Objective.screen_fill).
-Screen = Callable[[Params], tuple[bool, dict[str, float]]]
 
 
 def layer_moves(space: ResolvedSpace, start: Params) -> dict[str, Params]:
