@@ -99,6 +99,25 @@ def calibrate_batch_norm(model: nn.Module, shape: tuple[int, ...],
     return model.eval()
 
 
+def init_zero_layers(model: nn.Module) -> nn.Module:
+    """Give random weights (std 0.02) to Linear layers initialised to zero (in place).
+
+    torchvision's ViT starts its classifier at zero, so a random ViT answers every input
+    with the same zero scores: no metric can tell a compressed one from it.
+
+    >>> head = nn.Linear(4, 3)
+    >>> _ = nn.init.zeros_(head.weight)
+    >>> bool(init_zero_layers(nn.Sequential(head))[0].weight.abs().sum() > 0)
+    True
+    """
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and not bool(m.weight.any()):
+                m.weight.copy_(0.02 * torch.randn(m.weight.shape, generator=gen))
+    return model
+
+
 def drop_aux_heads(model: nn.Module) -> nn.Module:
     """Remove the auxiliary classifiers of GoogLeNet and Inception v3 (in place).
 
@@ -143,6 +162,7 @@ def torchvision_task(name: str, checkpoint: str | None = None, image_size: int =
         load_checkpoint(model, checkpoint)
     drop_aux_heads(model)
     if not checkpoint:
+        init_zero_layers(model)
         calibrate_batch_norm(model, shape)
     model.eval()
     train_loader, val_loader = synthetic_loaders(model, shape)
