@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,29 @@ def top1_accuracy(model: nn.Module, loader: DataLoader) -> float:
         total += int(labels.numel())
     model.train(was_training)
     return correct / max(total, 1)
+
+
+@torch.no_grad()
+def mean_cosine(model: nn.Module, loader: Iterable[Any]) -> float:
+    """Mean cosine similarity of ``model``'s outputs to the labels (reference outputs, e.g.
+    embeddings), per row.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> x = torch.randn(4, 3)
+    >>> mean_cosine(nn.Identity(), DataLoader(TensorDataset(x, 2 * x)))
+    1.0
+    """
+    was_training = model.training
+    model.eval()
+    total, rows = 0.0, 0
+    for batch in loader:
+        x, reference = inputs.split_batch(batch)
+        got = inputs.select_output(inputs.call(model, x)).float()
+        sims = nn.functional.cosine_similarity(got.flatten(1), reference.flatten(1).float(), dim=1)
+        total += float(sims.sum())
+        rows += int(sims.numel())
+    model.train(was_training)
+    return round(total / max(rows, 1), 6)
 
 
 @dataclass

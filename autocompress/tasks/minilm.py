@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from autocompress import inputs
 from autocompress.errors import TaskError
-from autocompress.tasks.base import Task
+from autocompress.tasks.base import Task, mean_cosine
 
 MAX_LENGTH = 64
 VAL_SENTENCES = 512
@@ -165,28 +165,6 @@ def embed(model: nn.Module, tokens: dict[str, torch.Tensor], batch: int = 64) ->
     out = torch.cat(parts)
     out[order] = out.clone()  # back to the rows' own order
     return out
-
-
-@torch.no_grad()
-def mean_cosine(model: nn.Module, loader: DataLoader) -> float:
-    """Mean cosine similarity of ``model``'s embeddings to the labels (reference embeddings).
-
-    >>> from torch.utils.data import TensorDataset
-    >>> x = torch.randn(4, 3)
-    >>> mean_cosine(nn.Identity(), DataLoader(TensorDataset(x, 2 * x)))
-    1.0
-    """
-    was_training = model.training
-    model.eval()
-    total, rows = 0.0, 0
-    for batch in loader:
-        x, reference = inputs.split_batch(batch)
-        got = inputs.select_output(inputs.call(model, x)).float()
-        sims = nn.functional.cosine_similarity(got.flatten(1), reference.flatten(1).float(), dim=1)
-        total += float(sims.sum())
-        rows += int(sims.numel())
-    model.train(was_training)
-    return round(total / max(rows, 1), 6)
 
 
 class _Sentences(torch.utils.data.Dataset):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from autocompress.errors import TaskError
-from autocompress.tasks.base import Task
+from autocompress.tasks.base import Task, mean_cosine
 
 SYNTHETIC_TRAIN = 64
 SYNTHETIC_VAL = 32
@@ -40,18 +40,9 @@ def output_cosine_metric(reference: nn.Module):
     """
     reference = reference.eval()
 
-    @torch.no_grad()
     def cosine(model: nn.Module, loader: DataLoader) -> float:
-        was_training = model.training
-        model.eval()
-        total, rows = 0.0, 0
-        for inputs, _ in loader:
-            sims = nn.functional.cosine_similarity(model(inputs).flatten(1).float(),
-                                                   reference(inputs).flatten(1).float(), dim=1)
-            total += float(sims.sum())
-            rows += int(sims.numel())
-        model.train(was_training)
-        return round(total / max(rows, 1), 6)
+        # Each batch labelled by the reference's outputs, as mean_cosine takes them.
+        return mean_cosine(model, ((x, reference(x)) for x, _ in loader))
 
     return cosine
 
