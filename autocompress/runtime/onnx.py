@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import tempfile
 import warnings
@@ -102,9 +103,9 @@ TORCH_EXPORT_OPSET = 18
 
 def _export_with_torch_export(model: nn.Module, args: Any, input_names: list[str],
                               output_names: list[str], axes: dict[str, Any],
-                              path: Path) -> bool:
-    """Export ``model`` to ``path`` with the newer, torch.export-based exporter; False when
-    it fails too.
+                              path: Path, external_data: bool) -> bool:
+    """Export ``model`` to ``path`` (its weights beside it where ``external_data``) with the
+    newer, torch.export-based exporter; False when it fails too.
 
     Only where the TorchScript exporter gave up: the newer one decomposes ops the older one
     rejects, such as an adaptive pool whose output size does not divide its input (AlexNet
@@ -121,7 +122,7 @@ def _export_with_torch_export(model: nn.Module, args: Any, input_names: list[str
                                     opset_version=max(OPSET, TORCH_EXPORT_OPSET), dynamo=True,
                                     verbose=False)
         assert program is not None
-        program.save(path, external_data=weight_bytes(model) > EXTERNAL_DATA_BYTES)
+        program.save(path, external_data=external_data)
         return True
     except Exception:  # the caller reports the first exporter's error, the one a user can act on
         return False
@@ -166,10 +167,12 @@ def export_onnx(
         n = len(output_tensors(out))
         names = ["output"] if n == 1 else [f"output{i}" for i in range(n)]
     axes = onnx_dynamic_axes(x) | {name: {0: "batch"} for name in names}
-    folder = tempfile.TemporaryDirectory(prefix="autocompress-onnx-")
-    # The TorchScript exporter writes external data only when given a file name.
-    raw = Path(folder.name) / "model.onnx"
     large = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    folder = tempfile.TemporaryDirectory(prefix="autocompress-onnx-")
+    raw = Path(folder.name) / "model.onnx"
+    # The TorchScript exporter writes external data only when given a file name; a graph
+    # that fits one message stays in memory.
+    target: str | io.BytesIO = str(raw) if large else io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), positional_forward(model, x) as args, \
             _no_attention_fastpath():
         warnings.simplefilter("ignore")
@@ -177,7 +180,7 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 args,
-                str(raw),
+                target,  # type: ignore[arg-type]  # file-like objects are accepted
                 input_names=input_names,
                 output_names=names,
                 dynamic_axes=axes,
@@ -185,7 +188,7 @@ def export_onnx(
                 dynamo=False,
             )
         except Exception as exc:  # the exporter's errors name an op; the user gets one line
-            if not _export_with_torch_export(model, args, input_names, names, axes, raw):
+            if not _export_with_torch_export(model, args, input_names, names, axes, raw, large):
                 folder.cleanup()
                 first = next((line.strip() for line in str(exc).splitlines() if line.strip()),
                              "")
@@ -194,10 +197,11 @@ def export_onnx(
                     f"{first[:300]}); measure it on a torch target (e.g. --target torch) or "
                     "make its forward exportable"
                 ) from exc
+            target = str(raw)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not large:
-        data = raw.read_bytes()
+        data = target.getvalue() if isinstance(target, io.BytesIO) else raw.read_bytes()
         folder.cleanup()
         if path is not None:
             Path(path).write_bytes(data)
