@@ -415,7 +415,7 @@ class RaySearchBar(Callback):
 
     def __init__(self, total: int, done: int, metric_name: str, higher_is_better: bool,
                  enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, done, enabled
+        self.done = done
         self.metric_name, self.higher_is_better = metric_name, higher_is_better
         self.stopped = self.over = 0
         self.best: tuple[float, float | None] | None = None
