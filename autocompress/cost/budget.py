@@ -147,8 +147,8 @@ class Budget:
         worst = max(violations, key=violations.__getitem__)
         have = smallest.value(worst)
         raise BudgetError(
-            f"budget {worst}<={_fmt(limits[worst], worst)} is below what the smallest policy in "
-            f"the search space reaches ({_fmt(float(have or 0), worst)}); loosen the budget, "
+            f"budget {worst}<={format_cost(limits[worst], worst)} is below what the smallest policy in "
+            f"the search space reaches ({format_cost(float(have or 0), worst)}); loosen the budget, "
             "widen the search space or (for latency) measure at a larger --batch"
         )
 
@@ -162,7 +162,12 @@ class Budget:
         return d
 
 
-def _fmt(value: float, metric: str) -> str:
+def format_cost(value: float, metric: str) -> str:
+    """A cost of ``metric`` with its unit, as budgets write it.
+
+    >>> format_cost(0.84491, "latency"), format_cost(1.5e6, "size"), format_cost(3e7, "macs")
+    ('0.8449ms', '1.5e+06B', '3e+07')
+    """
     if metric == "latency":
         return f"{value:.4g}ms"
     if metric == "size":

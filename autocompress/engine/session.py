@@ -26,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from autocompress.cost import Budget, Costs, Target, analytic_costs, parse_budget, parse_target
+from autocompress.cost.budget import format_cost
 from autocompress.device import check_precision, resolve_device, teacher_on
 from autocompress.device import describe as describe_device
 from autocompress.engine.baselines import uniform_starts
@@ -417,9 +418,14 @@ def _check_reach(objective: Objective, budget: Budget, say: Log) -> bool:
     worst = max(violations, key=violations.__getitem__)
     have = costs.value(worst)
     limit = budget.limits(objective.budget_baseline)[worst]
+    model = objective.budget_baseline.value(worst)
+    # The ratio the space reaches tells a person how far to loosen a relative budget.
+    reach = (f" ({float(have) / model:.2f}x of the uncompressed model's {format_cost(model, worst)})"
+             if have is not None and model else "")
     say(f"warning: budget {budget.text!r} looks out of reach: the cheapest corner of the space "
-        f"predicts {worst} {_fmt(have)} against a limit of {_fmt(limit)}; the search runs, and "
-        "exits 3 if no trial meets it (loosen the budget or widen the space)")
+        f"predicts {worst} {format_cost(float(have or 0), worst)}{reach} against a limit of "
+        f"{format_cost(limit, worst)}; the search runs, and exits 3 if no trial meets it "
+        "(loosen the budget or widen the space)")
     return False
 
 
@@ -515,10 +521,6 @@ def _timed_meets(objective: Objective, params: dict[str, Any]) -> bool:
                                    key=lambda r: r[0] / r[1])
     judge.remember(policy, measured_ms, baseline_ms)
     return judge.judge_measured(objective.predict(policy), measured_ms, baseline_ms).feasible
-
-
-def _fmt(v: float | None) -> str:
-    return "?" if v is None else f"{v:.4g}"
 
 
 def _seed_lut(path: Path) -> Path:
