@@ -212,6 +212,22 @@ def test_the_refined_start_gives_the_budgets_room_to_the_layers_hurt_most(digits
         "uniform", None]
 
 
+def test_on_the_target_the_refined_start_is_placed_by_timings(digits_task, tmp_path):
+    """On the target the refined start is packed from the uniform start's timing and timed
+    before it is a trial (:func:`~autocompress.engine.refine.place_timed`): it gives a layer
+    back, and its trial is judged on that measurement and meets the guarded limit."""
+    from autocompress.engine.judge import MEASURED_GUARD
+
+    fast(digits_task, tmp_path / "run", strategy="tpe", budget="latency<=0.6x",
+         target="torch-1t-b8", trials=2)
+    first, second = load(tmp_path / "run").trials[:2]
+    assert [first.user_attrs["warm_start"], second.user_attrs["warm_start"]] == [
+        "uniform", "refined"]
+    assert any(second.params[k] != first.params[k] for k in first.params)
+    assert second.user_attrs["latency_basis"] == "measured" and second.user_attrs["feasible"]
+    assert second.user_attrs["measured_ratio"] <= 0.6 * (1 - MEASURED_GUARD)
+
+
 def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
     """What a kill -9 leaves behind: a RUNNING trial whose process is gone."""
     out = tmp_path / "run"

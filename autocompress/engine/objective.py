@@ -343,7 +343,7 @@ class Objective:
         refinement spends is the one the timing showed. (Scaled by the search's correction
         instead, a start predicted 3% over the limit and timed 9% under it left no room:
         the correction weighs one timing a third, and every move was screened out.) The
-        refined point is timed in the end (:func:`~autocompress.engine.refine.walk_back`).
+        refined point is timed in the end (:func:`~autocompress.engine.refine.place_timed`).
         Without a timing of ``anchor`` this is :meth:`screen_fill`.
         """
         policy = self.space.policy_from_params(anchor)

@@ -5,15 +5,16 @@ meets the budget with room to spare: 8-bit weights and inputs on every Linear la
 all-MiniLM-L6-v2 run at 0.41x its latency, under a budget of 0.6x. A uniform setting cannot use
 that room; a sampler's first draws rarely find it among 150 knobs. As mixed-precision
 allocators do (AIMET's and Model Optimizer's per-layer sensitivities), each layer is given back
-one level of each of its compressed knobs alone, the model is scored without a fine-tune, and
-the layers whose scores gain most per unit of budget are given back while the budget holds.
-At most :data:`MAX_SCORED_MOVES` layers are scored, those whose moves use least budget.
-The result is the sampled search's second planned trial.
+one level of each of its compressed knobs alone, the model is scored without a fine-tune
+(:func:`rank_moves`), and the layers whose scores gain most per unit of budget are given
+back while the budget holds (:func:`pack`). At most :data:`MAX_SCORED_MOVES` layers are
+scored, those whose moves use least budget. The result is the sampled search's second
+planned trial.
 
-On the target the packed point is then timed, and the last layers given back are taken
-away again until it meets the budget (:func:`walk_back`): predictions place it, a
-measurement decides, as for every candidate. Away from the target it is packed one spread
-of the corrected predictions under the limit instead.
+On the target the packed point is then timed, and packed again under its own timing until
+one meets the budget (:func:`place_timed`): predictions place it, a measurement decides,
+as for every candidate. Away from the target it is packed one spread of the corrected
+predictions under the limit instead.
 
 Pure given its scores and timings: a resumed run does not compute it again (the study
 holds the trial).
@@ -61,7 +62,7 @@ def layer_moves(space: ResolvedSpace, start: Params) -> dict[str, Params]:
 MAX_SCORED_MOVES = 48
 
 
-def spend_slack(
+def rank_moves(
     start: Params,
     moves: dict[str, Params],
     screen: Screen,
@@ -69,16 +70,13 @@ def spend_slack(
     higher_is_better: bool = True,
     progress: Callable[[int, int], None] | None = None,
     limit: int = MAX_SCORED_MOVES,
-) -> tuple[Params, list[str]] | None:
-    """``start`` with layers given back a level (their ``moves``, :func:`layer_moves`) while
-    ``screen`` holds, and which ones in the order taken; None when no layer's move fits the
-    budget or gains.
+) -> list[str]:
+    """The layers whose ``moves`` (:func:`layer_moves`) fit the budget alone on ``start`` and
+    gain, best gain per unit of the budget first; empty when ``start`` misses ``screen``.
 
-    Only moves that fit the budget alone are scored (``score``: the metric without a
-    fine-tune), so a start at the budget's edge costs predictions only, and of those at most
-    ``limit``, the ones that use least of the budget: moves are taken by gain per unit of
-    the tightest constraint they use, best first, so among like gains the cheapest lead.
-    Each is taken while the budget still holds with the ones taken before.
+    Only moves that fit alone are scored (``score``: the metric without a fine-tune), so a
+    start at the budget's edge costs predictions only, and of those at most ``limit``, the
+    ones that use least of the tightest constraint: among like gains the cheapest lead.
 
     >>> start = {"a/bits": 8, "b/bits": 8}
     >>> moves = {layer: {f"{layer}/bits": 32} for layer in "ab"}
@@ -87,59 +85,107 @@ def spend_slack(
     ...     return floats <= 1, {"size": floats - 1.0}
     >>> def score(p):  # b loses more to 8 bits than a
     ...     return 0.9 + 0.05 * (p["a/bits"] == 32) + 0.08 * (p["b/bits"] == 32)
-    >>> spend_slack(start, moves, one_float_layer, score)
-    ({'a/bits': 8, 'b/bits': 32}, ['b'])
-    >>> spend_slack(start, moves, one_float_layer, score, limit=1)  # a and b use alike: a
-    ({'a/bits': 32, 'b/bits': 8}, ['a'])
+    >>> rank_moves(start, moves, one_float_layer, score)
+    ['b', 'a']
+    >>> rank_moves(start, moves, one_float_layer, score, limit=1)  # a and b use alike: a
+    ['a']
     """
     ok, base_constraints = screen(start)
     if not ok:
-        return None
+        return []
     used0 = max(base_constraints.values(), default=0.0)
     fitting: list[tuple[str, Params, float]] = []
     for layer, move in moves.items():
         fits, constraints = screen({**start, **move})
         if fits:
             fitting.append((layer, move, max(constraints.values(), default=0.0) - used0))
-    if not fitting:
-        return None
     fitting = sorted(fitting, key=lambda f: f[2])[:limit]  # stable: module order among ties
-    base = score(start)
-    ranked: list[tuple[float, str, Params]] = []
+    base = score(start) if fitting else 0.0
+    ranked: list[tuple[float, str]] = []
     for i, (layer, move, used) in enumerate(fitting):
         metric = score({**start, **move})
         gain = metric - base if higher_is_better else base - metric
         if gain > 0:
             # A move that uses none of the budget (or frees some) goes first.
-            ranked.append((gain / used if used > 1e-12 else float("inf"), layer, move))
+            ranked.append((gain / used if used > 1e-12 else float("inf"), layer))
         if progress:
             progress(i + 1, len(fitting))
     ranked.sort(key=lambda r: (-r[0], r[1]))
+    return [layer for _, layer in ranked]
+
+
+def pack(start: Params, moves: dict[str, Params], ranked: list[str],
+         screen: Screen) -> tuple[Params, list[str]] | None:
+    """``start`` with the ``ranked`` layers' ``moves`` taken in order, each while ``screen``
+    still holds with those taken before, and the layers taken; None when none is.
+
+    >>> start = {"a/bits": 8, "b/bits": 8, "c/bits": 8}
+    >>> moves = {layer: {f"{layer}/bits": 32} for layer in "abc"}
+    >>> def two_float_layers_not_c_with_a(p):
+    ...     floats = sum(v == 32 for v in p.values())
+    ...     ok = floats <= 2 and not (p["a/bits"] == p["c/bits"] == 32)
+    ...     return ok, {"size": floats - 2.0}
+    >>> pack(start, moves, ["c", "a", "b"], two_float_layers_not_c_with_a)  # a is skipped
+    ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
+    """
     current, taken = dict(start), list[str]()
-    for _, layer, move in ranked:
-        candidate = {**current, **move}
+    for layer in ranked:
+        candidate = {**current, **moves[layer]}
         if screen(candidate)[0]:
             current, taken = candidate, [*taken, layer]
     return (current, taken) if taken else None
 
 
-def walk_back(start: Params, moves: dict[str, Params], given_back: list[str],
-              meets: Callable[[Params], bool]) -> tuple[Params, list[str]] | None:
-    """The longest prefix of ``given_back`` (layers, in the order :func:`spend_slack` took
-    them) whose ``moves`` (:func:`layer_moves`) on ``start`` ``meets`` accepts, trying the
-    longest first; None when not even the first layer's move does.
+# Timed packings of the refined start at most (MiniLM: ~30 s each, two readings).
+MAX_PLACEMENTS = 4
+
+
+def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
+                screen_from: Callable[[Params], Screen], meets: Callable[[Params], bool],
+                tries: int = MAX_PLACEMENTS) -> tuple[Params, list[str]] | None:
+    """:func:`pack` ``ranked`` on ``start`` under ``screen_from(start)`` (predictions scaled by
+    the start's timing), and time the packing (``meets``). When it misses, pack again under
+    that screen and ``screen_from`` the missed point (scaled by its own timing), and so on:
+    every timing so far must accept a packing. None when no packing meets within ``tries``.
+
+    A packing that misses is mostly off by its own neighbours' error, so its timing is the
+    better scale for the next one. Walking back the order the moves were taken in instead
+    dropped every layer after the first one that used much of the budget (MiniLM at 0.4x
+    kept only its output layer), where cheaper moves further down the order still fit.
 
     >>> start = {"a/bits": 8, "b/bits": 8, "c/bits": 8}
     >>> moves = {layer: {f"{layer}/bits": 32} for layer in "abc"}
-    >>> def one_float_layer(p):  # what a timing allows
-    ...     return sum(v == 32 for v in p.values()) <= 1
-    >>> walk_back(start, moves, ["c", "a"], one_float_layer)
-    ({'a/bits': 8, 'b/bits': 8, 'c/bits': 32}, ['c'])
+    >>> predicted = {"a/bits": 0.8, "b/bits": 0.6, "c/bits": 0.9}  # a layer at float costs
+    >>> true = {**predicted, "c/bits": 1.4}  # the table is wrong about c
+    >>> def cost(p, costs):
+    ...     return sum(costs[k] for k, v in p.items() if v == 32)
+    >>> scales = {}  # each timed point's timing over its prediction
+    >>> def screen_from(anchor):
+    ...     scale = scales.get(tuple(sorted(anchor.items())), 1.0)
+    ...     return lambda p: (cost(p, predicted) * scale <= 2, {"size": 0.0})
+    >>> def meets(p):  # a budget of 2
+    ...     scales[tuple(sorted(p.items()))] = cost(p, true) / cost(p, predicted)
+    ...     return cost(p, true) <= 2
+    >>> place_timed(start, moves, ["c", "a", "b"], screen_from, meets)  # c, a misses: c, b
+    ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
     """
-    for k in range(len(given_back), 0, -1):
-        params = dict(start)
-        for layer in given_back[:k]:
-            params.update(moves[layer])
-        if meets(params):
-            return params, given_back[:k]
+    screens = [screen_from(start)]
+
+    def every_timing(params: Params) -> tuple[bool, dict[str, float]]:
+        verdicts = [s(params) for s in screens]
+        worst: dict[str, float] = {}
+        for _, constraints in verdicts:
+            for k, v in constraints.items():
+                worst[k] = max(worst.get(k, v), v)
+        return all(ok for ok, _ in verdicts), worst
+
+    tried: list[Params] = []
+    for _ in range(tries):
+        packed = pack(start, moves, ranked, every_timing)
+        if packed is None or packed[0] in tried:
+            return None
+        if meets(packed[0]):
+            return packed
+        tried.append(packed[0])
+        screens.append(screen_from(packed[0]))
     return None

@@ -449,12 +449,12 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     policy a person would try first (:func:`uniform_start`), also the uniform baseline's
     first candidate, so the search's best is never below it. ``refined``
     (``warm_start: refined``, the default): that policy with the budget's room left given
-    back to the layers it hurts most (:func:`~autocompress.engine.refine.spend_slack`; one
+    back to the layers it hurts most (:func:`~autocompress.engine.refine.rank_moves`; one
     score without a fine-tune per layer whose move fits, for at most
     :data:`~autocompress.engine.refine.MAX_SCORED_MOVES` layers). On the target it spends the
     room the start's timing left (:meth:`~autocompress.engine.objective.Objective.screen_from_timing`)
-    and is timed and walked back until it meets the budget
-    (:func:`~autocompress.engine.refine.walk_back`). Empty
+    and is timed, and packed again under its own timing until it meets the budget
+    (:func:`~autocompress.engine.refine.place_timed`). Empty
     for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
     if cfg.warm_start == "none" or cfg.strategy not in WARM_STARTED:
@@ -464,22 +464,25 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
         return []
     out = [(first, "uniform")]
     if cfg.warm_start == "refined":
-        from autocompress.engine.refine import layer_moves, spend_slack, walk_back
+        from autocompress.engine.refine import layer_moves, pack, place_timed, rank_moves
 
         def score(params: dict[str, Any]) -> float:
             return objective.untrained_metric(objective.space.policy_from_params(params))
 
         on_target = objective.judge.measures
         with slow_step(progress, "refining the warm start: scoring each layer given back ..."):
-            # On the target it spends the room the start's timing left, and a timing decides
+            # On the target it spends the room the start's timing left, and timings decide
             # where it lands; elsewhere predictions place it, a spread under the limit.
             moves = layer_moves(objective.space, first)
-            refined = spend_slack(first, moves, objective.screen_from_timing(first) if on_target
-                                  else objective.screen_placed, score, objective.higher_is_better)
-        if refined is not None and on_target:
+            ranked = rank_moves(first, moves, objective.screen_from_timing(first) if on_target
+                                else objective.screen_placed, score, objective.higher_is_better)
+        refined: tuple[dict[str, Any], list[str]] | None = None
+        if ranked and on_target:
             with slow_step(progress, "timing the refined warm start on the target ..."):
-                refined = walk_back(first, moves, refined[1],
-                                    lambda params: _timed_meets(objective, params))
+                refined = place_timed(first, moves, ranked, objective.screen_from_timing,
+                                      lambda params: _timed_meets(objective, params))
+        elif ranked:
+            refined = pack(first, moves, ranked, objective.screen_placed)
         if refined is not None:
             out.append((refined[0], "refined"))
     return out
