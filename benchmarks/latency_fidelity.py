@@ -129,11 +129,27 @@ def score_cells(lut: dict[str, float], macs: dict[str, float]) -> str:
             f"| {'yes' if beats else 'no'}")
 
 
+def _row_key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return r["task"], r["target"], r.get("cpu", "")
+
+
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    cpus = {r["cpu"] for r in results if "cpu" in r}
+    # Rows from several CPUs name theirs: one target name is another machine on each.
+    if len(cpus) > 1:
+        results = sorted(results, key=lambda r: r.get("cpu", ""))
+
+    def key(r: dict[str, Any]) -> str:
+        cpu = f" | {r.get('cpu', meta['cpu'])}" if len(cpus) > 1 else ""
+        return f"| {r['task']} | {r['target']}{cpu} "
+
+    key_header = "| task | target " + ("| cpu " if len(cpus) > 1 else "")
+    key_rule = "|---|---|" + ("---|" if len(cpus) > 1 else "")
     lines = [
         "# Latency-model fidelity",
         "",
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores), torch {meta['torch']}, "
+        f"Measured {meta['date']} on {' and '.join(sorted(cpus)) or meta['cpu']} "
+        f"({meta['cores']} cores), torch {meta['torch']}, "
         f"onnxruntime {meta['onnxruntime']}; {meta['policies']} seeded random policies per row "
         f"(seed {meta['seed']}; "
         + ("levels of each task's default search space, as a random search draws them"
@@ -146,10 +162,10 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "tau = Kendall tau; MAPE and within +-10% in percent. Load = 1-minute load average at",
         "start/end of the row (2 cores: anything near or above 1 means another process competed).",
         "",
-        "| task | target | baseline ms | LUT tau | LUT MAPE | LUT within 10% | MACs tau | MACs MAPE "
+        key_header + "| baseline ms | LUT tau | LUT MAPE | LUT within 10% | MACs tau | MACs MAPE "
         "| MACs within 10% | LUT beats MACs | ceiling tau / within 10% | noise % "
         "| LUT build (base) | LUT entries / s | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|",
+        key_rule + "---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|---:|---:|---|",
     ]
     dates = sorted({r["date"] for r in results if "date" in r})
     if len(dates) > 1:
@@ -157,7 +173,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in results:
         diag = diagnostics(r)
         lines.append(
-            f"| {r['task']} | {r['target']} | {r['baseline_ms']:.3f} "
+            key(r) + f"| {r['baseline_ms']:.3f} "
             f"| {score_cells(r['lut'], r['macs'])} "
             f"| {diag['ceiling_tau']:.3f} / {diag['ceiling_within_10pct']:.0f} "
             f"| {diag['noise_pct']:.1f} "
@@ -177,13 +193,12 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "model. Both sides of a ratio are timed seconds apart, so the machine's speed drifting",
             "over minutes cancels out; the table's entries still carry it.",
             "",
-            "| task | target | LUT tau | LUT MAPE | LUT within 10% | MACs tau | MACs MAPE "
+            key_header + "| LUT tau | LUT MAPE | LUT within 10% | MACs tau | MACs MAPE "
             "| MACs within 10% | LUT beats MACs |",
-            "|---|---|---:|---:|---:|---:|---:|---:|:-:|",
+            key_rule + "---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for r in relative:
-            lines.append(f"| {r['task']} | {r['target']} "
-                         f"| {score_cells(r['lut_relative'], r['macs_relative'])} |")
+            lines.append(key(r) + f"| {score_cells(r['lut_relative'], r['macs_relative'])} |")
     retested = [r for r in results if r.get("retest")]
     if retested:
         lines += [
@@ -194,14 +209,14 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "with itself: a row whose retest misses tau 0.9 or 90% within 10% cannot meet those",
             "targets on this machine, whatever the model.",
             "",
-            "| task | target | ms: tau | MAPE | within 10% | ratio: tau | MAPE | within 10% "
+            key_header + "| ms: tau | MAPE | within 10% | ratio: tau | MAPE | within 10% "
             "| LUT ratio: tau | within 10% |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            key_rule + "---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in retested:
             a, b, lut = r["retest"], r["retest_relative"], r["lut_relative"]
             lines.append(
-                f"| {r['task']} | {r['target']} | {a['kendall_tau']:.3f} | {a['mape']:.1f} "
+                key(r) + f"| {a['kendall_tau']:.3f} | {a['mape']:.1f} "
                 f"| {a['within_10pct']:.0f} | {b['kendall_tau']:.3f} | {b['mape']:.1f} "
                 f"| {b['within_10pct']:.0f} | {lut['kendall_tau']:.3f} "
                 f"| {lut['within_10pct']:.0f} |")
@@ -410,12 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         "sampler": args.sampler, "runs": args.runs,
         "quiet_wait_s": args.quiet_wait, "quiet_budget_s": args.quiet_budget,
     }
+    results = [{"cpu": cpu["cpu"], **r} for r in results]
     saved_json = args.out.with_suffix(".json")
     if args.merge and saved_json.is_file():
         saved = json.loads(saved_json.read_text())
-        new = {(r["task"], r["target"]) for r in results}
-        kept = [{"date": saved["meta"]["date"], **r} for r in saved["results"]
-                if (r["task"], r["target"]) not in new]
+        # The default target resolves per machine (`ort` is `ort-cpu-1t` on 2 cores), so a
+        # row measured on another CPU is kept beside this one's, not replaced.
+        new = {_row_key(r) for r in results}
+        kept = [{"date": saved["meta"]["date"], "cpu": saved["meta"]["cpu"], **r}
+                for r in saved["results"]
+                if _row_key({"cpu": saved["meta"]["cpu"], **r}) not in new]
         results = kept + results
         meta["wall_s"] += float(saved["meta"].get("wall_s", 0.0))
     args.out.parent.mkdir(parents=True, exist_ok=True)
