@@ -433,6 +433,45 @@ def test_on_the_target_the_refinement_spends_the_room_the_start_timed(digits_tas
             raw * timed / predicted / 0.6 - 1 + MEASURED_GUARD)
 
 
+def test_after_a_miss_the_refinement_reads_timings_off_the_line_through_both(digits_task,
+                                                                           tmp_path):
+    """Once a packing of the refined start times over the limit, a point's measured ratio is
+    read off the line through the start's timing and the miss's: both timed points read as
+    timed (the miss is screened out, the start keeps its room), and a point between them
+    reads between."""
+    from autocompress.engine.baselines import uniform_starts
+    from autocompress.engine.config import SearchConfig
+    from autocompress.engine.judge import MEASURED_GUARD
+    from autocompress.engine.session import prepare_run
+
+    cfg = SearchConfig.build(None, {
+        "task": "digits", "budget": "latency<=0.6x", "target": "torch-1t-b8", "trials": 1,
+        "finetune_steps": 1, "out": str(tmp_path / "run"), "export": False})
+    objective = prepare_run(cfg, task=digits_task, warm_start=False).objective
+    start = next(uniform_starts(objective.space, objective.feasible_params))
+    prunes = [k for k in start if k.endswith("/prune") and start[k] > 0]
+    assert len(prunes) >= 2
+    half = {**start, prunes[0]: 0.0}  # one layer given back
+    missed = {**half, prunes[1]: 0.0}  # two layers given back
+    policy = objective.space.policy_from_params
+
+    def predicted(params):
+        return objective.judge.predicted_ratio(objective.predict_raw(policy(params)))
+
+    assert predicted(start) < predicted(half) < predicted(missed)
+    objective.judge.remember(policy(start), 0.50, 1.0)
+    objective.judge.remember(policy(missed), 0.62, 1.0)
+    screen = objective.screen_from_timing(start, missed)
+
+    def read(params):
+        return (screen(params)[1]["latency"] - MEASURED_GUARD + 1) * 0.6
+
+    assert read(start) == pytest.approx(0.50) and screen(start)[0]
+    assert read(missed) == pytest.approx(0.62) and not screen(missed)[0]
+    share = (predicted(half) - predicted(start)) / (predicted(missed) - predicted(start))
+    assert read(half) == pytest.approx(0.50 + 0.12 * share)
+
+
 def test_progress_in_a_log_is_one_line_per_trial(capsys):
     """The bar the in-process search and Ray's callback share: where stderr is not a
     terminal (a batch job's log; here pytest's capture), a line per trial, none for a

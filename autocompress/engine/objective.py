@@ -333,33 +333,55 @@ class Objective:
         return ok and constraints.get(LATENCY, -1.0) <= -margin, constraints
 
     def screen_from_timing(
-        self, anchor: dict[str, Any]
+        self, anchor: dict[str, Any], missed: dict[str, Any] | None = None
     ) -> Callable[[dict[str, Any]], tuple[bool, dict[str, float]]]:
         """:meth:`screen_fill` for points near ``anchor``, a point timed on the target: each
-        latency prediction scaled by the anchor's timing over the anchor's prediction.
+        latency prediction scaled by the anchor's timing over the anchor's prediction. With
+        ``missed``, a point further out that was timed too, the measured ratio is read off
+        the line through both timings instead.
 
         The refined warm start gives layers back from a timed uniform start, one level each.
         The table's error on the start is mostly its neighbours' error too, so the slack the
         refinement spends is the one the timing showed. (Scaled by the search's correction
         instead, a start predicted 3% over the limit and timed 9% under it left no room:
-        the correction weighs one timing a third, and every move was screened out.) The
-        refined point is timed in the end (:func:`~autocompress.engine.refine.place_timed`).
+        the correction weighs one timing a third, and every move was screened out.) When
+        its packing times over the limit (:func:`~autocompress.engine.refine.place_timed`),
+        the line through the start and that miss says what the moves cost: a ratio scale
+        read off the miss alone put MiniLM's start itself at the limit, and left no room.
         Without a timing of ``anchor`` this is :meth:`screen_fill`.
         """
-        policy = self.space.policy_from_params(anchor)
-        timed = self.judge.remembered_ratio(policy)
-        predicted = self.judge.predicted_ratio(self.predict_raw(policy))
+        timed, predicted = self._timed_and_predicted(anchor)
         if timed is None or not predicted:
             return self.screen_fill
-        scale = timed / predicted
+
+        def measured(ratio: float) -> float:
+            return ratio * timed / predicted
+
+        if missed is not None:
+            far, far_predicted = self._timed_and_predicted(missed)
+            if far is not None and far_predicted is not None and far_predicted > predicted:
+                slope = (far - timed) / (far_predicted - predicted)
+
+                def measured(ratio: float) -> float:
+                    return timed + slope * (ratio - predicted)
+
+        reference_ms = self.judge.reference.latency_ms
+        assert reference_ms
 
         def screen(params: dict[str, Any]) -> tuple[bool, dict[str, float]]:
             raw = self.predict_raw(self.space.policy_from_params(params))
-            assert raw.latency_ms is not None
-            _, constraints = self.check(raw.with_latency(raw.latency_ms * scale))
+            ratio = self.judge.predicted_ratio(raw)
+            assert ratio is not None
+            _, constraints = self.check(raw.with_latency(measured(ratio) * reference_ms))
             return all(v <= 0 for v in constraints.values()), constraints
 
         return screen
+
+    def _timed_and_predicted(self, params: dict[str, Any]) -> tuple[float | None, float | None]:
+        """A point's remembered measured ratio and its uncorrected predicted ratio."""
+        policy = self.space.policy_from_params(params)
+        return (self.judge.remembered_ratio(policy),
+                self.judge.predicted_ratio(self.predict_raw(policy)))
 
     def screen(self, policy: CompressionPolicy) -> Screening:
         """Predict a candidate's costs and screen it: nothing is built or fine-tuned.

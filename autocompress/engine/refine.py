@@ -11,8 +11,8 @@ back while the budget holds (:func:`pack`). At most :data:`MAX_SCORED_MOVES` lay
 scored, those whose moves use least budget. The result is the sampled search's second
 planned trial.
 
-On the target the packed point is then timed, and packed again under its own timing until
-one meets the budget (:func:`place_timed`): predictions place it, a measurement decides,
+On the target the packed point is then timed, and packed again under the line through the
+start's timing and its own until one meets the budget (:func:`place_timed`): predictions place it, a measurement decides,
 as for every candidate. Away from the target it is packed one spread of the corrected
 predictions under the limit instead.
 
@@ -141,17 +141,18 @@ MAX_PLACEMENTS = 4
 
 
 def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
-                screen_from: Callable[[Params], Screen], meets: Callable[[Params], bool],
+                screen_after: Callable[[Params | None], Screen], meets: Callable[[Params], bool],
                 tries: int = MAX_PLACEMENTS) -> tuple[Params, list[str]] | None:
-    """:func:`pack` ``ranked`` on ``start`` under ``screen_from(start)`` (predictions scaled by
+    """:func:`pack` ``ranked`` on ``start`` under ``screen_after(None)`` (predictions scaled by
     the start's timing), and time the packing (``meets``). When it misses, pack again under
-    that screen and ``screen_from`` the missed point (scaled by its own timing), and so on:
-    every timing so far must accept a packing. None when no packing meets within ``tries``.
+    that screen and ``screen_after(missed)`` (predictions read off the line through the
+    start's timing and the missed point's), and so on: every screen so far must accept a
+    packing. None when no packing meets within ``tries``.
 
-    A packing that misses is mostly off by its own neighbours' error, so its timing is the
-    better scale for the next one. Walking back the order the moves were taken in instead
-    dropped every layer after the first one that used much of the budget (MiniLM at 0.4x
-    kept only its output layer), where cheaper moves further down the order still fit.
+    A packing that misses shows what its moves cost on the target. Walking back the order
+    the moves were taken in instead dropped every layer after the first one that used much
+    of the budget (MiniLM at 0.4x kept only its output layer), where cheaper moves further
+    down the order still fit.
 
     >>> start = {"a/bits": 8, "b/bits": 8, "c/bits": 8}
     >>> moves = {layer: {f"{layer}/bits": 32} for layer in "abc"}
@@ -159,19 +160,17 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
     >>> true = {**predicted, "c/bits": 1.4}  # the table is wrong about c
     >>> def cost(p, costs):
     ...     return sum(costs[k] for k, v in p.items() if v == 32)
-    >>> scales = {}  # each timed point's timing over its prediction
-    >>> def screen_from(anchor):
-    ...     scale = scales.get(tuple(sorted(anchor.items())), 1.0)
-    ...     return lambda p: (cost(p, predicted) * scale <= 2, {"size": 0.0})
+    >>> def screen_after(missed):  # the line through the start (cost 0) and the miss
+    ...     slope = 1.0 if missed is None else cost(missed, true) / cost(missed, predicted)
+    ...     return lambda p: (cost(p, predicted) * slope <= 2, {"size": 0.0})
     >>> def meets(p):  # a budget of 2
-    ...     scales[tuple(sorted(p.items()))] = cost(p, true) / cost(p, predicted)
     ...     return cost(p, true) <= 2
-    >>> place_timed(start, moves, ["c", "a", "b"], screen_from, meets)  # c, a misses: c, b
+    >>> place_timed(start, moves, ["c", "a", "b"], screen_after, meets)  # c, a misses: c, b
     ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
     """
-    screens = [screen_from(start)]
+    screens = [screen_after(None)]
 
-    def every_timing(params: Params) -> tuple[bool, dict[str, float]]:
+    def every_screen(params: Params) -> tuple[bool, dict[str, float]]:
         verdicts = [s(params) for s in screens]
         worst: dict[str, float] = {}
         for _, constraints in verdicts:
@@ -181,11 +180,11 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
 
     tried: list[Params] = []
     for _ in range(tries):
-        packed = pack(start, moves, ranked, every_timing)
+        packed = pack(start, moves, ranked, every_screen)
         if packed is None or packed[0] in tried:
             return None
         if meets(packed[0]):
             return packed
         tried.append(packed[0])
-        screens.append(screen_from(packed[0]))
+        screens.append(screen_after(packed[0]))
     return None

@@ -453,7 +453,7 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
     score without a fine-tune per layer whose move fits, for at most
     :data:`~autocompress.engine.refine.MAX_SCORED_MOVES` layers). On the target it spends the
     room the start's timing left (:meth:`~autocompress.engine.objective.Objective.screen_from_timing`)
-    and is timed, and packed again under its own timing until it meets the budget
+    and is timed, and packed again under the line through both timings until it meets
     (:func:`~autocompress.engine.refine.place_timed`). Empty
     for other strategies, ``warm_start: none``, or a budget no uniform policy meets.
     """
@@ -479,8 +479,10 @@ def warm_starts(cfg: SearchConfig, objective: Objective,
         refined: tuple[dict[str, Any], list[str]] | None = None
         if ranked and on_target:
             with slow_step(progress, "timing the refined warm start on the target ..."):
-                refined = place_timed(first, moves, ranked, objective.screen_from_timing,
-                                      lambda params: _timed_meets(objective, params))
+                refined = place_timed(
+                    first, moves, ranked,
+                    lambda missed: objective.screen_from_timing(first, missed),
+                    lambda params: _timed_meets(objective, params))
         elif ranked:
             refined = pack(first, moves, ranked, objective.screen_placed)
         if refined is not None:
