@@ -147,7 +147,8 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
     the start's timing), and time the packing (``meets``). When it misses, pack again under
     that screen and ``screen_after(missed)`` (predictions read off the line through the
     start's timing and the missed point's), and so on: every screen so far must accept a
-    packing. None when no packing meets within ``tries``.
+    packing, and from the third packing on it uses only a half, then a quarter of the room
+    the start left. None when no packing meets within ``tries``.
 
     A packing that misses shows what its moves cost on the target. Walking back the order
     the moves were taken in instead dropped every layer after the first one that used much
@@ -162,11 +163,16 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
     ...     return sum(costs[k] for k, v in p.items() if v == 32)
     >>> def screen_after(missed):  # the line through the start (cost 0) and the miss
     ...     slope = 1.0 if missed is None else cost(missed, true) / cost(missed, predicted)
-    ...     return lambda p: (cost(p, predicted) * slope <= 2, {"size": 0.0})
+    ...     return lambda p: (cost(p, predicted) * slope <= 2,
+    ...                       {"size": cost(p, predicted) * slope / 2 - 1})
     >>> def meets(p):  # a budget of 2
     ...     return cost(p, true) <= 2
     >>> place_timed(start, moves, ["c", "a", "b"], screen_after, meets)  # c, a misses: c, b
     ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
+    >>> def unlucky(p):  # timings that miss every pair: the third packing uses half the room
+    ...     return sum(v == 32 for v in p.values()) < 2
+    >>> place_timed(start, moves, ["c", "a", "b"], screen_after, unlucky)
+    ({'a/bits': 8, 'b/bits': 32, 'c/bits': 8}, ['b'])
     """
     screens = [screen_after(None)]
 
@@ -179,8 +185,19 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
         return all(ok for ok, _ in verdicts), worst
 
     tried: list[Params] = []
-    for _ in range(tries):
-        packed = pack(start, moves, ranked, every_screen)
+    for attempt in range(tries):
+        # A second miss on a line that placed the packing at the limit is the timings' noise:
+        # later packings aim at a half, then a quarter of the room the start left.
+        room = 0.5 ** max(0, attempt - 1)
+        _, at_start = every_screen(start)
+
+        def within(params: Params, room: float = room,
+                   at_start: dict[str, float] = at_start) -> tuple[bool, dict[str, float]]:
+            ok, constraints = every_screen(params)
+            return ok and all(v <= at_start[k] * (1 - room) for k, v in constraints.items()
+                              if at_start.get(k, 0.0) < 0), constraints
+
+        packed = pack(start, moves, ranked, within)
         if packed is None or packed[0] in tried:
             return None
         if meets(packed[0]):
