@@ -215,17 +215,19 @@ def test_the_refined_start_gives_the_budgets_room_to_the_layers_hurt_most(digits
 def test_on_the_target_the_refined_start_is_placed_by_timings(digits_task, tmp_path):
     """On the target the refined start is packed from the uniform start's timing and timed
     before it is a trial (:func:`~autocompress.engine.refine.place_timed`): it gives a layer
-    back, and its trial is judged on that measurement and meets the guarded limit."""
+    back, and its trial is judged on that measurement and meets the guarded limit. Size is
+    the clause that binds, so the latency clause leaves room that timing noise cannot
+    take away; a latency clause alone puts the start within a few percent of its limit."""
     from autocompress.engine.judge import MEASURED_GUARD
 
-    fast(digits_task, tmp_path / "run", strategy="tpe", budget="latency<=0.6x",
+    fast(digits_task, tmp_path / "run", strategy="tpe", budget="size<=10%,latency<=0.9x",
          target="torch-1t-b8", trials=2)
     first, second = load(tmp_path / "run").trials[:2]
     assert [first.user_attrs["warm_start"], second.user_attrs["warm_start"]] == [
         "uniform", "refined"]
     assert any(second.params[k] != first.params[k] for k in first.params)
     assert second.user_attrs["latency_basis"] == "measured" and second.user_attrs["feasible"]
-    assert second.user_attrs["measured_ratio"] <= 0.6 * (1 - MEASURED_GUARD)
+    assert second.user_attrs["measured_ratio"] <= 0.9 * (1 - MEASURED_GUARD)
 
 
 def test_trial_of_a_dead_process_is_failed_and_run_again(digits_task, tmp_path):
