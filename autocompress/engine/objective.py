@@ -354,16 +354,16 @@ class Objective:
         if timed is None or not predicted:
             return self.screen_fill
 
-        def measured(ratio: float) -> float:
-            return ratio * timed / predicted
-
+        # A line through the anchor's timing: through the origin (a scale) alone, through
+        # the missed point's timing when there is one.
+        slope = timed / predicted
         if missed is not None:
             far, far_predicted = self._timed_and_predicted(missed)
             if far is not None and far_predicted is not None and far_predicted > predicted:
                 slope = (far - timed) / (far_predicted - predicted)
 
-                def measured(ratio: float) -> float:
-                    return timed + slope * (ratio - predicted)
+        def measured(ratio: float) -> float:
+            return timed + slope * (ratio - predicted)
 
         reference_ms = self.judge.reference.latency_ms
         assert reference_ms

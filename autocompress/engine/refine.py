@@ -12,9 +12,9 @@ scored, those whose moves use least budget. The result is the sampled search's s
 planned trial.
 
 On the target the packed point is then timed, and packed again under the line through the
-start's timing and its own until one meets the budget (:func:`place_timed`): predictions place it, a measurement decides,
-as for every candidate. Away from the target it is packed one spread of the corrected
-predictions under the limit instead.
+start's timing and its own until one meets the budget (:func:`place_timed`): predictions
+place it, a measurement decides, as for every candidate. Away from the target it is packed
+one spread of the corrected predictions under the limit instead.
 
 Pure given its scores and timings: a resumed run does not compute it again (the study
 holds the trial).

@@ -525,9 +525,10 @@ def _timed_meets(objective: Objective, params: dict[str, Any]) -> bool:
     measured_ms, baseline_ms = max((judge.measure(policy) for _ in range(PLACEMENT_TIMINGS)),
                                    key=lambda r: r[0] / r[1])
     judge.remember(policy, measured_ms, baseline_ms)
-    feasible = judge.judge_measured(objective.predict(policy), measured_ms, baseline_ms).feasible
+    raw = objective.predict_raw(policy)
+    feasible = judge.judge_measured(judge.corrected(raw), measured_ms, baseline_ms).feasible
     LOG.info("warm start placement: predicted ratio %.4f (uncorrected), timed %.4f: %s",
-             judge.predicted_ratio(objective.predict_raw(policy)) or float("nan"),
+             judge.predicted_ratio(raw) or float("nan"),
              measured_ms / baseline_ms, "meets" if feasible else "misses")
     return feasible
 
