@@ -87,3 +87,21 @@ def test_a_claim_lapses_when_its_trial_fails():
     study.tell(done, 0.9)
     taken = TakenPolicies(study)
     assert not taken.is_new(policy) and taken.earlier(policy).number == done.number
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the dead trial is asked by hand
+def test_a_worker_leaves_no_dead_workers_trial_running(tmp_path):
+    """The study already holds its trials when a worker looks, but another worker died
+    mid-trial: the dead trial is failed once stale and its retry run, not left RUNNING."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1,
+                           grace_period=2)
+    study = optuna.create_study(storage=storage)
+    dead = study.ask()
+    x = dead.suggest_float("x", 0, 1)
+    storage.record_heartbeat(dead._trial_id)  # one beat, then its worker was killed
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    result = run_worker(study, lambda t: t.suggest_float("x", 0, 1), 2, poll_s=0.2)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states[dead.number] == TrialState.FAIL
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert result.trials_run == 1 and study.trials[-1].params == {"x": x}

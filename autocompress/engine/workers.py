@@ -136,8 +136,12 @@ def run_worker(
     starting a surplus one: either they finish, or their worker died and the
     heartbeat turns them into retries this worker picks up. Without a heartbeat
     (journal files) there is nothing to wait for: a running trial is trusted to
-    finish. ``max_trials`` caps the trials this worker runs (a SLURM task's
-    share), ``timeout_s`` its wall time. Candidates predicted over the budget
+    finish. Once the study holds ``n_trials``, a worker with a heartbeat still
+    waits for the trials running elsewhere and runs the retry of a dead one,
+    so no trial is left RUNNING or WAITING; when two workers took the last
+    slot at once, the study ends with one more trial. ``max_trials`` caps the
+    trials this worker runs (a SLURM task's share), ``timeout_s`` its wall
+    time. Candidates predicted over the budget
     do not count (see :class:`StudyCounts`) unless ``count_skipped``.
 
     >>> mem = open_storage("sqlite:///:memory:", heartbeat_interval=None)  # one thread: no beat
@@ -160,14 +164,17 @@ def run_worker(
         prog = study_counts(study)
         if count_skipped:
             prog = replace(prog, finished=prog.finished + prog.skipped, skipped=0)
-        if prog.finished >= n_trials:
+        done = prog.finished >= n_trials
+        # With a heartbeat, a trial still running elsewhere may be a dead worker's: leaving
+        # now would strand it RUNNING, so wait until it finishes or turns into a retry.
+        if done and not (heartbeat and (prog.running or prog.waiting)):
             break
         if prog.skipped >= SKIPPED_PER_TRIAL * n_trials:
             log.warning("stopped: %d candidates of this study were predicted over the budget "
                         "(%d of %d trials evaluated); loosen the budget or widen the space",
                         prog.skipped, prog.finished, n_trials)
             break
-        if prog.waiting == 0 and prog.remaining(n_trials) == 0:
+        if prog.waiting == 0 and (done or prog.remaining(n_trials) == 0):
             if not heartbeat:
                 break
             time.sleep(poll_s)
