@@ -329,3 +329,43 @@ def test_the_table_finds_fusable_layers_once_and_predicts_with_them(tmp_path):
     assert not any(s.q_out or s.q_in for s in eager.runtime_shapes(policy, inv, model, X))
 
 
+
+
+def _optimized_graph(module: nn.Module, x: torch.Tensor, tmp_path) -> onnx.GraphProto:
+    import onnxruntime as ort
+
+    from autocompress.runtime.onnx import session_options
+
+    opts = session_options(1)
+    opts.optimized_model_filepath = str(tmp_path / "graph.onnx")
+    ort.InferenceSession(export_onnx(module, x), sess_options=opts,
+                         providers=["CPUExecutionProvider"])
+    return onnx.load(opts.optimized_model_filepath).graph
+
+
+def test_a_conv_with_8_bit_inputs_is_timed_with_the_reorders_it_costs_in_the_model(tmp_path):
+    """Between two NCHWc convolutions, an 8-bit input quantiser takes the tensor out of the
+    blocked layout and back in; the entry counts those two reorders and nothing of the
+    stand-in producer or of the lone graph's edges."""
+    from autocompress.cost.timing import timed_layer
+
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1)).eval()
+    x = torch.randn(1, 16, 32, 32)
+    inv = build_inventory(model, x)
+    policy = CompressionPolicy(layers={"2": LayerPolicy(act_bits=8)})
+    in_model = _optimized_graph(apply_policy(model, policy, x), x, tmp_path)
+    made_by = {o: n.op_type for n in in_model.node for o in n.output}
+    quantiser = next(n for n in in_model.node if n.op_type == "QuantizeLinear")
+    assert made_by[quantiser.input[0]] == "ReorderOutput"  # the model pays it
+    shape = compressed_shapes(policy, inv)[1]
+    module, scope = timed_layer(shape, "ort")
+    graph = _optimized_graph(module, torch.randn(*shape.input_shape), tmp_path)
+    left_out = scope.left_out(graph)
+    counted = sorted(n.op_type for n in graph.node if n.name not in left_out)
+    assert counted == ["Conv", "DequantizeLinear", "QuantizeLinear", "ReorderInput",
+                       "ReorderOutput"]
+    assert len([n for n in graph.node if n.op_type == "Conv"]) == 2  # the stand-in is left out
+    plain, plain_scope = timed_layer(compressed_shapes(CompressionPolicy(layers={}), inv)[1],
+                                     "ort")
+    assert isinstance(plain, nn.Conv2d) and not plain_scope.producer  # float: timed alone

@@ -224,21 +224,68 @@ def _ort_runner(model: nn.Module, x: ModelInput, threads: int) -> Call:
 
 RUNNERS: dict[str, RunnerFactory] = {"torch": _torch_runner, "ort": _ort_runner}
 
-# ONNX Runtime's layout conversions at the edges of an NCHWc region. A layer measured alone
-# pays them at its own input and output; inside a model they sit only where the layout
-# changes, so per-layer tables leave them out.
+# ONNX Runtime's layout conversions into and out of its blocked NCHWc layout.
 ORT_LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+
+
+@dataclass(frozen=True)
+class KernelScope:
+    """Which kernels of a lone layer's ONNX Runtime graph are the layer's as it sits in a model.
+
+    Left out: the layout conversions at the graph's edges (inside a model, a chain of
+    NCHWc convolutions passes its tensors on in that layout), op types a neighbour's
+    kernel runs inside the model (``elsewhere``), and, with ``producer``, a stand-in
+    producer at the graph's start: every node upstream of the layer's input quantiser
+    except the layout conversion that feeds it. That conversion is the layer's: an
+    8-bit input quantiser takes its tensor out of NCHWc and the layer's float kernel
+    takes it back in, which cost mobilenet_v2's features.2.conv.1.0 two 0.37 ms reorders
+    in the model (a tenth of the model's time) that a lone layer does not pay.
+
+    >>> import onnx
+    >>> from onnx import helper as h
+    >>> g = h.make_graph([h.make_node("ReorderInput", ["x"], ["a"], name="in"),
+    ...                   h.make_node("Conv", ["a"], ["b"], name="conv"),
+    ...                   h.make_node("ReorderOutput", ["b"], ["y"], name="out")], "g",
+    ...                  [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+    ...                  [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    >>> sorted(KernelScope().left_out(g))
+    ['in', 'out']
+    """
+
+    elsewhere: frozenset[str] = frozenset()
+    producer: bool = False
+
+    def left_out(self, graph: Any) -> set[str]:
+        """Names of the nodes of ``graph`` (an ONNX GraphProto) whose kernels are not counted."""
+        inputs_ = {i.name for i in graph.input}
+        outputs = {o.name for o in graph.output}
+        out = {n.name for n in graph.node if n.op_type in self.elsewhere
+               or (n.op_type in ORT_LAYOUT_OPS
+                   and (set(n.input) & inputs_ or set(n.output) & outputs))}
+        if self.producer:
+            made_by = {o: n for n in graph.node for o in n.output}
+            quantiser = next(n for n in graph.node if n.op_type == "QuantizeLinear")
+            feed = made_by.get(quantiser.input[0])
+            todo = list(feed.input) if feed is not None and feed.op_type in ORT_LAYOUT_OPS else [
+                quantiser.input[0]]
+            while todo:
+                node = made_by.get(todo.pop())
+                if node is not None and node.name not in out:
+                    out.add(node.name)
+                    todo.extend(node.input)
+        return out
 
 
 def ort_kernel_times(
     model: nn.Module, x: ModelInput, threads: int, runs: int, warmup: int = 3, blocks: int = 1
 ) -> list[float]:
-    """Per-run milliseconds of ``model``'s ONNX Runtime kernels, layout reorders excluded.
+    """Per-run milliseconds of ``model``'s ONNX Runtime kernels, edge reorders excluded.
 
     Read from ONNX Runtime's own profiler (kernel durations grouped by run), so
     the per-call session overhead and the reorders into and out of the NCHWc
-    layout that only a lone layer pays are not counted. ``blocks`` groups of
-    ``runs`` runs each start with one extra warm-up call (and the quiet gate).
+    layout at the graph's edges, which only a lone layer pays, are not counted
+    (:class:`KernelScope`). ``blocks`` groups of ``runs`` runs each start with one
+    extra warm-up call (and the quiet gate).
 
     >>> times = ort_kernel_times(nn.Conv2d(8, 8, 3), torch.zeros(1, 8, 6, 6), threads=1, runs=3)
     >>> len(times), all(t > 0 for t in times)
@@ -249,15 +296,15 @@ def ort_kernel_times(
 
 def ort_kernel_times_interleaved(
     models: Sequence[tuple[nn.Module, ModelInput]], threads: int, runs: int, warmup: int = 3,
-    blocks: int = 1, excluded_ops: list[frozenset[str]] | None = None,
+    blocks: int = 1, scopes: Sequence[KernelScope] | None = None,
 ) -> list[list[float]]:
     """:func:`ort_kernel_times` of several models, in rounds: block ``i`` of each, then ``i + 1``.
 
     Every model's blocks fall in the same seconds, so the machine's drift moves
     them alike (see :func:`measure_interleaved`); returns each model's per-run ms.
-    ``excluded_ops``: per model, op types left out of its total besides the layout
-    reorders (a lone layer's quantisers that, inside the model, a neighbour's integer
-    kernel does: see :func:`autocompress.cost.lut.with_int8_fusion`).
+    ``scopes``: per model, which of its kernels count (:class:`KernelScope`; a lone
+    layer's quantisers that a neighbour's integer kernel runs inside the model, see
+    :func:`autocompress.cost.lut.with_int8_fusion`).
 
     >>> a, b = ort_kernel_times_interleaved([(nn.Linear(256, 256), torch.zeros(64, 256)),
     ...                                      (nn.Linear(16, 16), torch.zeros(64, 16))],
@@ -267,15 +314,23 @@ def ort_kernel_times_interleaved(
     """
     import tempfile
 
+    import onnx
+
     from autocompress.runtime.onnx import export_onnx, ort_session, session_options
 
+    scopes = list(scopes or [KernelScope()] * len(models))
     with tempfile.TemporaryDirectory() as tmp:
-        sessions, feeds = [], []
-        for i, (model, x) in enumerate(models):
+        sessions, feeds, left_out = [], [], []
+        for i, ((model, x), scope) in enumerate(zip(models, scopes, strict=True)):
             opts = session_options(threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(tmp, f"ort{i}")
+            opts.optimized_model_filepath = os.path.join(tmp, f"optimized{i}.onnx")
+            opts.add_session_config_entry(  # only the graph is read: weights go beside it
+                "session.optimized_model_external_initializers_file_name", f"optimized{i}.data")
             sess = ort_session(export_onnx(model, inputs.take(x, 1)), opts=opts)
+            graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+            left_out.append(frozenset(scope.left_out(graph)))
             sessions.append(sess)
             feeds.append(inputs.ort_feed(sess, x))
         n = [0] * len(models)  # runs so far; the profiler logs one model_run event per run
@@ -297,21 +352,22 @@ def ort_kernel_times_interleaved(
         for sess in sessions:
             with open(sess.end_profiling()) as fh:
                 profiles.append(json.load(fh))
-    excluded = excluded_ops or [frozenset()] * len(models)
-    return [_kernel_totals(events, runs_timed, ORT_LAYOUT_OPS | skip)
-            for events, runs_timed, skip in zip(profiles, timed, excluded, strict=True)]
+    return [_kernel_totals(events, runs_timed, skip)
+            for events, runs_timed, skip in zip(profiles, timed, left_out, strict=True)]
 
 
 def _kernel_totals(events: list[dict[str, Any]], timed: list[int],
-                   excluded: frozenset[str] = ORT_LAYOUT_OPS) -> list[float]:
-    """Milliseconds of kernels (op types in ``excluded`` left out) in each timed run of a profile."""
+                   left_out: frozenset[str] = frozenset()) -> list[float]:
+    """Milliseconds of kernels (nodes named in ``left_out`` excepted) in each timed run of a profile."""
     all_spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run"]
     run_spans = [all_spans[i] for i in timed if i < len(all_spans)]
     totals = [0.0] * len(run_spans)
+    suffix = "_kernel_time"
     for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+        name = str(e.get("name", ""))
+        if e.get("cat") != "Node" or not name.endswith(suffix):
             continue
-        if e.get("args", {}).get("op_name") in excluded:
+        if name[: -len(suffix)] in left_out:
             continue
         for i, (start, end) in enumerate(run_spans):
             if start <= e["ts"] <= end:

@@ -17,7 +17,10 @@ measures, slower or faster. On ONNX Runtime a layer at 8-bit inputs whose
 consumers take 8-bit inputs too is fused into one integer kernel inside the
 model; the layers where that happens are read once per model from the
 runtime's optimised graph and get entries of their own
-(:func:`int8_fusable_layers`, :func:`with_int8_fusion`).
+(:func:`int8_fusable_layers`, :func:`with_int8_fusion`). A convolution that quantises
+its own input is timed behind a stand-in producer, so the reorders out of and back into
+ONNX Runtime's blocked layout that its quantiser costs inside a model are counted
+(:func:`~autocompress.cost.timing.timed_layer`).
 
 A model's uncompressed layers are timed alone (:func:`~autocompress.cost.timing.time_layers`);
 a compressed variant is timed in

@@ -27,8 +27,9 @@ FORMAT = "autocompress.latency_lut"
 SCHEMA_VERSION = 1
 DEFAULT_FILE = "latency_lut.json"
 # How layer entries are timed; a table section timed another way is measured again
-# (2: a compressed layer in blocks alternating with its uncompressed layer, as a ratio).
-LAYER_METHOD = 2
+# (2: a compressed layer in blocks alternating with its uncompressed layer, as a ratio;
+# 3: a convolution with 8-bit inputs behind a stand-in producer, its reorders counted).
+LAYER_METHOD = 3
 
 
 def _padding(k: int, s: int, size_in: int, size_out: int) -> int:

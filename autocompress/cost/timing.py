@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from autocompress.cost.analytic import LayerShape
+from autocompress.cost.latency import KernelScope
 from autocompress.cost.lut_store import conv_padding, int8_weights
 from autocompress.cost.target import Target
 
@@ -201,6 +202,38 @@ def kernel_ops_elsewhere(shape: LayerShape) -> frozenset[str]:
     return frozenset(ops)
 
 
+def behind_producer(shape: LayerShape) -> bool:
+    """True when an ONNX Runtime layer is timed behind a stand-in producer (:func:`timed_layer`).
+
+    A convolution that quantises its own input takes, inside a model, a tensor another
+    convolution left in ONNX Runtime's blocked layout; the quantiser must reorder it out
+    first. A lone layer's input is plain, so without a producer that cost goes unseen.
+    """
+    return shape.kind == "Conv2d" and shape.act_bits == 8 and not shape.q_in
+
+
+def timed_layer(shape: LayerShape, runtime: str) -> tuple[nn.Module, KernelScope]:
+    """The module timed for ``shape`` on ``runtime`` and which of its ONNX Runtime kernels count.
+
+    :func:`layer_module`, behind a depthwise 3x3 convolution standing in for its producer
+    where :func:`behind_producer` says so (on ``ort``; the stand-in's own kernels are not
+    counted, see :class:`~autocompress.cost.latency.KernelScope`).
+
+    >>> from autocompress.cost.analytic import LayerShape
+    >>> s = LayerShape("c", "Conv2d", 16, 16, (1, 1), (1, 1), 1, (1, 16, 8, 8), (1, 16, 8, 8),
+    ...                True, act_bits=8)
+    >>> module, scope = timed_layer(s, "ort")
+    >>> type(module[0]).__name__, scope.producer
+    ('Conv2d', True)
+    """
+    module = layer_module(shape)
+    producer = runtime == "ort" and behind_producer(shape)
+    if producer:
+        c = shape.in_channels
+        module = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), module).eval()
+    return module, KernelScope(elsewhere=kernel_ops_elsewhere(shape), producer=producer)
+
+
 def layer_input(shape: LayerShape, batch: int) -> torch.Tensor:
     """A random input of the layer's (pruned) input shape at ``batch``."""
     gen = torch.Generator().manual_seed(0)
@@ -234,12 +267,13 @@ def time_layers(shapes: list[LayerShape], batch: int, target: Target,
     )
 
     t = timing
-    built = [(layer_module(s), layer_input(s, batch)) for s in shapes]
+    timed = [timed_layer(s, target.runtime) for s in shapes]
+    built = [(module, layer_input(s, batch)) for s, (module, _) in zip(shapes, timed, strict=True)]
     with timing_lock(), torch_threads(target.threads):
         if target.runtime == "ort":
             runs = ort_kernel_times_interleaved(
                 built, target.threads, runs=t.runs, warmup=t.warmup, blocks=t.blocks,
-                excluded_ops=[kernel_ops_elsewhere(s) for s in shapes])
+                scopes=[scope for _, scope in timed])
             medians = [[float(np.median(b)) for b in np.array_split(r, t.blocks)] for r in runs]
             return medians, [1] * len(shapes)
         stats, medians = measure_interleaved(
