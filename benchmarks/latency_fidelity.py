@@ -53,7 +53,7 @@ def run_one(task_name: str, target_text: str, n: int, seed: int, lut_dir: Path,
     load_start = os.getloadavg()
     lut = LatencyLUT(lut_dir / f"{task_name.replace(':', '_')}-{target.name}.json", target)
     t0 = time.perf_counter()
-    lut.whole_model_fit(inventory, task.model, task.example_input)  # full-size layers + 2 models
+    lut.whole_model_fit(inventory, task.model, task.example_input)  # full-size layers + the model
     base_build_s = time.perf_counter() - t0
     base_entries = lut.measured
 
@@ -228,11 +228,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + ", ".join(f"{r['task']}/{r['target']} waited {r['quiet_wait_s']:.0f} s, gave up "
                     f"{r['quiet_gave_up']}x" for r in results) + ".",
         "",
-        "LUT build (base): full-size layers, the uniformly pruned and 4 calibration models'",
-        "layers, and those 6 whole-model measurements (the uncompressed model's remainder and",
-        "the least-squares line for compressed graphs; the calibration policies use another",
-        "seed than the scored ones). LUT entries / s: every layer config measured for the row",
-        "(base + the random policies' configs) and the time spent measuring.",
+        "LUT build (base): the full-size layers and one whole-model measurement of the",
+        "uncompressed model (its remainder). LUT entries / s: every layer config measured for",
+        "the row (base + the random policies' configs) and the time spent measuring.",
         "",
         "Ceiling: the scores of the best affine map `a * sum(layers) + b` fitted, in hindsight,",
         "to the row's own measurements: no calibration of these per-layer entries does better,",
