@@ -195,8 +195,9 @@ def attention_heads(model: nn.Module) -> dict[str, int]:
 
     An attention module counts when it holds its head count under one of
     ``HEAD_COUNT_ATTRS`` and three Linear children named as in ``QKV_NAMES`` with one
-    output width that the heads divide. Fused projections (``nn.MultiheadAttention``'s
-    ``in_proj``, Swin's ``qkv``) and grouped-query attention are not listed: their heads
+    output width that the heads divide (a task splits ``nn.MultiheadAttention`` into such,
+    :mod:`autocompress.models.attention`). Fused projections (Swin's ``qkv``) and
+    grouped-query attention are not listed: their heads
     are not whole slices of three equal Linear outputs.
 
     >>> import transformers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,8 @@ from torch.utils.data import DataLoader
 from autocompress import inputs
 from autocompress.errors import TaskError
 from autocompress.inputs import ModelInput, OutputSelector
+
+log = logging.getLogger(__name__)
 
 Metric = Callable[[nn.Module, DataLoader], float]
 
@@ -118,6 +121,12 @@ class Task:
     def __post_init__(self) -> None:
         self.example_input = inputs.normalize(self.example_input,
                                               f"task {self.name!r}'s example input")
+        from autocompress.models.attention import split_fused_attention
+
+        # Fused attention hides its projections from the search; the split computes the same.
+        if split := split_fused_attention(self.model):
+            log.info("task %r: %d nn.MultiheadAttention split into Linear projections",
+                     self.name, split)
         from autocompress.evaluate import DISTILL_CHOICES
 
         if self.distill not in DISTILL_CHOICES:
