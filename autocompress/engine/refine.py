@@ -7,7 +7,8 @@ that room; a sampler's first draws rarely find it among 150 knobs. As mixed-prec
 allocators do (AIMET's and Model Optimizer's per-layer sensitivities), each layer is given back
 one level of each of its compressed knobs alone, the model is scored without a fine-tune
 (:func:`rank_moves`), and the layers whose scores gain most per unit of budget are given
-back while the budget holds (:func:`pack`). At most :data:`MAX_SCORED_MOVES` layers are
+back while the budget holds, unless leading with the single largest gain sums to more
+(:func:`pack`). At most :data:`MAX_SCORED_MOVES` layers are
 scored, those whose moves use least budget. The result is the sampled search's second
 planned trial.
 
@@ -70,9 +71,10 @@ def rank_moves(
     higher_is_better: bool = True,
     progress: Callable[[int, int], None] | None = None,
     limit: int = MAX_SCORED_MOVES,
-) -> list[str]:
-    """The layers whose ``moves`` (:func:`layer_moves`) fit the budget alone on ``start`` and
-    gain, best gain per unit of the budget first; empty when ``start`` misses ``screen``.
+) -> dict[str, float]:
+    """``{layer: gain}`` of the layers whose ``moves`` (:func:`layer_moves`) fit the budget
+    alone on ``start`` and gain, best gain per unit of the budget first; empty when ``start``
+    misses ``screen``.
 
     Only moves that fit alone are scored (``score``: the metric without a fine-tune), so a
     start at the budget's edge costs predictions only, and of those at most ``limit``, the
@@ -85,14 +87,14 @@ def rank_moves(
     ...     return floats <= 1, {"size": floats - 1.0}
     >>> def score(p):  # b loses more to 8 bits than a
     ...     return 0.9 + 0.05 * (p["a/bits"] == 32) + 0.08 * (p["b/bits"] == 32)
-    >>> rank_moves(start, moves, one_float_layer, score)
-    ['b', 'a']
-    >>> rank_moves(start, moves, one_float_layer, score, limit=1)  # a and b use alike: a
+    >>> {k: round(v, 2) for k, v in rank_moves(start, moves, one_float_layer, score).items()}
+    {'b': 0.08, 'a': 0.05}
+    >>> list(rank_moves(start, moves, one_float_layer, score, limit=1))  # a and b use alike: a
     ['a']
     """
     ok, base_constraints = screen(start)
     if not ok:
-        return []
+        return {}
     used0 = max(base_constraints.values(), default=0.0)
     fitting: list[tuple[str, Params, float]] = []
     for layer, move in moves.items():
@@ -101,23 +103,29 @@ def rank_moves(
             fitting.append((layer, move, max(constraints.values(), default=0.0) - used0))
     fitting = sorted(fitting, key=lambda f: f[2])[:limit]  # stable: module order among ties
     base = score(start) if fitting else 0.0
-    ranked: list[tuple[float, str]] = []
+    ranked: list[tuple[float, str, float]] = []
     for i, (layer, move, used) in enumerate(fitting):
         metric = score({**start, **move})
         gain = metric - base if higher_is_better else base - metric
         if gain > 0:
             # A move that uses none of the budget (or frees some) goes first.
-            ranked.append((gain / used if used > 1e-12 else float("inf"), layer))
+            ranked.append((gain / used if used > 1e-12 else float("inf"), layer, gain))
         if progress:
             progress(i + 1, len(fitting))
     ranked.sort(key=lambda r: (-r[0], r[1]))
-    return [layer for _, layer in ranked]
+    return {layer: gain for _, layer, gain in ranked}
 
 
-def pack(start: Params, moves: dict[str, Params], ranked: list[str],
+def pack(start: Params, moves: dict[str, Params], ranked: dict[str, float],
          screen: Screen) -> tuple[Params, list[str]] | None:
-    """``start`` with the ``ranked`` layers' ``moves`` taken in order, each while ``screen``
-    still holds with those taken before, and the layers taken; None when none is.
+    """``start`` with the ``ranked`` layers' ``moves`` (:func:`rank_moves`: ``{layer: gain}``,
+    best gain per unit of budget first) taken in order, each while ``screen`` still holds
+    with those taken before, and the layers taken; None when none is.
+
+    The order is tried twice: as ranked, and led by the largest gain. The packing whose
+    gains sum to more is kept, so one large gain that uses much of the budget is not
+    crowded out by cheap small ones (the greedy rule of a knapsack, kept within half of
+    the best packing).
 
     >>> start = {"a/bits": 8, "b/bits": 8, "c/bits": 8}
     >>> moves = {layer: {f"{layer}/bits": 32} for layer in "abc"}
@@ -125,11 +133,29 @@ def pack(start: Params, moves: dict[str, Params], ranked: list[str],
     ...     floats = sum(v == 32 for v in p.values())
     ...     ok = floats <= 2 and not (p["a/bits"] == p["c/bits"] == 32)
     ...     return ok, {"size": floats - 2.0}
-    >>> pack(start, moves, ["c", "a", "b"], two_float_layers_not_c_with_a)  # a is skipped
+    >>> gains = {"c": 0.03, "a": 0.02, "b": 0.01}
+    >>> pack(start, moves, gains, two_float_layers_not_c_with_a)  # a is skipped
     ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
+    >>> def c_alone_or_a_with_b(p):  # c uses the whole budget
+    ...     ok = p["c/bits"] == 8 or p["a/bits"] == p["b/bits"] == 8
+    ...     return ok, {"size": 0.0}
+    >>> pack(start, moves, {"a": 0.02, "b": 0.02, "c": 0.05}, c_alone_or_a_with_b)
+    ({'a/bits': 8, 'b/bits': 8, 'c/bits': 32}, ['c'])
     """
+    orders = [list(ranked)]
+    largest = max(ranked, key=ranked.__getitem__, default=None)
+    if largest is not None and largest != orders[0][0]:
+        orders.append([largest, *(layer for layer in ranked if layer != largest)])
+    packings = [p for p in (_pack_in_order(start, moves, order, screen) for order in orders)
+                if p is not None]
+    return max(packings, key=lambda p: sum(ranked[layer] for layer in p[1]), default=None)
+
+
+def _pack_in_order(start: Params, moves: dict[str, Params], order: list[str],
+                   screen: Screen) -> tuple[Params, list[str]] | None:
+    """:func:`pack` of one order."""
     current, taken = dict(start), list[str]()
-    for layer in ranked:
+    for layer in order:
         candidate = {**current, **moves[layer]}
         if screen(candidate)[0]:
             current, taken = candidate, [*taken, layer]
@@ -140,7 +166,7 @@ def pack(start: Params, moves: dict[str, Params], ranked: list[str],
 MAX_PLACEMENTS = 4
 
 
-def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
+def place_timed(start: Params, moves: dict[str, Params], ranked: dict[str, float],
                 screen_after: Callable[[Params | None], Screen], meets: Callable[[Params], bool],
                 tries: int = MAX_PLACEMENTS) -> tuple[Params, list[str]] | None:
     """:func:`pack` ``ranked`` on ``start`` under ``screen_after(None)`` (predictions scaled by
@@ -167,11 +193,12 @@ def place_timed(start: Params, moves: dict[str, Params], ranked: list[str],
     ...                       {"size": cost(p, predicted) * slope / 2 - 1})
     >>> def meets(p):  # a budget of 2
     ...     return cost(p, true) <= 2
-    >>> place_timed(start, moves, ["c", "a", "b"], screen_after, meets)  # c, a misses: c, b
+    >>> gains = {"c": 0.03, "a": 0.02, "b": 0.01}
+    >>> place_timed(start, moves, gains, screen_after, meets)  # c, a misses: c, b
     ({'a/bits': 8, 'b/bits': 32, 'c/bits': 32}, ['c', 'b'])
     >>> def unlucky(p):  # timings that miss every pair: the third packing uses half the room
     ...     return sum(v == 32 for v in p.values()) < 2
-    >>> place_timed(start, moves, ["c", "a", "b"], screen_after, unlucky)
+    >>> place_timed(start, moves, gains, screen_after, unlucky)
     ({'a/bits': 8, 'b/bits': 32, 'c/bits': 8}, ['b'])
     """
     screens = [screen_after(None)]
