@@ -610,12 +610,17 @@ def default_space(
     ``inventory`` (:func:`autocompress.derived_space.derive_space`) and, with ``out``, saved
     as ``<out>/search_space.yaml`` for the user to edit.
 
-    Without an inventory, a task with no embedded space is a :class:`SpaceError`.
+    Without an inventory, a task with no embedded space is a :class:`SpaceError`. A
+    ``torchvision:`` model whose inventory holds attention heads (a ViT, once its
+    ``nn.MultiheadAttention`` is split) is derived too: the CNN space has no head knob.
 
     >>> default_space("digits").source
     'embedded:digits'
     """
     name = default_space_name(task_name)
+    if (name == "torchvision_cnn" and inventory is not None
+            and any(info.heads for info in inventory)):
+        name = None
     if name is not None:
         return SearchSpace.embedded(name)
     if inventory is None:

@@ -55,6 +55,9 @@ def test_a_vits_attention_projections_become_compressible_and_keep_its_outputs(t
     assert {f"{block}.{p}" for p in ("query", "key", "value", "out_proj")} <= set(inv.fqns)
     assert len(inv) == n_before + 2 * 4
     assert attention_heads(model)[f"{block}.query"] == 4
+    from autocompress.space import default_space
+
+    assert default_space("torchvision:vit_b_16", inv).derived  # the CNN space knows no heads
     # Two of the four heads pruned, the query at 8-bit inputs: the model runs and exports.
     policy = CompressionPolicy(layers={f"{block}.query": LayerPolicy(prune=0.5, act_bits=8)})
     small = apply_policy(model, policy, x[:1], inventory=inv)

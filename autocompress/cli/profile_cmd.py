@@ -70,7 +70,7 @@ def profile(
     tgt = tgt.with_batch(task_obj.target_batch_size)
     path = Path(out or lut_path) if (out or lut_path) else default_lut_path()
     if out and spec is None:
-        spec = default_space(task_obj.name)
+        spec = default_space(task_obj.name, inventory)
 
     with _progress() as bar:
         job = bar.add_task(f"latency table on {tgt.name}", total=None)
