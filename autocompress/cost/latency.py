@@ -34,6 +34,7 @@ from torch import nn
 
 from autocompress import inputs
 from autocompress.cost.target import Target
+from autocompress.errors import TargetError
 from autocompress.inputs import ModelInput
 
 Call = Callable[[], Any]
@@ -250,6 +251,10 @@ class KernelScope:
     ...                  [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
     >>> sorted(KernelScope().left_out(g))
     ['in', 'out']
+    >>> KernelScope(producer=True).left_out(g)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    autocompress.errors.TargetError: ONNX Runtime left no QuantizeLinear in graph 'g' of a layer ...
     """
 
     elsewhere: frozenset[str] = frozenset()
@@ -264,7 +269,12 @@ class KernelScope:
                    and (set(n.input) & inputs_ or set(n.output) & outputs))}
         if self.producer:
             made_by = {o: n for n in graph.node for o in n.output}
-            quantiser = next(n for n in graph.node if n.op_type == "QuantizeLinear")
+            quantiser = next((n for n in graph.node if n.op_type == "QuantizeLinear"), None)
+            if quantiser is None:  # counting the stand-in would be a silently wrong entry
+                raise TargetError(
+                    f"ONNX Runtime left no QuantizeLinear in graph {graph.name!r} of a layer "
+                    "with 8-bit inputs, so its stand-in producer cannot be told apart; "
+                    "time it with the torch runtime or report this model")
             feed = made_by.get(quantiser.input[0])
             todo = list(feed.input) if feed is not None and feed.op_type in ORT_LAYOUT_OPS else [
                 quantiser.input[0]]
