@@ -3,6 +3,7 @@ the YAML written for the user, and ``autocompress search`` on a task that ships 
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -247,3 +248,16 @@ def test_search_on_a_user_task_derives_and_saves_its_space(tmp_path, monkeypatch
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "pass it with --space" in err and "\n" not in err
+
+
+def test_profile_out_derives_the_space_of_a_user_task(tmp_path, monkeypatch, capsys):
+    """A shareable table (--out) is measured over the task's space: a user task's derived one."""
+    (tmp_path / "acderived_task2.py").write_text(textwrap.dedent(USER_TASK))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "acderived_task2", raising=False)
+    table = tmp_path / "lut.json"
+    rc = main(["profile", "--task", "acderived_task2:make_task", "--target", "torch-1t-b4",
+               "--runs", "5", "--out", str(table)])
+    assert rc == 0, capsys.readouterr().err
+    layers = next(iter(json.loads(table.read_text())["targets"].values()))["layers"]
+    assert len(layers) > 3  # the three layers' full shapes and the space's compressed ones
