@@ -261,7 +261,7 @@ def test_a_table_timed_the_old_way_is_measured_again(cnn, tmp_path):
     assert "Conv2d|stale" not in json.loads(path.read_text())["targets"][lut.key]["layers"]
 
 
-def _optimized_ops(module: nn.Module, x: torch.Tensor, tmp_path) -> list[str]:
+def _optimized_graph(module: nn.Module, x: torch.Tensor, tmp_path) -> onnx.GraphProto:
     import onnxruntime as ort
 
     from autocompress.runtime.onnx import session_options
@@ -270,7 +270,11 @@ def _optimized_ops(module: nn.Module, x: torch.Tensor, tmp_path) -> list[str]:
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(export_onnx(module, x), sess_options=opts,
                          providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    return onnx.load(opts.optimized_model_filepath).graph
+
+
+def _optimized_ops(module: nn.Module, x: torch.Tensor, tmp_path) -> list[str]:
+    return [n.op_type for n in _optimized_graph(module, x, tmp_path).node]
 
 
 def test_a_layer_whose_consumer_quantises_its_input_is_timed_as_the_integer_kernel(tmp_path):
@@ -329,18 +333,6 @@ def test_the_table_finds_fusable_layers_once_and_predicts_with_them(tmp_path):
     assert not any(s.q_out or s.q_in for s in eager.runtime_shapes(policy, inv, model, X))
 
 
-
-
-def _optimized_graph(module: nn.Module, x: torch.Tensor, tmp_path) -> onnx.GraphProto:
-    import onnxruntime as ort
-
-    from autocompress.runtime.onnx import session_options
-
-    opts = session_options(1)
-    opts.optimized_model_filepath = str(tmp_path / "graph.onnx")
-    ort.InferenceSession(export_onnx(module, x), sess_options=opts,
-                         providers=["CPUExecutionProvider"])
-    return onnx.load(opts.optimized_model_filepath).graph
 
 
 def test_a_conv_with_8_bit_inputs_is_timed_with_the_reorders_it_costs_in_the_model(tmp_path):

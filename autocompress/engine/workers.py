@@ -174,7 +174,7 @@ def run_worker(
                         "(%d of %d trials evaluated); loosen the budget or widen the space",
                         prog.skipped, prog.finished, n_trials)
             break
-        if prog.waiting == 0 and (done or prog.remaining(n_trials) == 0):
+        if prog.waiting == 0 and prog.remaining(n_trials) == 0:
             if not heartbeat:
                 break
             time.sleep(poll_s)

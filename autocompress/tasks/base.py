@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from autocompress import inputs
 from autocompress.errors import TaskError
 from autocompress.inputs import ModelInput, OutputSelector
+from autocompress.models.attention import split_fused_attention
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ class Task:
     def __post_init__(self) -> None:
         self.example_input = inputs.normalize(self.example_input,
                                               f"task {self.name!r}'s example input")
-        from autocompress.models.attention import split_fused_attention
-
         # Fused attention hides its projections from the search; the split computes the same.
         if split := split_fused_attention(self.model):
             log.info("task %r: %d nn.MultiheadAttention split into Linear projections",
