@@ -106,18 +106,6 @@ class Prediction:
 STALE_TOLERANCE = 0.3
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ONNX Runtime's integer kernels: what DequantizeLinear -> Conv/Gemm -> QuantizeLinear fuses into.
 INT8_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger",
                           "MatMulInteger"})
@@ -221,10 +209,6 @@ def with_int8_fusion(shapes: list[LayerShape], inventory: LayerInventory,
     if not q_out:
         return shapes
     return [replace(s, q_in=s.fqn in q_in, q_out=s.fqn in q_out) for s in shapes]
-
-
-
-
 
 
 class LatencyLUT:
@@ -612,7 +596,6 @@ class LatencyLUT:
         sharing the file) can leave them out.
         """
         return self.predict_breakdown(policy, inventory, model, example_input).latency_ms
-
 
     def costs(
         self,
