@@ -20,12 +20,23 @@ uncompressed in-model time is its entry's share of the model time).
     .venv/bin/python benchmarks/layer_probes.py                 # digits, digits-mlp on ort-1t
     .venv/bin/python benchmarks/layer_probes.py --tasks digits-mlp --knobs rank act_bits
 
+With ``--context`` it times each layer *inside* the uncompressed model instead, at the
+default target (``ort``, the task's batch): the model is run under ONNX Runtime's
+profiler, and each layer's kernel (with what ONNX Runtime fused into it: an activation,
+a residual add) is set beside its table entry, the same layer timed alone. The rest of the
+model's time is split into the kernels between layers (pooling, adds, attention's score
+products, reorders) and what no kernel accounts for (plain run minus profiled kernels).
+These rows are kept beside the probes in the same files.
+
+    .venv/bin/python benchmarks/layer_probes.py --context --tasks digits torchvision:resnet18
+
 Writes ``benchmarks/results/layer_probes.md`` and ``.json``; 2-3 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -114,6 +125,120 @@ def probe_task(task_name: str, knobs: list[str], lut_path: Path | None) -> list[
     return rows
 
 
+def layer_nodes(graph: Any, fqns: list[str]) -> dict[str, str]:
+    """``{layer fqn: node name}``: each layer's kernel in a model's optimised ONNX Runtime graph.
+
+    A layer's kernel is a node that takes a weight matrix (an initializer of rank >= 2).
+    Its module path, read from the node's name, names the layer where it can; a
+    convolution fused with its activation is named after the activation's output, so
+    the nodes left are given to the layers left, both in order.
+    """
+    from autocompress.cost.lut import module_paths
+
+    weights = {t.name for t in graph.initializer if len(t.dims) >= 2}
+    nodes = [n.name for n in graph.node if weights.intersection(n.input)]
+    out: dict[str, str] = {}
+    for name in nodes:
+        hit = next((p for p in reversed(module_paths(name)) if p in fqns and p not in out), None)
+        if hit is not None:
+            out[hit] = name
+    left = [n for n in nodes if n not in out.values()]
+    out.update(zip([f for f in fqns if f not in out], left, strict=False))
+    return out
+
+
+def context_task(task_name: str, lut_path: Path | None, rounds: int = 10) -> dict[str, Any]:
+    """Each layer's kernel ms inside the uncompressed model against its table entry."""
+    import collections
+    import os
+    import tempfile
+
+    import numpy as np
+    import onnx
+
+    from autocompress import inputs
+    from autocompress.cost import parse_target
+    from autocompress.cost.lut import LatencyLUT
+    from autocompress.cost.lut_store import default_lut_path
+    from autocompress.cost.timing import timing_lock
+    from autocompress.inventory import build_inventory
+    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
+    from autocompress.tasks import load_task
+
+    task = load_task(task_name)
+    inv = build_inventory(task.model, task.example_input)
+    target = parse_target("ort").with_batch(task.target_batch_size)
+    lut = LatencyLUT(lut_path or default_lut_path(), target)
+    fit = lut.whole_model_fit(inv, task.model, task.example_input)
+    entries = lut.layers_ms(None, inv, task.model, task.example_input)
+    x = inputs.batched(task.example_input, target.require_batch())
+    with tempfile.TemporaryDirectory() as tmp, timing_lock():
+        path = export_onnx(task.model.eval(), inputs.take(x, 1))
+        plain = ort_session(path, target.threads)
+        opts = session_options(target.threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "profile")
+        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        opts.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.data")
+        profiled = ort_session(path, opts=opts)
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+        feed = inputs.ort_feed(plain, x)
+        runs = max(10, int(2500 / max(float(fit["model_ms"]), 0.05) / rounds))
+        warm = 5
+        for _ in range(warm):
+            plain.run(None, feed)
+            profiled.run(None, feed)
+        plain_ms = []
+        for _ in range(rounds):  # plain and profiled runs alternate, so drift moves both
+            for _ in range(runs):
+                t = time.perf_counter()
+                plain.run(None, feed)
+                plain_ms.append((time.perf_counter() - t) * 1e3)
+            for _ in range(runs):
+                profiled.run(None, feed)
+        with open(profiled.end_profiling()) as fh:
+            events = json.load(fh)
+    spans = collections.defaultdict(list)
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") == "Node" and name.endswith("_kernel_time"):
+            spans[name[: -len("_kernel_time")]].append(e["dur"] / 1e3)
+    kernel = {k: float(np.median(v[warm:])) for k, v in spans.items()}
+    nodes = layer_nodes(graph, list(entries))
+    layers = [{"task": task_name, "layer": f, "entry_ms": entries[f],
+               "in_model_ms": kernel.get(nodes.get(f, ""), float("nan"))} for f in entries]
+    in_layers = sum(kernel.get(n, 0.0) for n in nodes.values())
+    plain_med = float(np.median(plain_ms))
+    return {"task": task_name, "target": target.name, "plain_ms": plain_med,
+            "entries_ms": sum(entries.values()), "layer_kernels_ms": in_layers,
+            "between_kernels_ms": sum(kernel.values()) - in_layers,
+            "unaccounted_ms": plain_med - sum(kernel.values()), "layers": layers}
+
+
+def render_context(result: dict[str, Any]) -> list[str]:
+    """The ``--context`` tables: per model, then the layers whose time moved most in context."""
+    models = result["context"]
+    summary = pd.DataFrame([{k: v for k, v in m.items() if k != "layers"} for m in models])
+    summary["in_context_excess_%"] = 100 * (summary["layer_kernels_ms"] / summary["entries_ms"]
+                                            - 1)
+    layers = pd.DataFrame([r for m in models for r in m["layers"]])
+    layers["excess_%"] = 100 * (layers["in_model_ms"] / layers["entry_ms"] - 1)
+    top = (layers.assign(excess_ms=layers["in_model_ms"] - layers["entry_ms"])
+           .sort_values(["task", "excess_ms"], ascending=[True, False]).groupby("task").head(6))
+    return [
+        "## Layers in context (`--context`)", "",
+        f"Measured {result['context_date']} on {result['context_cpu']}. "
+        "The uncompressed model at the default target, run plain and under ONNX Runtime's "
+        "profiler in alternating rounds. `entries_ms`: the table's layers, each timed alone; "
+        "`layer_kernels_ms`: the same layers' kernels inside the model; `between_kernels_ms`: "
+        "the other kernels; `unaccounted_ms`: the plain run minus every profiled kernel.", "",
+        summary.to_markdown(index=False, floatfmt=".3f"), "",
+        "The six layers per model that cost the most over their entry inside the model:", "",
+        top.to_markdown(index=False, floatfmt=".3f"), "",
+    ]
+
+
 def render(result: dict[str, Any]) -> str:
     df = pd.DataFrame(result["rows"])
     df["error_%"] = 100 * (df["proportional"] / df["measured"] - 1)
@@ -128,6 +253,7 @@ def render(result: dict[str, Any]) -> str:
         "time, inferred from the measurement (only where the change touches one layer's "
         "entry).", "",
         df.to_markdown(index=False, floatfmt=".3f"), "",
+        *(render_context(result) if result.get("context") else []),
     ])
 
 
@@ -137,11 +263,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--knobs", nargs="+", default=KNOBS, choices=KNOBS)
     p.add_argument("--lut", type=Path, default=None, help="latency table (default: the cache)")
     p.add_argument("--out", type=Path, default=RESULTS / "layer_probes")
+    p.add_argument("--context", action="store_true",
+                   help="time each layer inside the uncompressed model (kept beside the probes)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows = [r for task in a.tasks for r in probe_task(task, a.knobs, a.lut)]
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "target": TARGET,
-              "wall_s": time.perf_counter() - t0, "rows": rows}
+    json_path = a.out.with_suffix(".json")
+    old = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    if a.context:
+        models = [context_task(task, a.lut) for task in a.tasks]
+        kept = [m for m in old.get("context", []) if m["task"] not in a.tasks]
+        from autocompress.cost.latency import cpu_description
+
+        result = {**old, "context": kept + models,
+                  "context_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "context_cpu": cpu_description()["cpu"]}
+    else:
+        rows = [r for task in a.tasks for r in probe_task(task, a.knobs, a.lut)]
+        result = {**old, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "target": TARGET, "wall_s": time.perf_counter() - t0, "rows": rows}
     print(write_result(a.out, result, render))
     return 0
 

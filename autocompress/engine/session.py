@@ -292,7 +292,7 @@ def lut_latency_fn(lut: LatencyLUT, inventory: LayerInventory, task: Task) -> Ca
     def latency_fn(policy: Any) -> float:
         # No floor at the layers' sum: small layers timed alone carry the profiler's
         # per-kernel cost, so a compressed model can run faster than its layers' entries add
-        # up to (the table's calibrated line knows by how much).
+        # up to (the table's remainder is then negative).
         return float(lut.predict(policy, inventory, model, x))
 
     return latency_fn
