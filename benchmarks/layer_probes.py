@@ -125,44 +125,21 @@ def probe_task(task_name: str, knobs: list[str], lut_path: Path | None) -> list[
     return rows
 
 
-def layer_nodes(graph: Any, fqns: list[str]) -> dict[str, str]:
-    """``{layer fqn: node name}``: each layer's kernel in a model's optimised ONNX Runtime graph.
-
-    A layer's kernel is a node that takes a weight matrix (an initializer of rank >= 2).
-    Its module path, read from the node's name, names the layer where it can; a
-    convolution fused with its activation is named after the activation's output, so
-    the nodes left are given to the layers left, both in order.
-    """
-    from autocompress.cost.lut import module_paths
-
-    weights = {t.name for t in graph.initializer if len(t.dims) >= 2}
-    nodes = [n.name for n in graph.node if weights.intersection(n.input)]
-    out: dict[str, str] = {}
-    for name in nodes:
-        hit = next((p for p in reversed(module_paths(name)) if p in fqns and p not in out), None)
-        if hit is not None:
-            out[hit] = name
-    left = [n for n in nodes if n not in out.values()]
-    out.update(zip([f for f in fqns if f not in out], left, strict=False))
-    return out
-
-
 def context_task(task_name: str, lut_path: Path | None, rounds: int = 10) -> dict[str, Any]:
     """Each layer's kernel ms inside the uncompressed model against its table entry."""
-    import collections
     import os
     import tempfile
 
     import numpy as np
-    import onnx
 
     from autocompress import inputs
     from autocompress.cost import parse_target
+    from autocompress.cost.latency import layer_kernels, node_kernel_ms, profiled_session
     from autocompress.cost.lut import LatencyLUT
     from autocompress.cost.lut_store import default_lut_path
     from autocompress.cost.timing import timing_lock
     from autocompress.inventory import build_inventory
-    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
+    from autocompress.runtime.onnx import export_onnx, ort_session
     from autocompress.tasks import load_task
 
     task = load_task(task_name)
@@ -173,16 +150,9 @@ def context_task(task_name: str, lut_path: Path | None, rounds: int = 10) -> dic
     entries = lut.layers_ms(None, inv, task.model, task.example_input)
     x = inputs.batched(task.example_input, target.require_batch())
     with tempfile.TemporaryDirectory() as tmp, timing_lock():
-        path = export_onnx(task.model.eval(), inputs.take(x, 1))
-        plain = ort_session(path, target.threads)
-        opts = session_options(target.threads)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "profile")
-        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        opts.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", "optimized.data")
-        profiled = ort_session(path, opts=opts)
-        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+        plain = ort_session(export_onnx(task.model.eval(), inputs.take(x, 1)), target.threads)
+        profiled, graph = profiled_session(task.model, x, target.threads,
+                                           os.path.join(tmp, "profile"))
         feed = inputs.ort_feed(plain, x)
         runs = max(10, int(2500 / max(float(fit["model_ms"]), 0.05) / rounds))
         warm = 5
@@ -199,13 +169,8 @@ def context_task(task_name: str, lut_path: Path | None, rounds: int = 10) -> dic
                 profiled.run(None, feed)
         with open(profiled.end_profiling()) as fh:
             events = json.load(fh)
-    spans = collections.defaultdict(list)
-    for e in events:
-        name = str(e.get("name", ""))
-        if e.get("cat") == "Node" and name.endswith("_kernel_time"):
-            spans[name[: -len("_kernel_time")]].append(e["dur"] / 1e3)
-    kernel = {k: float(np.median(v[warm:])) for k, v in spans.items()}
-    nodes = layer_nodes(graph, list(entries))
+    kernel = node_kernel_ms(events, skip=warm)
+    nodes = layer_kernels(graph, list(entries))
     layers = [{"task": task_name, "layer": f, "entry_ms": entries[f],
                "in_model_ms": kernel.get(nodes.get(f, ""), float("nan"))} for f in entries]
     in_layers = sum(kernel.get(n, 0.0) for n in nodes.values())

@@ -324,22 +324,11 @@ def ort_kernel_times_interleaved(
     """
     import tempfile
 
-    import onnx
-
-    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
-
     scopes = list(scopes or [KernelScope()] * len(models))
     with tempfile.TemporaryDirectory() as tmp:
         sessions, feeds, left_out = [], [], []
         for i, ((model, x), scope) in enumerate(zip(models, scopes, strict=True)):
-            opts = session_options(threads)
-            opts.enable_profiling = True
-            opts.profile_file_prefix = os.path.join(tmp, f"ort{i}")
-            opts.optimized_model_filepath = os.path.join(tmp, f"optimized{i}.onnx")
-            opts.add_session_config_entry(  # only the graph is read: weights go beside it
-                "session.optimized_model_external_initializers_file_name", f"optimized{i}.data")
-            sess = ort_session(export_onnx(model, inputs.take(x, 1)), opts=opts)
-            graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+            sess, graph = profiled_session(model, x, threads, os.path.join(tmp, f"ort{i}"))
             left_out.append(frozenset(scope.left_out(graph)))
             sessions.append(sess)
             feeds.append(inputs.ort_feed(sess, x))
@@ -364,6 +353,97 @@ def ort_kernel_times_interleaved(
                 profiles.append(json.load(fh))
     return [_kernel_totals(events, runs_timed, skip)
             for events, runs_timed, skip in zip(profiles, timed, left_out, strict=True)]
+
+
+def profiled_session(model: nn.Module, x: ModelInput, threads: int, prefix: str
+                     ) -> tuple[Any, Any]:
+    """An ONNX Runtime session of ``model`` that profiles its kernels, and its optimised graph.
+
+    The profile and the optimised graph (weights beside it) are written under ``prefix``.
+    """
+    import onnx
+
+    from autocompress.runtime.onnx import export_onnx, ort_session, session_options
+
+    opts = session_options(threads)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = prefix
+    opts.optimized_model_filepath = f"{prefix}-optimized.onnx"
+    opts.add_session_config_entry(  # only the graph is read: weights go beside it
+        "session.optimized_model_external_initializers_file_name",
+        f"{os.path.basename(prefix)}-optimized.data")
+    sess = ort_session(export_onnx(model, inputs.take(x, 1)), opts=opts)
+    return sess, onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+
+
+def node_kernel_ms(events: list[dict[str, Any]], skip: int = 0) -> dict[str, float]:
+    """Each node's median kernel ms in an ONNX Runtime profile, its first ``skip`` runs left out.
+
+    >>> node_kernel_ms([{"cat": "Node", "name": "conv_kernel_time", "dur": d} for d in
+    ...                 (900, 100, 120, 110)], skip=1)
+    {'conv': 0.11}
+    """
+    spans: dict[str, list[float]] = {}
+    suffix = "_kernel_time"
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") == "Node" and name.endswith(suffix):
+            spans.setdefault(name[: -len(suffix)], []).append(e["dur"] / 1e3)
+    return {k: float(np.median(v[skip:] or v)) for k, v in spans.items()}
+
+
+def module_paths(node_name: str) -> list[str]:
+    """The module paths an exported node's name passes through, outermost first.
+
+    The TorchScript exporter names a node by its scopes, each an attribute name or, inside
+    a Sequential, the parent's name plus an index:
+
+    >>> module_paths("/layer1/layer1.0/conv1/conv1.1/Conv_token_71")
+    ['layer1', 'layer1.0', 'layer1.0.conv1', 'layer1.0.conv1.1']
+    >>> module_paths("/features/features.0/features.0.1/Conv")
+    ['features', 'features.0', 'features.0.1']
+    """
+    paths: list[str] = []
+    current, prev = "", None
+    for seg in node_name.split("/")[1:-1]:
+        if prev is not None and seg.startswith(prev + "."):
+            current += seg[len(prev):]  # an index inside the Sequential just entered
+        else:
+            current = f"{current}.{seg}" if current else seg
+        paths.append(current)
+        prev = seg
+    return paths
+
+
+def layer_kernels(graph: Any, fqns: Sequence[str]) -> dict[str, str]:
+    """``{layer fqn: node name}``: each layer's kernel in a model's optimised ONNX Runtime graph.
+
+    A layer's kernel is a node that takes a weight matrix (an initializer of rank >= 2).
+    The module path in the node's name names the layer where it can; a convolution fused
+    with its activation is named after the activation's output, so the nodes left are
+    given to the layers left, both in order.
+
+    >>> import onnx
+    >>> from onnx import helper as h, numpy_helper
+    >>> w = [numpy_helper.from_array(np.zeros((4, 4), np.float32), f"w{i}") for i in range(2)]
+    >>> g = h.make_graph([h.make_node("Conv", ["x", "w0"], ["a"], name="/l/relu/Relu_output_0"),
+    ...                   h.make_node("Gemm", ["a", "w1"], ["y"], name="/l/fc/Gemm")], "g",
+    ...                  [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+    ...                  [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], w)
+    >>> layer_kernels(g, ["l.conv", "l.fc"])
+    {'l.fc': '/l/fc/Gemm', 'l.conv': '/l/relu/Relu_output_0'}
+    """
+    weights = {t.name for t in graph.initializer if len(t.dims) >= 2}
+    nodes = [n.name for n in graph.node if weights.intersection(n.input)]
+    out: dict[str, str] = {}
+    for name in nodes:
+        hit = next((p for p in reversed(module_paths(name)) if p in fqns and p not in out), None)
+        if hit is not None:
+            out[hit] = name
+    named = set(out.values())
+    out.update(zip([f for f in fqns if f not in out], [n for n in nodes if n not in named],
+                   strict=False))
+    return out
 
 
 def _kernel_totals(events: list[dict[str, Any]], timed: list[int],

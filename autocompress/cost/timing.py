@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocompress import inputs
 from autocompress.cost.analytic import LayerShape
 from autocompress.cost.latency import KernelScope
 from autocompress.cost.lut_store import conv_padding, int8_weights
@@ -93,6 +95,43 @@ def whole_model_ms(model: nn.Module, example_input: Any, target: Target) -> floa
     with timing_lock():
         return float(measure_latency(model, example_input, target, runs=WHOLE_MODEL_RUNS,
                                      blocks=MODEL_BLOCKS).stable_ms)
+
+
+def in_model_layer_ms(model: nn.Module, example_input: Any, target: Target, fqns: list[str],
+                      runs: int = WHOLE_MODEL_RUNS) -> dict[str, float]:
+    """Each layer's kernel time (ms) inside ``model`` on an ``ort`` target, from its profiler.
+
+    The median over ``runs`` runs of each layer's kernel
+    (:func:`~autocompress.cost.latency.layer_kernels`), with what ONNX Runtime fused into
+    it. Layers it cannot place are left out.
+
+    >>> import torch
+    >>> from autocompress.cost.target import parse_target
+    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> sorted(in_model_layer_ms(net, torch.zeros(1, 8), parse_target("ort-1t-b4"), ["0", "2"]))
+    ['0', '2']
+    """
+    from autocompress.cost.latency import (
+        batched,
+        layer_kernels,
+        node_kernel_ms,
+        profiled_session,
+    )
+
+    x = batched(example_input, target.require_batch())
+    training = model.training
+    try:
+        with tempfile.TemporaryDirectory() as tmp, timing_lock():
+            sess, graph = profiled_session(model, x, target.threads, os.path.join(tmp, "model"))
+            feed = inputs.ort_feed(sess, x)
+            warmup = 3
+            for _ in range(warmup + runs):
+                sess.run(None, feed)
+            with open(sess.end_profiling()) as fh:
+                ms = node_kernel_ms(json.load(fh), skip=warmup)
+    finally:
+        model.train(training)
+    return {f: ms[node] for f, node in layer_kernels(graph, fqns).items() if node in ms}
 
 
 def runs_for(reference_ms: float | None) -> int:
