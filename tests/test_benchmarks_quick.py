@@ -160,7 +160,6 @@ def test_overhead_leaves_out_the_time_a_killed_run_was_down() -> None:
     assert ov["controller_overhead_share"] == pytest.approx(1.0 / 4.0)
 
 
-
 def test_minilm_goals_cosine_floor_and_seed_by_seed() -> None:
     """minilm's goals: tpe's cosine >= 0.97 at 0.6x on every seed, and above uniform and random
     seed by seed (a baseline whose pick missed the budget re-measured loses)."""

@@ -333,8 +333,6 @@ def test_the_table_finds_fusable_layers_once_and_predicts_with_them(tmp_path):
     assert not any(s.q_out or s.q_in for s in eager.runtime_shapes(policy, inv, model, X))
 
 
-
-
 def test_a_conv_with_8_bit_inputs_is_timed_with_the_reorders_it_costs_in_the_model(tmp_path):
     """Between two NCHWc convolutions, an 8-bit input quantiser takes the tensor out of the
     blocked layout and back in; the entry counts those two reorders and nothing of the

@@ -20,7 +20,7 @@ from autocompress.engine.baselines import greedy_candidates, greedy_sensitivity,
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.objective import Objective, TrialOutcome
 from autocompress.engine.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
-from autocompress.engine.progress import TrialBar, slow_step
+from autocompress.engine.progress import TrialBar, best_cost, slow_step
 from autocompress.engine.session import (
     LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
@@ -39,9 +39,6 @@ from autocompress.tasks import Task
 __all__ = ["SearchResult", "run", "search"]
 
 LOG = logging.getLogger("autocompress.engine")
-
-
-
 
 
 def search(
@@ -104,14 +101,6 @@ def run(
     return _run(cfg, task, progress, log)
 
 
-
-
-
-
-
-
-
-
 def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) -> SearchResult:
     t_start = time.perf_counter()
     say: Log = log or LOG.warning
@@ -146,21 +135,7 @@ def _run(cfg: SearchConfig, task: Task | None, progress: bool, log: Log | None) 
     return finish_run(prep, t_start, lut_path=lut_path, progress=progress)
 
 
-
-
 # ---------------------------------------------------------------- pieces of a run
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _planner(
@@ -189,12 +164,6 @@ def _planner(
                                      objective.higher_is_better)
 
 
-
-
-
-
-
-
 class _SearchBar:
     """The search progress bar (stderr): trials done / total, best feasible metric and its cost."""
 
@@ -204,7 +173,7 @@ class _SearchBar:
         self.count_skipped = count_skipped
         self.done = done
         self.objective = objective
-        self.best: tuple[float, float | None] | None = None
+        self.best: tuple[float, str] | None = None  # metric, and its cost as the bar shows it
         self.infeasible = 0
 
     def __enter__(self) -> _SearchBar:
@@ -219,10 +188,8 @@ class _SearchBar:
         if self.best is None:
             return f"no feasible trial yet ({self.infeasible} skipped over budget)"
         metric, cost = self.best
-        unit = "ms (predicted)" if obj.cost_metric == "latency" else obj.cost_metric
-        cost_s = "" if cost is None else f" at {cost:.4g} {unit}"
         skipped = f"; {self.infeasible} skipped over budget" if self.infeasible else ""
-        return f"best {obj.task.metric_name} {metric:.4f}{cost_s}{skipped}"
+        return f"best {obj.task.metric_name} {metric:.4f}{cost}{skipped}"
 
     def update(self, frozen: Any, outcome: TrialOutcome | Repeat | None) -> None:
         if isinstance(outcome, TrialOutcome):
@@ -233,6 +200,7 @@ class _SearchBar:
             if outcome.feasible and outcome.metric is not None and not outcome.pruned and (
                 self.best is None or self.objective.is_better(outcome.metric, self.best[0])
             ):
-                self.best = (outcome.metric, outcome.costs.value(self.objective.cost_metric))
+                self.best = (outcome.metric,
+                             best_cost(outcome.user_attrs, self.objective.cost_metric))
         # A log gets a line per evaluated trial, not per repeat of a taken policy.
         self.bar.update(self.done, self._info(), line=isinstance(outcome, TrialOutcome))

@@ -60,8 +60,6 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-
-
 def make_sampler(strategy: str, mode: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     """The sampler of a strategy. Constraints come from ``trial.set_constraint`` (Optuna 5).
 

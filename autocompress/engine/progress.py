@@ -7,6 +7,7 @@ each update is written as one line instead (``search 3/6 00:14:02 best ...``).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -16,6 +17,32 @@ def _stderr() -> tuple[Any, bool]:
 
     console = Console(stderr=True)
     return console, bool(console.is_terminal)
+
+
+def best_cost(attrs: Mapping[str, Any], cost_metric: str = "latency") -> str:
+    """How the bar shows the best trial's cost, from its record (``TrialRecord`` attributes).
+
+    A latency reads as the speed ratio the trial was judged on: measured on the target when it
+    was timed there, else the table's prediction, labelled so.
+
+    >>> best_cost({"latency_basis": "measured", "measured_ratio": 0.3712,
+    ...            "predicted_latency_ms": 0.41})
+    ' at 0.371x measured'
+    >>> best_cost({"latency_basis": "predicted", "predicted_latency_ms": 0.41})
+    ' at 0.41 ms (predicted)'
+    >>> best_cost({"size_bytes": 2048}, "size"), best_cost({})
+    (' at 2048 size_bytes', '')
+    """
+    if cost_metric == "latency":
+        if attrs.get("latency_basis") == "measured" and attrs.get("measured_ratio"):
+            return f" at {float(attrs['measured_ratio']):.3f}x measured"
+        ms = attrs.get("predicted_latency_ms")
+        return "" if ms is None else f" at {float(ms):.4g} ms (predicted)"
+    from autocompress.cost.analytic import METRICS
+
+    key = METRICS.get(cost_metric, cost_metric)
+    value = attrs.get(key)
+    return "" if value is None else f" at {float(value):.4g} {key}"
 
 
 class TrialBar:

@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
 from autocompress.engine.baselines import params_key
-from autocompress.engine.progress import TrialBar
+from autocompress.engine.progress import TrialBar, best_cost
 from autocompress.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -418,7 +418,7 @@ class RaySearchBar(Callback):
         self.done = done
         self.metric_name, self.higher_is_better = metric_name, higher_is_better
         self.stopped = self.over = 0
-        self.best: tuple[float, float | None] | None = None
+        self.best: tuple[float, str] | None = None  # metric, and its cost as the bar shows it
         self.bar = TrialBar("search (ray)", total, done, enabled)
 
     def setup(self, *args: Any, **info: Any) -> None:
@@ -428,9 +428,8 @@ class RaySearchBar(Callback):
         tail = f" ({self.stopped} stopped by ASHA, {self.over} over budget)"
         if self.best is None:
             return "no feasible trial yet" + tail
-        metric, latency = self.best
-        lat = "" if latency is None else f" at {latency:.4g} ms (predicted)"
-        return f"best {self.metric_name} {metric:.4f}{lat}" + tail
+        metric, cost = self.best
+        return f"best {self.metric_name} {metric:.4f}{cost}" + tail
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
@@ -444,7 +443,7 @@ class RaySearchBar(Callback):
             m = float(attrs["metric"])
             if self.best is None or (m > self.best[0] if self.higher_is_better
                                      else m < self.best[0]):
-                self.best = (m, attrs.get("predicted_latency_ms"))
+                self.best = (m, best_cost(attrs))
         self.bar.update(self.done, self.info())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

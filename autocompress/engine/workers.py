@@ -58,16 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
 @dataclass(frozen=True)
 class StudyCounts:
     """Trial counts of a study: finished (COMPLETE + PRUNED and evaluated), running, waiting
@@ -202,8 +192,6 @@ def retried_trials(study: optuna.Study) -> dict[int, int]:
         if original is not None:
             out[t.number] = int(original)
     return out
-
-
 
 
 # ---------------------------------------------------------------- one run's fixed parts
