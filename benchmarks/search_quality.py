@@ -270,6 +270,7 @@ def run_row(task: str, budget: str, strategy: str, seed: int, trials: int, steps
         "size_bytes": s.size_bytes, "baseline_size_bytes": s.baseline_size_bytes,
         "meets_budget": False, "export_meets_budget": bool(s.meets_budget),
         "n_feasible_trials": s.n_feasible, "wall_s": round(wall, 2),
+        "passed_over": passed_over(res.study),
         **controller_overhead(res.study),
     }
     if res.best_policy is not None:
@@ -293,6 +294,13 @@ def run_row(task: str, budget: str, strategy: str, seed: int, trials: int, steps
     row["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cached.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def passed_over(study: Any) -> int:
+    """Picks the confirmation before the export timed again and found over the budget."""
+    from autocompress.pareto import missed_on_target
+
+    return len(missed_on_target(study))
 
 
 # ---------------------------------------------------------------- tables
@@ -336,6 +344,13 @@ def tables(rows: list[dict[str, Any]]) -> str:
             "uncompressed model's embeddings x 100 (100 = uncompressed). A run whose "
             "exported model misses the budget when re-measured counts as no result "
             "(`k/n met`).", "", table.reset_index().to_markdown(index=False), ""]
+
+    if "passed_over" in df and df["passed_over"].notna().any():
+        po = df["passed_over"].dropna()
+        out += [f"Picks passed over when timed again before the export "
+                f"(`autocompress.export.verify.confirm_pick`): {int(po.sum())}, in "
+                f"{int((po > 0).sum())} of the {len(po)} runs that record it (rows since "
+                "2026-12-07).", ""]
 
     ok = df[df["meets_budget"]]
     if not ok.empty:

@@ -20,6 +20,7 @@ from autocompress.errors import PolicyError
 from autocompress.evaluate import FinetuneSettings, compress_and_score
 from autocompress.export import ExportSummary, export_results
 from autocompress.inventory import build_inventory
+from autocompress.pareto import VERIFIED_ATTR
 from autocompress.policy import CompressionPolicy
 from autocompress.runtime.onnx import run_onnx
 from autocompress.space import SearchSpace
@@ -218,10 +219,27 @@ def test_no_int8_file_without_low_bits(float_run):
     assert summary.meets_budget and summary.violations["macs"] <= 0
 
 
-def test_meets_budget_uses_the_fresh_measurement(digits_task, tmp_path: Path):
-    """Predicted feasible in the study, but 1 us is impossible on the re-measured model."""
+def test_a_pick_that_misses_when_timed_again_is_not_exported(digits_task, tmp_path: Path):
+    """Feasible in the study, but 1 us is impossible: timed again before the export, the pick
+    misses, and with no other trial there is no pick, said so."""
     study = build_study(tmp_path / "study.log", digits_task, INT8_POLICIES[:1], extra_pruned=False)
     assert study.trials[0].user_attrs["feasible"]
+    summary = export_results(study, digits_task, tmp_path / "out", target=TARGET,
+                             budget="latency<=1us", finetune=0)
+    assert summary.best_trial is None and summary.meets_budget is False
+    assert summary.notes[0].startswith("trial 0 (") and "misses 'latency<=1us'" in summary.notes[0]
+    verdict = study.user_attrs[VERIFIED_ATTR]["trials"]["0"]
+    assert verdict["meets"] is False and verdict["measured_ms"] > 0.001
+    assert not (tmp_path / "out" / "model_best.onnx").exists()
+
+
+def test_meets_budget_uses_the_fresh_measurement(digits_task, tmp_path: Path):
+    """A pick confirmed on the target before (as ``autocompress verify`` leaves it), but 1 us
+    is impossible on the re-measured model: the export's own measurement decides."""
+    study = build_study(tmp_path / "study.log", digits_task, INT8_POLICIES[:1], extra_pruned=False)
+    assert study.trials[0].user_attrs["feasible"]
+    name = parse_target(TARGET).with_batch(digits_task.target_batch_size).name
+    study.set_user_attr(VERIFIED_ATTR, {"target": name, "trials": {"0": {"meets": True}}})
     out = tmp_path / "tight"
     summary = export_results(study, digits_task, out, target=TARGET, budget="latency<=1us",
                              finetune=0)

@@ -306,14 +306,15 @@ def finish_run(
     The best trial is the export's pick (:func:`autocompress.pareto.pick_best`:
     best metric among feasible COMPLETE trials, ties to the cheaper one), so the
     result and the results folder agree. On the target every trained candidate was timed
-    before its fine-tune and judged on that, so a pick meets the budget as measured.
+    before its fine-tune and judged on that, and the pick is timed once more
+    (:func:`autocompress.export.verify.confirm_pick`, in the export when there is one), so
+    a pick meets the budget on a timing that was not the one it was picked for.
     ``lut_path``: the latency table the export reads (None: none); ``t_start``:
     ``time.perf_counter()`` at the start.
     """
     from autocompress.pareto import pick_best
 
     cfg, study, out = prep.config, prep.study, prep.out
-    best = pick_best(study)
     summary = None
     if cfg.export:
         from autocompress.export import export_results
@@ -323,6 +324,12 @@ def finish_run(
             summary = export_results(study, prep.task, out, target=prep.target,
                                      budget=prep.budget, lut_path=lut_path,
                                      measure=cfg.lut is None)
+    elif prep.objective.judge.measures:
+        from autocompress.export.verify import confirm_pick
+
+        for note in confirm_pick(study, prep.task, prep.inventory, prep.target, prep.budget):
+            LOG.warning(note)
+    best = pick_best(study)  # after the export, which passes over a pick that missed when confirmed
     best_policy = None
     if best is not None:
         best_policy = CompressionPolicy.from_dict(best.user_attrs["policy"],

@@ -36,6 +36,7 @@ from autocompress.export.results import (
     write_tables,
 )
 from autocompress.export.summary import ExportSummary
+from autocompress.export.verify import confirm_pick
 from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.methods.quantize import QUANT_BITS
 from autocompress.pareto import (
@@ -129,6 +130,10 @@ def export_results(
     summary.baseline_macs = baseline_costs.macs
     summary.baseline_size_bytes = baseline_costs.size_bytes
 
+    if measure:
+        # The pick's timing in the search was the luckiest of many near the limit: time it
+        # again, and pass over one that misses on the second timing.
+        summary.notes.extend(confirm_pick(study, task, inventory, tgt, bud))
     best = pick_best(study, trials)
     if best is None:
         summary.notes.append(
