@@ -376,12 +376,18 @@ def profiled_session(model: nn.Module, x: ModelInput, threads: int, prefix: str
     return sess, onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
 
 
-def node_kernel_ms(events: list[dict[str, Any]], skip: int = 0) -> dict[str, float]:
-    """Each node's median kernel ms in an ONNX Runtime profile, its first ``skip`` runs left out.
+def node_kernel_ms(events: list[dict[str, Any]], skip: int = 0,
+                   blocks: int = 1) -> dict[str, float]:
+    """Each node's kernel ms in an ONNX Runtime profile, its first ``skip`` runs left out:
+    the smallest of the medians of ``blocks`` consecutive blocks of runs (the estimator of
+    :func:`summarize`'s ``stable_ms``; one block: the median).
 
-    >>> node_kernel_ms([{"cat": "Node", "name": "conv_kernel_time", "dur": d} for d in
-    ...                 (900, 100, 120, 110)], skip=1)
-    {'conv': 0.11}
+    >>> events = [{"cat": "Node", "name": "conv_kernel_time", "dur": d} for d in
+    ...           (900, 100, 120, 110, 300, 90)]
+    >>> node_kernel_ms(events, skip=1), node_kernel_ms(events, skip=1, blocks=2)
+    ({'conv': 0.11}, {'conv': 0.11})
+    >>> round(node_kernel_ms(events, skip=0, blocks=3)["conv"], 3)  # 900 lands in a block
+    0.115
     """
     spans: dict[str, list[float]] = {}
     suffix = "_kernel_time"
@@ -389,7 +395,8 @@ def node_kernel_ms(events: list[dict[str, Any]], skip: int = 0) -> dict[str, flo
         name = str(e.get("name", ""))
         if e.get("cat") == "Node" and name.endswith(suffix):
             spans.setdefault(name[: -len(suffix)], []).append(e["dur"] / 1e3)
-    return {k: float(np.median(v[skip:] or v)) for k, v in spans.items()}
+    return {k: float(min(np.median(b) for b in np.array_split(v[skip:] or v, blocks) if len(b)))
+            for k, v in spans.items()}
 
 
 def module_paths(node_name: str) -> list[str]:

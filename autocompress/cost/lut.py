@@ -107,8 +107,9 @@ from autocompress.inventory import LayerInventory
 from autocompress.policy import CompressionPolicy, LayerPolicy
 
 # Version of the whole-model fit; a cached fit of another version is measured again
-# (5: the uncompressed model alone, no calibration models; 6: its layers' in-model times).
-FIT_VERSION = 6
+# (5: the uncompressed model alone, no calibration models; 6: its layers' in-model times;
+# 7: those timed in blocks, the smallest block median kept, as lone layers are).
+FIT_VERSION = 7
 
 
 @dataclass(frozen=True)

@@ -101,9 +101,10 @@ def in_model_layer_ms(model: nn.Module, example_input: Any, target: Target, fqns
                       runs: int = WHOLE_MODEL_RUNS) -> dict[str, float]:
     """Each layer's kernel time (ms) inside ``model`` on an ``ort`` target, from its profiler.
 
-    The median over ``runs`` runs of each layer's kernel
-    (:func:`~autocompress.cost.latency.layer_kernels`), with what ONNX Runtime fused into
-    it. Layers it cannot place are left out.
+    Each layer's kernel (:func:`~autocompress.cost.latency.layer_kernels`), with what ONNX
+    Runtime fused into it, timed as the table times a lone layer, so that the two compare
+    like with like: ``runs`` runs in :data:`MODEL_BLOCKS` blocks, each behind the quiet
+    gate, and the smallest block median kept. Layers it cannot place are left out.
 
     >>> import torch
     >>> from autocompress.cost.target import parse_target
@@ -112,6 +113,7 @@ def in_model_layer_ms(model: nn.Module, example_input: Any, target: Target, fqns
     ['0', '2']
     """
     from autocompress.cost.latency import (
+        QUIET,
         batched,
         layer_kernels,
         node_kernel_ms,
@@ -125,10 +127,15 @@ def in_model_layer_ms(model: nn.Module, example_input: Any, target: Target, fqns
             sess, graph = profiled_session(model, x, target.threads, os.path.join(tmp, "model"))
             feed = inputs.ort_feed(sess, x)
             warmup = 3
-            for _ in range(warmup + runs):
+            for _ in range(warmup):
                 sess.run(None, feed)
+            per_block = max(1, runs // MODEL_BLOCKS)
+            for _ in range(MODEL_BLOCKS):
+                QUIET.wait()
+                for _ in range(per_block):
+                    sess.run(None, feed)
             with open(sess.end_profiling()) as fh:
-                ms = node_kernel_ms(json.load(fh), skip=warmup)
+                ms = node_kernel_ms(json.load(fh), skip=warmup, blocks=MODEL_BLOCKS)
     finally:
         model.train(training)
     return {f: ms[node] for f, node in layer_kernels(graph, fqns).items() if node in ms}
