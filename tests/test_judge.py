@@ -30,9 +30,9 @@ def _trials(out):
 
 @pytest.mark.parametrize("strategy", ["tpe", "random"])
 def test_every_trained_candidate_was_timed_on_the_target_and_judged_on_it(digits_task, tmp_path,
-                                                                         strategy):
+                                                                         strategy, capsys):
     out = tmp_path / "run"
-    result = search(digits_task, out=out, strategy=strategy, **SETTINGS)
+    result = search(digits_task, out=out, strategy=strategy, progress=True, **SETTINGS)
     study, trials = _trials(out)
     trained = [t for t in trials if t.user_attrs["metric"] is not None]
     assert trained
@@ -60,6 +60,12 @@ def test_every_trained_candidate_was_timed_on_the_target_and_judged_on_it(digits
     assert confirmed["target"] == "torch-cpu-1t-b8"
     assert list(confirmed["trials"]) == [str(result.best_trial)]
     assert confirmed["trials"][str(result.best_trial)]["meets"]
+    # the bar shows the best trial's cost as it was judged: its measured speed ratio
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("search ")]
+    shown = {f"at {t.user_attrs['measured_ratio']:.3f}x measured" for t in trained
+             if t.user_attrs["feasible"]}
+    assert lines and any(r in ln for r in shown for ln in lines), lines
+    assert not any("ms (predicted)" in ln for ln in lines)
 
 
 def test_a_measured_miss_is_not_fine_tuned_and_corrects_later_predictions(digits_task, tmp_path):
