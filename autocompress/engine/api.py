@@ -33,6 +33,7 @@ from autocompress.engine.session import (
     uniform_start,
 )
 from autocompress.engine.trial import Repeat
+from autocompress.pareto import speed_ratio
 from autocompress.space import ResolvedSpace
 from autocompress.tasks import Task
 
@@ -173,7 +174,8 @@ class _SearchBar:
         self.count_skipped = count_skipped
         self.done = done
         self.objective = objective
-        self.best: tuple[float, str] | None = None  # metric, and its cost as the bar shows it
+        # metric, speed ratio (ties go to the faster, as the pick's do), the cost as shown
+        self.best: tuple[float, float, str] | None = None
         self.infeasible = 0
 
     def __enter__(self) -> _SearchBar:
@@ -187,7 +189,7 @@ class _SearchBar:
         obj = self.objective
         if self.best is None:
             return f"no feasible trial yet ({self.infeasible} skipped over budget)"
-        metric, cost = self.best
+        metric, _, cost = self.best
         skipped = f"; {self.infeasible} skipped over budget" if self.infeasible else ""
         return f"best {obj.task.metric_name} {metric:.4f}{cost}{skipped}"
 
@@ -197,10 +199,12 @@ class _SearchBar:
                 self.infeasible += 1
             if outcome.feasible or self.count_skipped:
                 self.done += 1
+            attrs = outcome.user_attrs
             if outcome.feasible and outcome.metric is not None and not outcome.pruned and (
                 self.best is None or self.objective.is_better(outcome.metric, self.best[0])
+                or (outcome.metric == self.best[0] and speed_ratio(attrs) < self.best[1])
             ):
-                self.best = (outcome.metric,
-                             best_cost(outcome.user_attrs, self.objective.cost_metric))
+                self.best = (outcome.metric, speed_ratio(attrs),
+                             best_cost(attrs, self.objective.cost_metric))
         # A log gets a line per evaluated trial, not per repeat of a taken policy.
         self.bar.update(self.done, self._info(), line=isinstance(outcome, TrialOutcome))

@@ -42,6 +42,7 @@ from ray.tune import Callback
 from autocompress.engine.baselines import params_key
 from autocompress.engine.progress import TrialBar, best_cost
 from autocompress.errors import ConfigError
+from autocompress.pareto import speed_ratio
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
@@ -418,7 +419,8 @@ class RaySearchBar(Callback):
         self.done = done
         self.metric_name, self.higher_is_better = metric_name, higher_is_better
         self.stopped = self.over = 0
-        self.best: tuple[float, str] | None = None  # metric, and its cost as the bar shows it
+        # metric, speed ratio (ties go to the faster, as the pick's do), the cost as shown
+        self.best: tuple[float, float, str] | None = None
         self.bar = TrialBar("search (ray)", total, done, enabled)
 
     def setup(self, *args: Any, **info: Any) -> None:
@@ -428,7 +430,7 @@ class RaySearchBar(Callback):
         tail = f" ({self.stopped} stopped by ASHA, {self.over} over budget)"
         if self.best is None:
             return "no feasible trial yet" + tail
-        metric, cost = self.best
+        metric, _, cost = self.best
         return f"best {self.metric_name} {metric:.4f}{cost}" + tail
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -442,8 +444,9 @@ class RaySearchBar(Callback):
         elif attrs.get("metric") is not None and not attrs.get("pruned"):
             m = float(attrs["metric"])
             if self.best is None or (m > self.best[0] if self.higher_is_better
-                                     else m < self.best[0]):
-                self.best = (m, best_cost(attrs))
+                                     else m < self.best[0]) or (
+                    m == self.best[0] and speed_ratio(attrs) < self.best[1]):
+                self.best = (m, speed_ratio(attrs), best_cost(attrs))
         self.bar.update(self.done, self.info())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
