@@ -365,6 +365,9 @@ def _summary_table(
     head = [(label, rows[k]) for k, label in HEADLINE if rows.get(k) is not None]
     if "note" in rows:
         head.append(("note", rows["note"]))
+    # The export's notes change how the numbers read (a pick passed over, an int8 file that
+    # runs slower): shown with them, not only in the collapsed fields.
+    head += [("note", note) for note in rows.get("notes") or []]
     full = [(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rows.items()]
     return (table(head, "summary")
             + "<details><summary>all fields of summary.json</summary>"

@@ -231,6 +231,9 @@ def test_a_pick_that_misses_when_timed_again_is_not_exported(digits_task, tmp_pa
     verdict = study.user_attrs[VERIFIED_ATTR]["trials"]["0"]
     assert verdict["meets"] is False and verdict["measured_ms"] > 0.001
     assert not (tmp_path / "out" / "model_best.onnx").exists()
+    page = (tmp_path / "out" / "report.html").read_text()
+    headline = page[page.index('id="summary"'):page.index('id="summary-all"')]
+    assert "when timed again" in headline  # the note is shown with the headline numbers
 
 
 def test_meets_budget_uses_the_fresh_measurement(digits_task, tmp_path: Path):
