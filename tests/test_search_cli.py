@@ -79,6 +79,8 @@ def test_impossible_budget_exits_3(env, tmp_path):
     assert "no trial met the budget" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["meets_budget"] is False and summary["n_feasible"] == 0
+    # the export's notes reach the terminal too, not only summary.json
+    assert f"note: {summary['notes'][0]}" in r.stderr
 
 
 # Two CLI runs with an export (~40 s): kept in the default run, it is issue 4's key check.

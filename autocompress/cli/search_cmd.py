@@ -108,6 +108,8 @@ def search(
 
     result = run(cfg, progress=True, log=say)
     s = result.summary
+    for note in getattr(s, "notes", None) or []:  # what changes how the result reads
+        say(f"note: {note}")
     if result.best_trial is None:
         console.print(
             f"no trial met the budget {cfg.budget!r} ({len(result.trials)} trials); "
