@@ -32,7 +32,14 @@ from torch import nn
 
 from autocompress import inputs
 from autocompress.cost.analytic import LayerShape
-from autocompress.cost.latency import KernelScope
+from autocompress.cost.latency import (
+    QUIET,
+    KernelScope,
+    batched,
+    layer_kernels,
+    node_kernel_ms,
+    profiled_session,
+)
 from autocompress.cost.lut_store import conv_padding, int8_weights
 from autocompress.cost.target import Target
 
@@ -112,14 +119,6 @@ def in_model_layer_ms(model: nn.Module, example_input: Any, target: Target, fqns
     >>> sorted(in_model_layer_ms(net, torch.zeros(1, 8), parse_target("ort-1t-b4"), ["0", "2"]))
     ['0', '2']
     """
-    from autocompress.cost.latency import (
-        QUIET,
-        batched,
-        layer_kernels,
-        node_kernel_ms,
-        profiled_session,
-    )
-
     x = batched(example_input, target.require_batch())
     training = model.training
     try:
