@@ -20,7 +20,7 @@ from autocompress.engine.baselines import greedy_candidates, greedy_sensitivity,
 from autocompress.engine.config import SearchConfig
 from autocompress.engine.objective import Objective, TrialOutcome
 from autocompress.engine.optuna_backend import fail_dead_trials, n_done, n_finished, run_trials
-from autocompress.engine.progress import TrialBar, best_cost, slow_step
+from autocompress.engine.progress import BestSoFar, TrialBar, slow_step
 from autocompress.engine.session import (
     LOOP_LUT_MEASURE_ATTR,
     LUT_FILE,
@@ -33,7 +33,6 @@ from autocompress.engine.session import (
     uniform_start,
 )
 from autocompress.engine.trial import Repeat
-from autocompress.pareto import speed_ratio
 from autocompress.space import ResolvedSpace
 from autocompress.tasks import Task
 
@@ -174,8 +173,7 @@ class _SearchBar:
         self.count_skipped = count_skipped
         self.done = done
         self.objective = objective
-        # metric, speed ratio (ties go to the faster, as the pick's do), the cost as shown
-        self.best: tuple[float, float, str] | None = None
+        self.best = BestSoFar(objective.higher_is_better, objective.cost_metric)
         self.infeasible = 0
 
     def __enter__(self) -> _SearchBar:
@@ -186,12 +184,11 @@ class _SearchBar:
         self.bar.stop()
 
     def _info(self) -> str:
-        obj = self.objective
-        if self.best is None:
+        best = self.best.text(self.objective.task.metric_name)
+        if best is None:
             return f"no feasible trial yet ({self.infeasible} skipped over budget)"
-        metric, _, cost = self.best
         skipped = f"; {self.infeasible} skipped over budget" if self.infeasible else ""
-        return f"best {obj.task.metric_name} {metric:.4f}{cost}{skipped}"
+        return f"{best}{skipped}"
 
     def update(self, frozen: Any, outcome: TrialOutcome | Repeat | None) -> None:
         if isinstance(outcome, TrialOutcome):
@@ -199,12 +196,7 @@ class _SearchBar:
                 self.infeasible += 1
             if outcome.feasible or self.count_skipped:
                 self.done += 1
-            attrs = outcome.user_attrs
-            if outcome.feasible and outcome.metric is not None and not outcome.pruned and (
-                self.best is None or self.objective.is_better(outcome.metric, self.best[0])
-                or (outcome.metric == self.best[0] and speed_ratio(attrs) < self.best[1])
-            ):
-                self.best = (outcome.metric, speed_ratio(attrs),
-                             best_cost(attrs, self.objective.cost_metric))
+            if outcome.feasible and outcome.metric is not None and not outcome.pruned:
+                self.best.offer(outcome.metric, outcome.user_attrs)
         # A log gets a line per evaluated trial, not per repeat of a taken policy.
         self.bar.update(self.done, self._info(), line=isinstance(outcome, TrialOutcome))

@@ -6,8 +6,10 @@ each update is written as one line instead (``search 3/6 00:14:02 best ...``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -43,6 +45,43 @@ def best_cost(attrs: Mapping[str, Any], cost_metric: str = "latency") -> str:
     key = METRICS.get(cost_metric, cost_metric)
     value = attrs.get(key)
     return "" if value is None else f" at {float(value):.4g} {key}"
+
+
+@dataclass
+class BestSoFar:
+    """The best feasible trial a search bar has seen, by metric; a tie goes to the faster
+    trial, as the pick's does (:func:`autocompress.pareto.speed_ratio`).
+
+    >>> best = BestSoFar(higher_is_better=True)
+    >>> best.offer(0.98, {"latency_basis": "measured", "measured_ratio": 0.45})
+    >>> best.offer(0.98, {"latency_basis": "measured", "measured_ratio": 0.40})
+    >>> best.offer(0.97, {"latency_basis": "measured", "measured_ratio": 0.30})
+    >>> best.text("accuracy")
+    'best accuracy 0.9800 at 0.400x measured'
+    """
+
+    higher_is_better: bool
+    cost_metric: str = "latency"
+    metric: float | None = None
+    ratio: float = math.inf
+    cost: str = ""
+
+    def offer(self, metric: float, attrs: Mapping[str, Any]) -> None:
+        """Keep this trial (its metric and record) when it is the best so far."""
+        from autocompress.pareto import speed_ratio
+
+        ratio = speed_ratio(attrs)
+        if self.metric is None or (metric > self.metric if self.higher_is_better
+                                   else metric < self.metric) or (
+                metric == self.metric and ratio < self.ratio):
+            self.metric, self.ratio = metric, ratio
+            self.cost = best_cost(attrs, self.cost_metric)
+
+    def text(self, metric_name: str) -> str | None:
+        """``best <metric> <value> at <cost>``, or None before any feasible trial."""
+        if self.metric is None:
+            return None
+        return f"best {metric_name} {self.metric:.4f}{self.cost}"
 
 
 class TrialBar:

@@ -40,9 +40,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune import Callback
 
 from autocompress.engine.baselines import params_key
-from autocompress.engine.progress import TrialBar, best_cost
+from autocompress.engine.progress import BestSoFar, TrialBar
 from autocompress.errors import ConfigError
-from autocompress.pareto import speed_ratio
 
 if TYPE_CHECKING:
     from autocompress.cost import Target
@@ -417,10 +416,9 @@ class RaySearchBar(Callback):
     def __init__(self, total: int, done: int, metric_name: str, higher_is_better: bool,
                  enabled: bool) -> None:
         self.done = done
-        self.metric_name, self.higher_is_better = metric_name, higher_is_better
+        self.metric_name = metric_name
         self.stopped = self.over = 0
-        # metric, speed ratio (ties go to the faster, as the pick's do), the cost as shown
-        self.best: tuple[float, float, str] | None = None
+        self.best = BestSoFar(higher_is_better)
         self.bar = TrialBar("search (ray)", total, done, enabled)
 
     def setup(self, *args: Any, **info: Any) -> None:
@@ -428,10 +426,7 @@ class RaySearchBar(Callback):
 
     def info(self) -> str:
         tail = f" ({self.stopped} stopped by ASHA, {self.over} over budget)"
-        if self.best is None:
-            return "no feasible trial yet" + tail
-        metric, _, cost = self.best
-        return f"best {self.metric_name} {metric:.4f}{cost}" + tail
+        return (self.best.text(self.metric_name) or "no feasible trial yet") + tail
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
@@ -442,11 +437,7 @@ class RaySearchBar(Callback):
         elif not attrs.get("feasible", True):
             self.over += 1
         elif attrs.get("metric") is not None and not attrs.get("pruned"):
-            m = float(attrs["metric"])
-            if self.best is None or (m > self.best[0] if self.higher_is_better
-                                     else m < self.best[0]) or (
-                    m == self.best[0] and speed_ratio(attrs) < self.best[1]):
-                self.best = (m, speed_ratio(attrs), best_cost(attrs))
+            self.best.offer(float(attrs["metric"]), attrs)
         self.bar.update(self.done, self.info())
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
